@@ -1,0 +1,200 @@
+"""`ag.load`, `ag.save`, `ag.export_hf` and `ag.init`: the model handle and its formats.
+
+Formats:
+- Hugging Face directories (config.json + safetensors), model types from the registry.
+- Our own: `autoglm_config.json` (ModelConfig), `params/` (Orbax), tokenizer files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from autoglm_jax import sharding as shd
+from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
+from autoglm_jax.checkpoint.registry import get_architecture
+from autoglm_jax.checkpoint.safetensors_io import CheckpointError
+from autoglm_jax.config import ModelConfig, read_json
+
+NATIVE_CONFIG = "autoglm_config.json"
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: `module.apply({"params": params}, ...)` runs it.
+
+    `random_init` is True only for `ag.init` (random weights; smoke runs and tests).
+    """
+
+    config: ModelConfig
+    params: Any
+    module: nn.Module
+    tokenizer: Any | None = None
+    mesh: Mesh | None = None
+    rules: str = "tp"
+    source: str | None = None
+    random_init: bool = False
+
+    @property
+    def num_params(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.params))
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    if dtype is None:
+        return None
+    name = jnp.dtype(dtype).name
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {name}")
+    return name
+
+
+def abstract_params(module: nn.Module, init_args: tuple[Any, ...]) -> Any:
+    """The boxed (logically partitioned) parameter tree as ShapeDtypeStructs, no memory used."""
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), *init_args))["params"]
+
+
+def _shardings(boxed: Any, mesh: Mesh | None, rules: str) -> Any | None:
+    return shd.param_shardings(boxed, mesh, rules) if mesh is not None else None
+
+
+def _load_tokenizer(directory: Path) -> Any | None:
+    if not (directory / "tokenizer.json").exists():
+        return None
+    from autoglm_jax.processing.tokenizer import Tokenizer
+    return Tokenizer.from_dir(directory)
+
+
+def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None,
+         rules: str = "tp", load_tokenizer: bool = True) -> Model:
+    """Load a Hugging Face checkpoint directory or one written by `ag.save`.
+
+    dtype sets both the parameter and the compute dtype (float32 or bfloat16). With a mesh,
+    each tensor is placed straight into its sharding under `rules` ("tp", "fsdp", "dp"), one
+    tensor at a time. Never falls back to random weights: any problem raises an error that
+    names the file and key.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory")
+    dtype_name = _dtype_name(dtype)
+    native = directory / NATIVE_CONFIG
+    if native.exists():
+        cfg = ModelConfig.from_dict(read_json(native), source=str(native))
+        arch = get_architecture(cfg.model_type, str(native))
+    else:
+        config_path = directory / "config.json"
+        if not config_path.exists():
+            raise CheckpointError(f"{directory}: no config.json (not a Hugging Face checkpoint) "
+                                  f"and no {NATIVE_CONFIG}")
+        raw = read_json(config_path)
+        arch = get_architecture(raw.get("model_type"), str(config_path))
+        cfg = arch.config_from_hf(raw, str(config_path))
+    cfg = cfg.with_dtypes(dtype_name, dtype_name)
+    module = arch.build(cfg)
+    boxed = abstract_params(module, arch.init_args(cfg))
+    shardings = _shardings(boxed, mesh, rules)
+    expected = nn.unbox(boxed)
+    param_dtype = dtype_name or "float32"
+    if native.exists():
+        params = _restore_native(directory / "params", expected, shardings, param_dtype)
+    else:
+        params = read_hf_tensors(directory, arch, cfg, expected, shardings, param_dtype)
+    tokenizer = _load_tokenizer(directory) if load_tokenizer else None
+    return Model(cfg, params, module, tokenizer, mesh, rules, source=str(directory))
+
+
+def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh | None = None,
+         rules: str = "tp", tokenizer: Any | None = None) -> Model:
+    """A model with RANDOM weights (smoke runs, tests, benchmarks). `random_init` is set."""
+    from autoglm_jax.config import load_config
+    cfg = load_config(config) if isinstance(config, str) else config
+    name = _dtype_name(dtype)
+    if name:
+        cfg = cfg.with_dtypes(name, name)
+    arch = get_architecture(cfg.model_type, "config")
+    module = arch.build(cfg)
+    args = arch.init_args(cfg)
+    boxed = abstract_params(module, args)
+    shardings = _shardings(boxed, mesh, rules)
+    init_fn = jax.jit(lambda key: nn.unbox(module.init(key, *args)["params"]),
+                      out_shardings=nn.unbox(shardings) if shardings is not None else None)
+    params = init_fn(jax.random.key(seed))
+    return Model(cfg, params, module, tokenizer, mesh, rules, source=None, random_init=True)
+
+
+def export_hf(model: Model, out_dir: str | os.PathLike,
+              max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `model` as a Hugging Face directory that transformers loads."""
+    out = Path(out_dir)
+    arch = get_architecture(model.config.model_type, "model")
+    tok_dir = getattr(model.tokenizer, "source_dir", None)
+    write_hf(out, arch, model.config, model.params, tok_dir, max_shard_bytes)
+    return out
+
+
+def save(model: Model, out_dir: str | os.PathLike) -> Path:
+    """Write our own format: autoglm_config.json, params/ (Orbax), tokenizer files.
+
+    The directory is built beside the target and renamed into place, so an interrupted save
+    never leaves a half-written checkpoint where a good one was.
+    """
+    import orbax.checkpoint as ocp
+
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", model.params)
+            ckptr.wait_until_finished()
+        (tmp / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+        tok_dir = getattr(model.tokenizer, "source_dir", None)
+        if tok_dir is not None:
+            for name in TOKENIZER_FILES:
+                src = Path(tok_dir) / name
+                if src.exists():
+                    shutil.copy(src, tmp / name)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtype: str) -> Any:
+    import orbax.checkpoint as ocp
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing params directory")
+    unboxed_shardings = nn.unbox(shardings) if shardings is not None else None
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(x: Any, s: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype), sharding=s or dev)
+
+    if unboxed_shardings is None:
+        abstract = jax.tree.map(lambda x: target(x, None), expected)
+    else:
+        abstract = jax.tree.map(target, expected, unboxed_shardings)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, abstract)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(f"{path}: cannot restore params: {e}") from None

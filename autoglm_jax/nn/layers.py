@@ -1,0 +1,189 @@
+"""Shared layers: norms, linear maps with logical axes, embeddings, rotary embeddings.
+
+Axis legend (every einsum in the package uses these letters):
+  B batch, T query tokens, S key tokens, D model width, N query heads, K kv heads,
+  G queries per kv head, H head dim, F ffw width, V vocab, P patches, M memory tokens,
+  C channels / fused projection index, R rotary frequencies.
+
+Logical axis names attached to weights (mapped to mesh axes by `autoglm_jax.sharding`):
+  embed, heads, kv_heads, head_dim, mlp, vocab, norm, fused, and for encoders the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+DotGeneral = Callable[..., Array]
+
+
+def dtype_of(name: str) -> Dtype:
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def _init_with_axes(init: Callable, names: Sequence[str | None]) -> Callable:
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, cast back to the input dtype, then scaled (HF order)."""
+
+    eps: float
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", _init_with_axes(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with weight and bias, computed in fp32 (Whisper, ViT, the vision merger)."""
+
+    eps: float
+    use_bias: bool = True
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", _init_with_axes(nn.initializers.ones, ("norm",)), (d,),
+                           self.param_dtype)
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", _init_with_axes(nn.initializers.zeros, ("norm",)), (d,),
+                              self.param_dtype)
+            y = y + bias.astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class Einsum(nn.Module):
+    """A weight of shape `shape` applied by `equation` ("BTD,DNH->BTNH"), plus an optional bias
+    of shape `bias_shape` (the output's trailing axes).
+
+    `dot_general` is injectable, so QAT and quantized inference wrap the matmul without the
+    model code changing; the parameter tree stays {"kernel", "bias"}.
+    """
+
+    equation: str
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    bias_shape: tuple[int, ...] | None = None
+    bias_axes: tuple[str | None, ...] | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
+    dot_general: DotGeneral | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", _init_with_axes(self.kernel_init, self.axes), self.shape,
+                            self.param_dtype)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        if self.dot_general is None:
+            y = jnp.einsum(self.equation, x, kernel, preferred_element_type=self.dtype)
+        else:
+            y = jnp.einsum(self.equation, x, kernel, _dot_general=self.dot_general,
+                           preferred_element_type=self.dtype)
+        if self.bias_shape is not None:
+            bias = self.param("bias", _init_with_axes(nn.initializers.zeros,
+                                                      self.bias_axes or (None,) * len(self.bias_shape)),
+                              self.bias_shape, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, D]; `attend` gives the tied output head."""
+
+    vocab_size: int
+    d_model: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding", _init_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (self.vocab_size, self.d_model), self.param_dtype)
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+# ----------------------------------------------------------------------------------------
+# Rotary embeddings.
+
+
+def rope_inv_freq(rotary_dim: int, theta: float) -> np.ndarray:
+    """f32[R], R = rotary_dim / 2: theta^(-2r/rotary_dim), as transformers builds it."""
+    return 1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))
+
+
+def mrope_axis_of_frequency(num_freqs: int, mrope_section: Sequence[int] | None) -> np.ndarray:
+    """i32[R]: which position row (0=t, 1=h, 2=w) drives each rotary frequency.
+
+    transformers' glm4v splits the R frequencies into `mrope_section` chunks and takes chunk i
+    from position row i % 3; without sections every frequency follows row 0.
+    """
+    if mrope_section is None:
+        return np.zeros((num_freqs,), np.int32)
+    axes = np.concatenate([np.full((n,), i % 3, np.int32) for i, n in enumerate(mrope_section)])
+    assert axes.shape[0] == num_freqs, (axes.shape, num_freqs)
+    return axes
+
+
+def rope_angles(positions: Array, rotary_dim: int, theta: float,
+                mrope_section: Sequence[int] | None = None) -> Array:
+    """Rotation angles f32[B, T, R] for int positions [B, T] or M-RoPE positions [3, B, T]."""
+    inv_freq = jnp.asarray(rope_inv_freq(rotary_dim, theta))
+    if positions.ndim == 2:
+        return positions.astype(jnp.float32)[..., None] * inv_freq
+    axis = mrope_axis_of_frequency(inv_freq.shape[0], mrope_section)
+    per_row = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, R]
+    return _select_rows(per_row, axis)
+
+
+def _select_rows(per_row: Array, axis: np.ndarray) -> Array:
+    # per_row [3, B, T, R]; pick row axis[r] for frequency r.
+    onehot = jnp.asarray(np.eye(3, dtype=np.float32)[axis].T)  # [3, R]
+    return jnp.einsum("XBTR,XR->BTR", per_row, onehot)
+
+
+def apply_interleaved_rope(x: Array, angles: Array) -> Array:
+    """Rotate the first 2R dims of x [B, T, N, H] in interleaved pairs (x0,x1),(x2,x3)...,
+    as GLM does; the remaining H - 2R dims pass through. angles f32[B, T, R]."""
+    rot = angles.shape[-1] * 2
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    xf = x_rot.astype(jnp.float32).reshape(*x_rot.shape[:-1], rot // 2, 2)
+    cos = jnp.cos(angles)[:, :, None, :].astype(x.dtype).astype(jnp.float32)
+    sin = jnp.sin(angles)[:, :, None, :].astype(x.dtype).astype(jnp.float32)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = jnp.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], axis=-1)
+    out = out.reshape(x_rot.shape).astype(x.dtype)
+    return jnp.concatenate([out, x_pass], axis=-1)
+
+
+def apply_half_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Half-split rotation (rotate_half of Qwen2-VL / the GLM-4.1V vision tower), in fp32.
+    x [..., N, H]; cos/sin [..., H] broadcast over the head axis."""
+    xf = x.astype(jnp.float32)
+    h = x.shape[-1] // 2
+    rotated = jnp.concatenate([-xf[..., h:], xf[..., :h]], axis=-1)
+    out = xf * cos[..., None, :] + rotated * sin[..., None, :]
+    return out.astype(x.dtype)
