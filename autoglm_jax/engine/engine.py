@@ -1,0 +1,388 @@
+"""`ag.Engine`: continuous batching over the scheduler and the jitted runner.
+
+    engine = ag.Engine(model, ag.EngineConfig(max_num_seqs=64, page_size=16))
+    outs = engine.generate(["Hello", [1, 2, 3]], ag.SamplingParams(max_tokens=32, temperature=0))
+    for delta in engine.stream("Hi", ag.SamplingParams(max_tokens=8)): print(delta.text, end="")
+
+The engine is single-threaded: `add_request`, `step`, `abort` are called from one thread (the
+server runs it in its own engine thread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import time
+import uuid
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
+from autoglm_jax.engine.pages import PageAllocator
+from autoglm_jax.engine.runner import ModelRunner
+from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
+from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
+
+Prompt = str | Sequence[int] | dict
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Engine settings (vLLM's names)."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    page_size: int = 16
+    max_model_len: int = 8192
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    kv_cache_dtype: str = "auto"  # auto (the model's compute dtype) | bfloat16 | float32 | int8
+    num_pages: int | None = None  # default: from kv_cache_memory_bytes
+    kv_cache_memory_bytes: int = 2 * 2**30
+    attention_backend: str = "auto"  # auto | xla | pallas
+    scheduling_policy: str = "fcfs"  # fcfs | priority
+    max_waiting_requests: int | None = None  # bounded waiting queue
+    max_queue_wait: float | None = None  # seconds a request may wait before failing
+    max_logprobs: int = 20
+    seed: int = 0
+
+    def validate(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ValueError(f"EngineConfig.{field}: {why}")
+        for f in ("max_num_seqs", "max_num_batched_tokens", "page_size", "max_model_len"):
+            if getattr(self, f) < 1:
+                bad(f, f"must be positive, got {getattr(self, f)}")
+        if self.kv_cache_dtype not in ("auto", "bfloat16", "float32", "float16", "int8"):
+            bad("kv_cache_dtype", f"must be auto, bfloat16, float32, float16 or int8, "
+                                  f"got {self.kv_cache_dtype!r}")
+        if self.attention_backend not in ("auto", "xla", "pallas"):
+            bad("attention_backend", f"must be auto, xla or pallas, got {self.attention_backend!r}")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            bad("scheduling_policy", f"must be fcfs or priority, got {self.scheduling_policy!r}")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            bad("max_num_batched_tokens", "without chunked prefill it must be at least "
+                                          "max_model_len so every prompt fits in one step")
+
+
+@dataclasses.dataclass(eq=False)
+class _Track:
+    """Host-side output state of one request: text, stop strings, streamed offsets."""
+
+    request: Request
+    detok: Any | None
+    stop_ids: frozenset[int]
+    max_tokens: int
+    text: str = ""
+    emitted_text: int = 0
+    emitted_tokens: int = 0
+    logprobs: list[dict[int, float]] = dataclasses.field(default_factory=list)
+    token_logprobs: list[float] = dataclasses.field(default_factory=list)
+    stop_reason: str | int | None = None
+
+
+class Engine:
+    def __init__(self, model: Any, config: EngineConfig | None = None, mesh: Any = None):
+        self.config = config = config or EngineConfig()
+        config.validate()
+        text = model.config.text
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.mesh = mesh if mesh is not None else getattr(model, "mesh", None)
+        kv_dtype = {"auto": text.dtype}.get(config.kv_cache_dtype, config.kv_cache_dtype)
+        self.kv_dtype = jnp.dtype(kv_dtype)
+        pages_per_seq = -(-config.max_model_len // config.page_size)
+        itemsize = self.kv_dtype.itemsize + (4 / text.head_dim if kv_dtype == "int8" else 0)
+        self.kv_bytes_per_token = int(2 * text.num_layers * text.num_kv_heads * text.head_dim
+                                      * itemsize)
+        num_pages = config.num_pages or min(
+            config.max_num_seqs * pages_per_seq + 1,
+            max(2, config.kv_cache_memory_bytes // (self.kv_bytes_per_token * config.page_size)))
+        impl = config.attention_backend
+        if impl == "auto":
+            impl = "pallas" if jax.default_backend() == "gpu" else "xla"
+        self.allocator = PageAllocator(num_pages, config.page_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.allocator, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=config.max_model_len, policy=config.scheduling_policy,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            max_waiting=config.max_waiting_requests, max_queue_wait=config.max_queue_wait)
+        self.runner = ModelRunner(
+            model.module, model.params, num_layers=text.num_layers,
+            num_kv_heads=text.num_kv_heads, head_dim=text.head_dim, vocab_size=text.vocab_size,
+            num_pages=num_pages, page_size=config.page_size, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_pages_per_seq=pages_per_seq, kv_dtype=self.kv_dtype, attention_impl=impl,
+            max_logprobs=config.max_logprobs, mesh=self.mesh)
+        self.attention_impl = impl
+        eos = self.tokenizer.stop_token_ids if self.tokenizer is not None else text.eos_token_ids
+        self.eos_token_ids = frozenset(int(i) for i in eos)
+        self._tracks: dict[str, _Track] = {}
+        self._rng = np.random.default_rng(config.seed)
+        self._counter = itertools.count()
+        self.num_generated_tokens = 0
+        self.num_steps = 0
+
+    # Requests.
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: ids as given, a string tokenized, or a chat request
+        ({"messages": [...], "enable_thinking": ...}) rendered with the chat template."""
+        if isinstance(prompt, dict):
+            if self.tokenizer is None:
+                raise ValueError("chat prompts need a model with a tokenizer")
+            messages = prompt.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise ValueError("chat prompt: `messages` must be a non-empty list")
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, enable_thinking=prompt.get("enable_thinking"),
+                **prompt.get("chat_template_kwargs", {}))
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("string prompts need a model with a tokenizer; pass token ids")
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        ids = [int(i) for i in prompt]
+        vocab = self.model.config.text.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+        return ids
+
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
+                    request_id: str | None = None, priority: int = 0,
+                    arrival_time: float | None = None) -> str:
+        """Queue one completion (n=1; `generate` expands n>1). Raises ValueError for bad
+        input and QueueFullError when the waiting queue is full."""
+        params = params or SamplingParams()
+        params.validate(self.config.max_logprobs)
+        ids = self.encode_prompt(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        limit = self.config.max_model_len
+        if len(ids) >= limit:
+            raise ValueError(f"the prompt has {len(ids)} tokens; max_model_len is {limit} "
+                             "(the prompt must leave room for at least one generated token)")
+        request_id = request_id or f"req-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
+        if request_id in self._tracks:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        seed = params.seed if params.seed is not None else int(self._rng.integers(2**31))
+        request = Request(request_id, ids, params, seed, arrival_time or time.monotonic(),
+                          priority)
+        self.scheduler.add(request)
+        max_tokens = min(params.max_tokens or limit, limit - len(ids))
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.eos_token_ids)
+        detok = None
+        if self.tokenizer is not None:
+            from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
+            detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+        self._tracks[request_id] = _Track(request, detok, stop_ids, max_tokens)
+        return request_id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its pages. Returns False if it is unknown or finished."""
+        track = self._tracks.get(request_id)
+        if track is None or track.request.is_finished:
+            return False
+        self.scheduler.finish(track.request, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.scheduler.waiting or self.scheduler.running)
+
+    # The loop.
+    def step(self) -> list[StreamDelta]:
+        """Schedule, run one device step, and return what changed for each request."""
+        out = self.scheduler.schedule()
+        deltas = [self._delta(self._tracks[r.request_id]) for r in out.timed_out]
+        if not out.chunks:
+            return deltas
+        for c in out.chunks:
+            r = c.request
+            if c.reset_penalties and _uses_penalties(r.params):
+                self.runner.prime_penalties(r.slot, r.prompt_token_ids, r.output_token_ids)
+        sampling = SamplingArrays.build(
+            [c.request.params for c in out.chunks], [c.request.seed for c in out.chunks],
+            [len(c.request.output_token_ids) for c in out.chunks], self.config.max_num_seqs)
+        tokens, chosen, top_ids, top_vals = self.runner.execute(out.chunks, sampling)
+        self.num_steps += 1
+        now = time.monotonic()
+        for i, c in enumerate(out.chunks):
+            r = c.request
+            r.num_computed_tokens += c.num_tokens
+            self.scheduler.register_computed_pages(r)
+            if not c.samples:
+                continue
+            track = self._tracks[r.request_id]
+            token = int(tokens[i])
+            r.output_token_ids.append(token)
+            r.first_token_time = r.first_token_time or now
+            self.num_generated_tokens += 1
+            if r.params.logprobs is not None:
+                k = r.params.logprobs
+                track.token_logprobs.append(float(chosen[i]))
+                track.logprobs.append({int(t): float(v) for t, v in
+                                       zip(top_ids[i][:k], top_vals[i][:k])})
+            self._process_token(track, token)
+            deltas.append(self._delta(track))
+        return deltas
+
+    def _process_token(self, track: _Track, token: int) -> None:
+        r = track.request
+        params = r.params
+        if token in track.stop_ids:
+            track.stop_reason = token if token not in self.eos_token_ids else None
+            self._finish(track, "stop")
+            return
+        if track.detok is not None:
+            track.text += track.detok.push(token)
+            if params.stop and self._check_stop_strings(track):
+                return
+        if len(r.output_token_ids) >= track.max_tokens:
+            if track.detok is not None:
+                track.text += track.detok.finish()
+                if params.stop and self._check_stop_strings(track):
+                    return
+            self._finish(track, "length")
+
+    def _check_stop_strings(self, track: _Track) -> bool:
+        params = track.request.params
+        longest = max(len(s) for s in params.stop)
+        window_start = max(0, track.emitted_text - longest)
+        best = None
+        for s in params.stop:
+            idx = track.text.find(s, window_start)
+            if idx >= 0 and (best is None or idx < best[0]):
+                best = (idx, s)
+        if best is None:
+            return False
+        idx, s = best
+        track.text = track.text[:idx + (len(s) if params.include_stop_str_in_output else 0)]
+        track.stop_reason = s
+        self._finish(track, "stop")
+        return True
+
+    def _finish(self, track: _Track, reason: str) -> None:
+        self.scheduler.finish(track.request, reason)
+
+    def _delta(self, track: _Track) -> StreamDelta:
+        r = track.request
+        finished = r.is_finished
+        if finished or not r.params.stop:
+            upto = len(track.text)
+        else:  # hold back what could still become a stop string
+            upto = max(track.emitted_text, len(track.text) - (max(map(len, r.params.stop)) - 1))
+        text = track.text[track.emitted_text:upto]
+        track.emitted_text = upto
+        new_ids = r.output_token_ids[track.emitted_tokens:]
+        lp = track.logprobs[track.emitted_tokens:] if r.params.logprobs is not None else None
+        tlp = track.token_logprobs[track.emitted_tokens:] if r.params.logprobs is not None else None
+        track.emitted_tokens = len(r.output_token_ids)
+        return StreamDelta(r.request_id, text, list(new_ids), finished, r.finish_reason, lp, tlp,
+                           r.error)
+
+    def output(self, request_id: str) -> RequestOutput:
+        track = self._tracks[request_id]
+        r = track.request
+        completion = CompletionOutput(
+            0, track.text, list(r.output_token_ids), r.finish_reason, track.stop_reason,
+            list(track.logprobs) if r.params.logprobs is not None else None,
+            list(track.token_logprobs) if r.params.logprobs is not None else None)
+        return RequestOutput(r.request_id, list(r.prompt_token_ids), [completion], r.is_finished,
+                             r.num_cached_tokens, r.error)
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request's host-side state."""
+        track = self._tracks.get(request_id)
+        if track is not None and track.request.is_finished:
+            del self._tracks[request_id]
+
+    # Offline and streaming front ends.
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Run a batch to completion (like vLLM's LLM.generate). Outputs keep prompt order; a
+        request with n > 1 gets n completions in `outputs`."""
+        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        params_list = (list(params) if isinstance(params, (list, tuple))
+                       else [params or SamplingParams()] * len(prompts))
+        if len(params_list) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
+        groups: list[list[str]] = []
+        for prompt, p in zip(prompts, params_list):
+            ids = []
+            for j in range(p.n):
+                sub = dataclasses.replace(p, n=1, seed=None if p.seed is None else p.seed + j)
+                ids.append(self.add_request(prompt, sub))
+            groups.append(ids)
+        total = sum(len(g) for g in groups)
+        done = 0
+        while self.has_unfinished():
+            for d in self.step():
+                if d.finished:
+                    done += 1
+                    if use_tqdm:
+                        print(f"\rgenerate: {done}/{total} requests, "
+                              f"{self.num_generated_tokens} tokens", end="", file=sys.stderr)
+        if use_tqdm:
+            print(file=sys.stderr)
+        results = []
+        for ids in groups:
+            outs = [self.output(i) for i in ids]
+            for k, o in enumerate(outs):
+                o.outputs[0].index = k
+            first = outs[0]
+            results.append(RequestOutput(first.request_id, first.prompt_token_ids,
+                                         [o.outputs[0] for o in outs], True,
+                                         first.num_cached_tokens,
+                                         next((o.error for o in outs if o.error), None)))
+            for i in ids:
+                self.release(i)
+        return results
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None,
+               request_id: str | None = None) -> Iterator[StreamDelta]:
+        """Yield text deltas of one request as it decodes (other queued requests run too)."""
+        rid = self.add_request(prompt, params, request_id)
+        try:
+            while True:
+                for d in self.step():
+                    if d.request_id == rid and (d.text or d.token_ids or d.finished):
+                        yield d
+                        if d.finished:
+                            return
+        finally:
+            self.abort(rid)
+            self.release(rid)
+
+    def stats(self) -> dict[str, Any]:
+        a = self.allocator
+        return {
+            "compilations": self.runner.num_compilations,
+            "num_pages": a.num_pages - 1,
+            "free_pages": a.num_free,
+            "kv_cache_usage": a.usage,
+            "prefix_cache_hit_rate": a.hit_rate,
+            "prefix_cache_queries": a.prefix_queries,
+            "prefix_cache_hits": a.prefix_hits,
+            "num_waiting": len(self.scheduler.waiting),
+            "num_running": len(self.scheduler.running),
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_steps": self.num_steps,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "attention_backend": self.attention_impl,
+        }
+
+
+def _uses_penalties(p: SamplingParams) -> bool:
+    return (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
+            or p.presence_penalty != 0.0)
+
+
+__all__ = ["Engine", "EngineConfig", "QueueFullError", "SamplingParams", "Status"]

@@ -1,0 +1,41 @@
+"""The engine's attention backend: write this step's K/V into the page pool, then run ragged
+paged attention over it (Pallas on GPU, XLA on CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+
+from autoglm_jax.kernels import KVCache, ragged_paged_attention, ragged_paged_attention_xla
+
+Array = jax.Array
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["slot_mapping", "kv_lens", "block_tables", "cu_q_lens",
+                                "num_seqs"],
+                   meta_fields=["impl", "interpret"])
+@dataclasses.dataclass(frozen=True)
+class PagedAttention:
+    """Metadata of one flat ragged batch (B = 1, T tokens of many sequences)."""
+
+    slot_mapping: Array  # i32[T] page_id * page_size + offset; negative for padding tokens
+    kv_lens: Array  # i32[S]
+    block_tables: Array  # i32[S, max_pages]
+    cu_q_lens: Array  # i32[S + 1]
+    num_seqs: Array  # i32[1]
+    impl: str = "xla"  # "xla" | "pallas"
+    interpret: bool = False
+
+    def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: KVCache,
+                 sm_scale: float) -> tuple[Array, KVCache]:
+        del layer
+        cache = cache.write(k[0], v[0], self.slot_mapping)
+        fn = ragged_paged_attention if self.impl == "pallas" else ragged_paged_attention_xla
+        kwargs = {"interpret": self.interpret} if self.impl == "pallas" else {}
+        out = fn(q[0], cache.k_pages, cache.v_pages, self.kv_lens, self.block_tables,
+                 self.cu_q_lens, self.num_seqs, sm_scale=sm_scale, k_scales=cache.k_scales,
+                 v_scales=cache.v_scales, **kwargs)
+        return out[None].astype(q.dtype), cache

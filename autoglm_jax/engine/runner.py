@@ -1,0 +1,182 @@
+"""The device side: KV pages, the penalty state, and one jitted step over a flat token batch.
+
+Token counts are padded to a few buckets and sequences to a fixed number of slots, so the
+number of XLA compilations is bounded by the buckets whatever the workload. The KV pages and
+the penalty state are donated to every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from autoglm_jax.engine.paged_attention import PagedAttention
+from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
+from autoglm_jax.engine.scheduler import ScheduledChunk
+from autoglm_jax.kernels import KVCache
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PenaltyState:
+    """Per-slot token statistics for repetition/frequency/presence penalties."""
+
+    output_counts: Array  # i32[slots, V] how often each token was generated
+    prompt_mask: Array  # bool[slots, V] tokens present in the prompt
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+    input_ids: Array  # i32[T]
+    positions: Array  # i32[T]
+    attention: PagedAttention
+    logits_indices: Array  # i32[S] row of each sequence's last token
+    seq_slots: Array  # i32[S] penalty-state slot of each sequence (0 for padding)
+    do_sample: Array  # bool[S] whether the sequence samples a token this step
+    sampling: SamplingArrays
+
+
+def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
+    """Powers of two from `smallest` up to max_tokens (inclusive, as the last bucket)."""
+    out, b = [], smallest
+    while b < max_tokens:
+        out.append(b)
+        b *= 2
+    out.append(max_tokens)
+    return out
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"{n} tokens exceed the largest bucket {buckets[-1]}")
+
+
+class ModelRunner:
+    def __init__(self, module: Any, params: Any, *, num_layers: int, num_kv_heads: int,
+                 head_dim: int, vocab_size: int, num_pages: int, page_size: int,
+                 max_num_seqs: int, max_num_batched_tokens: int, max_pages_per_seq: int,
+                 kv_dtype: Any, attention_impl: str, max_logprobs: int,
+                 mesh: Any = None, interpret: bool = False):
+        self.module, self.params = module, params
+        self.page_size = page_size
+        self.max_num_seqs = max_num_seqs
+        self.max_pages_per_seq = max_pages_per_seq
+        self.buckets = token_buckets(max_num_batched_tokens)
+        self.attention_impl = attention_impl
+        self.interpret = interpret
+        self.max_logprobs = max_logprobs
+        self.vocab_size = vocab_size
+        caches = [KVCache.allocate(num_pages, page_size, num_kv_heads, head_dim, dtype=kv_dtype)
+                  for _ in range(num_layers)]
+        if mesh is not None:  # tensor parallel: pages split by KV head like the k/v weights
+            tensor = mesh.shape.get("tensor", 1)
+            head_axis = "tensor" if tensor > 1 and num_kv_heads % tensor == 0 else None
+            pages = NamedSharding(mesh, P(None, None, head_axis, None))
+            scales = NamedSharding(mesh, P(None, None, head_axis))
+            caches = [KVCache(*(jax.device_put(x, pages if x.ndim == 4 else scales)
+                                if x is not None else None
+                                for x in (c.k_pages, c.v_pages, c.k_scales, c.v_scales)))
+                      for c in caches]
+        self.caches = caches
+        self.penalties = PenaltyState(jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
+                                      jnp.zeros((max_num_seqs, vocab_size), bool))
+        self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
+        self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
+        self.shapes_compiled: set[tuple[str, int]] = set()
+
+    @property
+    def num_compilations(self) -> int:
+        return len(self.shapes_compiled)
+
+    # The jitted functions.
+    def _step_impl(self, params: Any, caches: list[KVCache], pen: PenaltyState,
+                   x: StepInputs) -> tuple[Any, ...]:
+        logits, caches = self.module.apply(
+            {"params": params}, x.input_ids[None], x.positions[None], attention=x.attention,
+            kv_caches=caches, logits_indices=x.logits_indices[None])
+        logits = logits[0, :, :self.vocab_size].astype(jnp.float32)  # [S, V]
+        counts = pen.output_counts[x.seq_slots]
+        prompt = pen.prompt_mask[x.seq_slots]
+        tokens = sample(logits, x.sampling, counts, prompt)
+        chosen, top_ids, top_vals = top_logprobs(logits, tokens, self.max_logprobs)
+        rows = jnp.where(x.do_sample, x.seq_slots, pen.output_counts.shape[0])
+        new_counts = pen.output_counts.at[rows, tokens].add(1, mode="drop")
+        return (tokens, chosen, top_ids, top_vals), caches, PenaltyState(new_counts,
+                                                                          pen.prompt_mask)
+
+    @staticmethod
+    def _prime_impl(pen: PenaltyState, slot: Array, prompt: Array, outputs: Array) -> PenaltyState:
+        """Reset one slot's rows: mark `prompt` tokens, count `outputs` (-1 entries are padding)."""
+        v = pen.output_counts.shape[1]
+        mask = jnp.zeros((v,), bool).at[jnp.where(prompt >= 0, prompt, v)].set(True, mode="drop")
+        counts = jnp.zeros((v,), jnp.int32).at[jnp.where(outputs >= 0, outputs, v)].add(
+            1, mode="drop")
+        return PenaltyState(pen.output_counts.at[slot].set(counts), pen.prompt_mask.at[slot].set(mask))
+
+    # Host side.
+    def prime_penalties(self, slot: int, prompt: Sequence[int], outputs: Sequence[int]) -> None:
+        n = _bucket(max(len(prompt), len(outputs), 1), token_buckets(1 << 30))
+        p = np.full((n,), -1, np.int32)
+        p[:len(prompt)] = prompt
+        o = np.full((n,), -1, np.int32)
+        o[:len(outputs)] = outputs
+        self.shapes_compiled.add(("prime", n))
+        self.penalties = self._prime(self.penalties, jnp.int32(slot), p, o)
+
+    def execute(self, chunks: Sequence[ScheduledChunk],
+                sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
+        """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
+        for the first len(chunks) sequences."""
+        x = self.build_inputs(chunks, sampling)
+        self.shapes_compiled.add(("step", int(x.input_ids.shape[0])))
+        out, self.caches, self.penalties = self._step(self.params, self.caches, self.penalties, x)
+        return tuple(np.asarray(a)[:len(chunks)] for a in out)
+
+    def build_inputs(self, chunks: Sequence[ScheduledChunk],
+                     sampling: SamplingArrays) -> StepInputs:
+        total = sum(c.num_tokens for c in chunks)
+        t = _bucket(total, self.buckets)
+        s = self.max_num_seqs
+        if len(chunks) > s:
+            raise ValueError(f"{len(chunks)} sequences exceed max_num_seqs={s}")
+        ids = np.zeros((t,), np.int32)
+        pos = np.zeros((t,), np.int32)
+        slots = np.full((t,), -1, np.int32)
+        kv_lens = np.zeros((s,), np.int32)
+        tables = np.zeros((s, self.max_pages_per_seq), np.int32)
+        cu = np.zeros((s + 1,), np.int32)
+        logits_idx = np.zeros((s,), np.int32)
+        seq_slots = np.zeros((s,), np.int32)
+        do_sample = np.zeros((s,), bool)
+        row = 0
+        for i, c in enumerate(chunks):
+            r = c.request
+            tokens = r.all_token_ids[c.start:c.start + c.num_tokens]
+            positions = np.arange(c.start, c.start + c.num_tokens)
+            ids[row:row + c.num_tokens] = tokens
+            pos[row:row + c.num_tokens] = positions
+            pages = np.asarray(r.pages, np.int32)
+            slots[row:row + c.num_tokens] = pages[positions // self.page_size] * self.page_size \
+                + positions % self.page_size
+            kv_lens[i] = c.start + c.num_tokens
+            tables[i, :len(pages)] = pages
+            row += c.num_tokens
+            cu[i + 1] = row
+            logits_idx[i] = row - 1
+            seq_slots[i] = r.slot
+            do_sample[i] = c.samples
+        cu[len(chunks) + 1:] = row
+        attention = PagedAttention(slots, kv_lens, tables, cu, np.array([len(chunks)], np.int32),
+                                   impl=self.attention_impl, interpret=self.interpret)
+        return StepInputs(ids, pos, attention, logits_idx, seq_slots, do_sample, sampling)
