@@ -138,7 +138,7 @@ def export_hf(model: Model, out_dir: str | os.PathLike,
     """Write `model` as a Hugging Face directory that transformers loads."""
     out = Path(out_dir)
     arch = get_architecture(model.config.model_type, "model")
-    tok_dir = (getattr(model.tokenizer, "name_or_path", None) or None)
+    tok_dir = getattr(model.tokenizer, "source_dir", None)
     write_hf(out, arch, model.config, model.params, tok_dir, max_shard_bytes)
     return out
 
@@ -159,7 +159,7 @@ def save(model: Model, out_dir: str | os.PathLike) -> Path:
             ckptr.save(tmp / "params", model.params)
             ckptr.wait_until_finished()
         (tmp / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
-        tok_dir = (getattr(model.tokenizer, "name_or_path", None) or None)
+        tok_dir = getattr(model.tokenizer, "source_dir", None)
         if tok_dir is not None:
             for name in TOKENIZER_FILES:
                 src = Path(tok_dir) / name

@@ -32,10 +32,13 @@ class PagedAttention:
     def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: KVCache,
                  sm_scale: float) -> tuple[Array, KVCache]:
         del layer
+        out_dtype = q.dtype
+        if cache.k_scales is None and cache.k_pages.dtype != q.dtype:
+            q = q.astype(cache.k_pages.dtype)  # e.g. a bf16 cache under fp32 compute
         cache = cache.write(k[0], v[0], self.slot_mapping)
         fn = ragged_paged_attention if self.impl == "pallas" else ragged_paged_attention_xla
         kwargs = {"interpret": self.interpret} if self.impl == "pallas" else {}
         out = fn(q[0], cache.k_pages, cache.v_pages, self.kv_lens, self.block_tables,
                  self.cu_q_lens, self.num_seqs, sm_scale=sm_scale, k_scales=cache.k_scales,
                  v_scales=cache.v_scales, **kwargs)
-        return out[None].astype(q.dtype), cache
+        return out[None].astype(out_dtype), cache
