@@ -1,0 +1,1 @@
+"""`python -m infer`: the inference CLI (generate, chat, serve, bench, bench-attention)."""
