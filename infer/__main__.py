@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as e:  # the `serve` extra is not installed
         if argv is None and len(sys.argv) > 1 and sys.argv[1] == "serve":
             raise SystemExit(f"`serve` needs the serve extra: pip install -e '.[serve]' ({e})")
-    args = tyro.extras.subcommand_cli_from_dict(commands, args=argv)
+    # Flat flags, as vLLM users expect: --model, --max-model-len, --temperature.
+    args = tyro.extras.subcommand_cli_from_dict(commands, args=argv,
+                                                config=(tyro.conf.OmitArgPrefixes,))
     runners[type(args)](args)
 
 

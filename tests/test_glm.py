@@ -119,7 +119,7 @@ def test_segments_are_independent():
 
 def test_mrope_positions_with_equal_rows_equal_1d_rope():
     cfg = ag.load_config("tiny")
-    cfg = cfg.replace(text=cfg.text.replace(mrope_section=(1, 1, 1)))
+    cfg = cfg.replace(text=cfg.text.replace(mrope_section=(1, 2, 1)))
     m = ag.init(cfg, seed=0)
     ids = np.random.RandomState(1).randint(0, 500, (2, 9))
     pos = np.broadcast_to(np.arange(9), (2, 9))

@@ -226,6 +226,7 @@ def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
     }
     if cfg.eos_token_ids:
         out["eos_token_id"] = list(cfg.eos_token_ids)
-    if cfg.pad_token_id is not None:
-        out["pad_token_id"] = cfg.pad_token_id
+    # Always written: transformers' GlmConfig defaults a missing pad id to 151329, which is out
+    # of range for small vocabularies.
+    out["pad_token_id"] = cfg.pad_token_id
     return out

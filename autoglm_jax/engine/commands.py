@@ -112,10 +112,10 @@ def load_model(args: ModelArgs, log: TextIO = sys.stderr) -> Any:
         print(f"loading {args.model} ({args.dtype})", file=log)
         return ag.load(args.model, dtype=dtype, mesh=mesh)
     if args.model not in preset_names():
-        raise SystemExit(f"--model.model {args.model!r}: not a directory and not a preset "
+        raise SystemExit(f"--model {args.model!r}: not a directory and not a preset "
                          f"(presets: {', '.join(preset_names())})")
     print(f"SMOKE RUN: preset {args.model!r} with RANDOM weights; the text is meaningless. "
-          "Pass --model.model DIR for a real checkpoint.", file=log)
+          "Pass --model DIR for a real checkpoint.", file=log)
     model = ag.init(args.model, dtype=dtype, mesh=mesh)
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
     tokenizer = Tokenizer.from_dir(TINY_TOKENIZER_DIR)

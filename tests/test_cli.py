@@ -1,0 +1,47 @@
+"""End-to-end runs of the inference CLI on the tiny preset (random weights)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def test_generate_cli_smoke_run_from_jsonl(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"Hello"\n{"prompt": "Bonjour"}\n{"messages": [{"role": "user", '
+                       '"content": "hi"}]}\n')
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "infer", "generate", "--prompts-file", str(prompts), "--output",
+         str(out), "--max-tokens", "5", "--max-model-len", "256"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "SMOKE RUN" in proc.stderr and "RANDOM weights" in proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(len(r["token_ids"]) == 5 for r in rows)
+
+
+def test_generate_cli_rejects_unknown_model_and_bad_jsonl(tmp_path):
+    from infer.__main__ import main
+
+    with pytest.raises(SystemExit, match="not a directory and not a preset"):
+        main(["generate", "--model", "no-such-model"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{broken\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2"):
+        main(["generate", "--prompts-file", str(bad)])
+
+
+def test_bench_cli_tiny(tmp_path):
+    from autoglm_jax.engine.bench import BenchArgs, run_bench
+    from autoglm_jax.engine.commands import ModelArgs
+
+    res = run_bench(BenchArgs(model=ModelArgs(model="tiny"), num_requests=6, prompt_len=24,
+                              output_len=6, max_num_seqs=8, max_num_batched_tokens=64,
+                              baseline_requests=2, static_batch_size=3, static_batches=1,
+                              hf_baseline=True, out_dir=tmp_path))
+    assert res["continuous"]["output_tokens"] == 36
+    assert res["one_at_a_time"]["output_tokens"] == 12
+    assert res["hf_generate"]["output_tokens"] == 18, res["hf_generate"]
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
