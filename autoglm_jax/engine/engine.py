@@ -92,7 +92,10 @@ class Engine:
         self.model = model
         self.tokenizer = model.tokenizer
         self.mesh = mesh if mesh is not None else getattr(model, "mesh", None)
-        kv_dtype = {"auto": text.dtype}.get(config.kv_cache_dtype, config.kv_cache_dtype)
+        # "auto" is the model's compute dtype, except bf16 on CPU: XLA:CPU widens bf16
+        # scatters over the whole page pool (docs/kernels.md), so CPU keeps float32 pages.
+        auto = text.dtype if jax.default_backend() != "cpu" else "float32"
+        kv_dtype = {"auto": auto}.get(config.kv_cache_dtype, config.kv_cache_dtype)
         self.kv_dtype = jnp.dtype(kv_dtype)
         pages_per_seq = -(-config.max_model_len // config.page_size)
         itemsize = self.kv_dtype.itemsize + (4 / text.head_dim if kv_dtype == "int8" else 0)

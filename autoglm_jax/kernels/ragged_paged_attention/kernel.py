@@ -36,6 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from autoglm_jax.kernels.ragged_paged_attention.block_sizes import (
+    MIN_ROWS,
     BlockSizes,
     get_block_sizes,
     next_pow2,
@@ -61,40 +62,40 @@ def make_schedule(
     block_q: int,
     num_blocks: int,
 ) -> jax.Array:  # i32[4, num_blocks]
-  """Which rows each query block owns: rows SCHED_SEQ (sequence, for its block table),
-  SCHED_ROW0 (first q row), SCHED_ROW_END (end of its sequence's rows, exclusive) and
-  SCHED_KV_LEN (the sequence's KV length; 0 for the padding tail and spare blocks).
+    """Which rows each query block owns: rows SCHED_SEQ (sequence, for its block table),
+    SCHED_ROW0 (first q row), SCHED_ROW_END (end of its sequence's rows, exclusive) and
+    SCHED_KV_LEN (the sequence's KV length; 0 for the padding tail and spare blocks).
 
-  Blocks are handed out sequence by sequence, ceil(q_len / block_q) each, then the padding
-  tail [cu_q_lens[num_seqs], T); spare blocks get ROW0 = ROW_END = T. Everything is clipped
-  to [0, T] so inconsistent metadata cannot index out of bounds.
-  """
-  t = num_tokens
-  s = kv_lens.shape[0]
-  n = jnp.clip(num_seqs[0], 0, s)
-  live = jnp.arange(s) < n
-  q_start = jnp.clip(cu_q_lens[:-1], 0, t)
-  q_end = jnp.where(live, jnp.clip(cu_q_lens[1:], q_start, t), q_start)
-  tail_start = jnp.clip(cu_q_lens[n], 0, t)
-  part_start = jnp.concatenate([q_start, tail_start[None]])  # [S + 1]
-  part_end = jnp.concatenate([q_end, jnp.full((1,), t, jnp.int32)])
-  part_kv = jnp.concatenate([jnp.where(live, jnp.maximum(kv_lens, 0), 0),
-                             jnp.zeros((1,), jnp.int32)])
-  part_seq = jnp.concatenate([jnp.arange(s, dtype=jnp.int32), jnp.zeros((1,), jnp.int32)])
-  n_blocks = (part_end - part_start + block_q - 1) // block_q
-  blk_end = jnp.cumsum(n_blocks)
-  blk_begin = blk_end - n_blocks
-  b = jnp.arange(num_blocks, dtype=jnp.int32)
-  owner = jnp.searchsorted(blk_end, b, side="right").astype(jnp.int32)
-  used = owner <= s
-  owner = jnp.minimum(owner, s)
-  row0 = part_start[owner] + (b - blk_begin[owner]) * block_q
-  return jnp.stack([
-      jnp.where(used, part_seq[owner], 0),
-      jnp.where(used, row0, t),
-      jnp.where(used, part_end[owner], t),
-      jnp.where(used, part_kv[owner], 0),
-  ]).astype(jnp.int32)
+    Blocks are handed out sequence by sequence, ceil(q_len / block_q) each, then the padding
+    tail [cu_q_lens[num_seqs], T); spare blocks get ROW0 = ROW_END = T. Everything is clipped
+    to [0, T] so inconsistent metadata cannot index out of bounds.
+    """
+    t = num_tokens
+    s = kv_lens.shape[0]
+    n = jnp.clip(num_seqs[0], 0, s)
+    live = jnp.arange(s) < n
+    q_start = jnp.clip(cu_q_lens[:-1], 0, t)
+    q_end = jnp.where(live, jnp.clip(cu_q_lens[1:], q_start, t), q_start)
+    tail_start = jnp.clip(cu_q_lens[n], 0, t)
+    part_start = jnp.concatenate([q_start, tail_start[None]])  # [S + 1]
+    part_end = jnp.concatenate([q_end, jnp.full((1,), t, jnp.int32)])
+    part_kv = jnp.concatenate([jnp.where(live, jnp.maximum(kv_lens, 0), 0),
+                               jnp.zeros((1,), jnp.int32)])
+    part_seq = jnp.concatenate([jnp.arange(s, dtype=jnp.int32), jnp.zeros((1,), jnp.int32)])
+    n_blocks = (part_end - part_start + block_q - 1) // block_q
+    blk_end = jnp.cumsum(n_blocks)
+    blk_begin = blk_end - n_blocks
+    b = jnp.arange(num_blocks, dtype=jnp.int32)
+    owner = jnp.searchsorted(blk_end, b, side="right").astype(jnp.int32)
+    used = owner <= s
+    owner = jnp.minimum(owner, s)
+    row0 = part_start[owner] + (b - blk_begin[owner]) * block_q
+    return jnp.stack([
+        jnp.where(used, part_seq[owner], 0),
+        jnp.where(used, row0, t),
+        jnp.where(used, part_end[owner], t),
+        jnp.where(used, part_kv[owner], 0),
+    ]).astype(jnp.int32)
 
 
 def _kernel(
@@ -112,97 +113,97 @@ def _kernel(
     group: int,
     num_splits: int,
 ):
-  blk, kv_head = pl.program_id(0), pl.program_id(1)
-  num_tokens, num_q_heads, head_dim = q_ref.shape
-  num_pages, page_size = k_pages_ref.shape[:2]
-  pages_per_seq = block_tables_ref.shape[1]
-  group_p = next_pow2(group)
-  rows = block_q * group_p
-  head_dim_p = next_pow2(head_dim)
-  quantized = k_scales_ref is not None
-  compute_dtype = q_ref.dtype
-  precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
+    blk, kv_head = pl.program_id(0), pl.program_id(1)
+    head_dim = q_ref.shape[2]
+    num_pages, page_size = k_pages_ref.shape[:2]
+    pages_per_seq = block_tables_ref.shape[1]
+    group_p = next_pow2(group)
+    rows = block_q * group_p
+    head_dim_p = next_pow2(head_dim)
+    quantized = k_scales_ref is not None
+    compute_dtype = q_ref.dtype
+    precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
 
-  seq = sched_ref[SCHED_SEQ, blk]
-  row0 = sched_ref[SCHED_ROW0, blk]
-  row_end = sched_ref[SCHED_ROW_END, blk]
-  kv_len = sched_ref[SCHED_KV_LEN, blk]
+    seq = sched_ref[SCHED_SEQ, blk]
+    row0 = sched_ref[SCHED_ROW0, blk]
+    row_end = sched_ref[SCHED_ROW_END, blk]
+    kv_len = sched_ref[SCHED_KV_LEN, blk]
 
-  r = jnp.arange(rows, dtype=jnp.int32)
-  tok = row0 + lax.div(r, group_p)  # [R] query token of each row
-  g = lax.rem(r, group_p)
-  head = kv_head * group + g  # [R] query head of each row
-  row_ok = (tok < row_end) & (g < group)
-  d = jnp.arange(head_dim_p, dtype=jnp.int32)
-  d_ok = d < head_dim
-  q_pos = kv_len - (row_end - tok)  # [R] position of each row's token in its KV
+    r = jnp.arange(rows, dtype=jnp.int32)
+    tok = row0 + lax.div(r, group_p)  # [R] query token of each row
+    g = lax.rem(r, group_p)
+    head = kv_head * group + g  # [R] query head of each row
+    row_ok = (tok < row_end) & (g < group)
+    d = jnp.arange(head_dim_p, dtype=jnp.int32)
+    d_ok = d < head_dim
+    q_pos = kv_len - (row_end - tok)  # [R] position of each row's token in its KV
 
-  q = plgpu.load(q_ref.at[tok[:, None], head[:, None], d[None, :]],
-                 mask=row_ok[:, None] & d_ok[None, :], other=0)  # [R, Hp]
+    q = plgpu.load(q_ref.at[tok[:, None], head[:, None], d[None, :]],
+                   mask=row_ok[:, None] & d_ok[None, :], other=0)  # [R, Hp]
 
-  # Keys [0, kv_hi) are visible to some row; [0, kv_full) to every row of the block.
-  last_tok = jnp.minimum(row0 + block_q, row_end) - 1
-  kv_hi = jnp.maximum(kv_len - (row_end - 1 - last_tok), 0)
-  kv_full = jnp.clip(kv_len - (row_end - row0) + 1, 0, kv_hi)
-  n_tiles = lax.div(kv_hi + block_k - 1, block_k)
-  n_full = lax.div(kv_full, block_k)
-  if num_splits > 1:
-    per_split = lax.div(n_tiles + num_splits - 1, num_splits)
-    t_lo = jnp.minimum(pl.program_id(2) * per_split, n_tiles)
-    t_hi = jnp.minimum(t_lo + per_split, n_tiles)
-  else:
-    t_lo, t_hi = 0, n_tiles
+    # Keys [0, kv_hi) are visible to some row; [0, kv_full) to every row of the block.
+    last_tok = jnp.minimum(row0 + block_q, row_end) - 1
+    kv_hi = jnp.maximum(kv_len - (row_end - 1 - last_tok), 0)
+    kv_full = jnp.clip(kv_len - (row_end - row0) + 1, 0, kv_hi)
+    n_tiles = lax.div(kv_hi + block_k - 1, block_k)
+    n_full = lax.div(kv_full, block_k)
+    if num_splits > 1:
+        per_split = lax.div(n_tiles + num_splits - 1, num_splits)
+        t_lo = jnp.minimum(pl.program_id(2) * per_split, n_tiles)
+        t_hi = jnp.minimum(t_lo + per_split, n_tiles)
+    else:
+        t_lo, t_hi = 0, n_tiles
 
-  def tile(j, carry, *, masked: bool):
-    acc, m_prev, l_prev = carry
-    kpos = j * block_k + jnp.arange(block_k, dtype=jnp.int32)  # [BK]
-    slot = jnp.minimum(lax.div(kpos, page_size), pages_per_seq - 1)
-    page = jnp.clip(block_tables_ref[seq, slot], 0, num_pages - 1)
-    off = lax.rem(kpos, page_size)
-    k_ok = kpos < kv_len
-    kv_mask = (k_ok[:, None] & d_ok[None, :]) if masked else d_ok[None, :]
-    kv_idx = (page[:, None], off[:, None], kv_head, d[None, :])
-    k = plgpu.load(k_pages_ref.at[kv_idx], mask=kv_mask, other=0)
-    v = plgpu.load(v_pages_ref.at[kv_idx], mask=kv_mask, other=0)
-    logits = plgpu.dot(q, k.astype(compute_dtype), trans_b=True, precision=precision)
-    if quantized:
-      k_scale = plgpu.load(k_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
-      logits = logits * k_scale[None, :]
-    logits = logits * (sm_scale * LOG2E)  # base-2 softmax
-    if masked:
-      visible = kpos[None, :] <= q_pos[:, None]  # [R, BK]; q_pos < kv_len
-      logits = jnp.where(visible, logits, MASK_VALUE)
-    m_next = jnp.maximum(m_prev, logits.max(axis=1))
-    alpha = jnp.exp2(m_prev - m_next)
-    p = jnp.exp2(logits - m_next[:, None])
-    if masked:
-      p = jnp.where(visible, p, 0.0)
-    l_next = alpha * l_prev + p.sum(axis=1)
-    if quantized:
-      v_scale = plgpu.load(v_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
-      p = p * v_scale[None, :]
-    pv = plgpu.dot(p.astype(compute_dtype), v.astype(compute_dtype), precision=precision)
-    return acc * alpha[:, None] + pv, m_next, l_next
+    def tile(j, carry, *, masked: bool):
+        acc, m_prev, l_prev = carry
+        kpos = j * block_k + jnp.arange(block_k, dtype=jnp.int32)  # [BK]
+        slot = jnp.minimum(lax.div(kpos, page_size), pages_per_seq - 1)
+        page = jnp.clip(block_tables_ref[seq, slot], 0, num_pages - 1)
+        off = lax.rem(kpos, page_size)
+        k_ok = kpos < kv_len
+        kv_mask = (k_ok[:, None] & d_ok[None, :]) if masked else d_ok[None, :]
+        kv_idx = (page[:, None], off[:, None], kv_head, d[None, :])
+        k = plgpu.load(k_pages_ref.at[kv_idx], mask=kv_mask, other=0)
+        v = plgpu.load(v_pages_ref.at[kv_idx], mask=kv_mask, other=0)
+        logits = plgpu.dot(q, k.astype(compute_dtype), trans_b=True, precision=precision)
+        if quantized:
+            k_scale = plgpu.load(k_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
+            logits = logits * k_scale[None, :]
+        logits = logits * (sm_scale * LOG2E)  # base-2 softmax
+        if masked:
+            visible = kpos[None, :] <= q_pos[:, None]  # [R, BK]; q_pos < kv_len
+            logits = jnp.where(visible, logits, MASK_VALUE)
+        m_next = jnp.maximum(m_prev, logits.max(axis=1))
+        alpha = jnp.exp2(m_prev - m_next)
+        p = jnp.exp2(logits - m_next[:, None])
+        if masked:
+            p = jnp.where(visible, p, 0.0)
+        l_next = alpha * l_prev + p.sum(axis=1)
+        if quantized:
+            v_scale = plgpu.load(v_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
+            p = p * v_scale[None, :]
+        pv = plgpu.dot(p.astype(compute_dtype), v.astype(compute_dtype), precision=precision)
+        return acc * alpha[:, None] + pv, m_next, l_next
 
-  carry = (jnp.zeros((rows, head_dim_p), jnp.float32),
-           jnp.full((rows,), M_INIT, jnp.float32),
-           jnp.zeros((rows,), jnp.float32))
-  split_full = jnp.minimum(jnp.maximum(n_full, t_lo), t_hi)
-  carry = lax.fori_loop(t_lo, split_full, functools.partial(tile, masked=False), carry)
-  acc, m, l = lax.fori_loop(split_full, t_hi, functools.partial(tile, masked=True), carry)
+    carry = (jnp.zeros((rows, head_dim_p), jnp.float32),
+             jnp.full((rows,), M_INIT, jnp.float32),
+             jnp.zeros((rows,), jnp.float32))
+    split_full = jnp.minimum(jnp.maximum(n_full, t_lo), t_hi)
+    carry = lax.fori_loop(t_lo, split_full, functools.partial(tile, masked=False), carry)
+    acc, m, l = lax.fori_loop(split_full, t_hi, functools.partial(tile, masked=True), carry)
 
-  out_idx = (tok[:, None], head[:, None], d[None, :])
-  out_mask = row_ok[:, None] & d_ok[None, :]
-  if num_splits == 1:
-    (o_ref,) = out_refs
-    o = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
-    plgpu.store(o_ref.at[out_idx], o.astype(o_ref.dtype), mask=out_mask)
-  else:
-    acc_ref, m_ref, l_ref = out_refs
-    split = pl.program_id(2)
-    plgpu.store(acc_ref.at[(split,) + out_idx], acc, mask=out_mask)
-    plgpu.store(m_ref.at[split, tok, head], m, mask=row_ok)
-    plgpu.store(l_ref.at[split, tok, head], l, mask=row_ok)
+    out_idx = (tok[:, None], head[:, None], d[None, :])
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    if num_splits == 1:
+        (o_ref,) = out_refs
+        o = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+        plgpu.store(o_ref.at[out_idx], o.astype(o_ref.dtype), mask=out_mask)
+    else:
+        acc_ref, m_ref, l_ref = out_refs
+        split = pl.program_id(2)
+        plgpu.store(acc_ref.at[(split,) + out_idx], acc, mask=out_mask)
+        plgpu.store(m_ref.at[split, tok, head], m, mask=row_ok)
+        plgpu.store(l_ref.at[split, tok, head], l, mask=row_ok)
 
 
 def merge_splits(
@@ -210,12 +211,12 @@ def merge_splits(
     m: jax.Array,  # f32[splits, T, N] running max (base 2)
     l: jax.Array,  # f32[splits, T, N] softmax denominators
 ) -> jax.Array:  # f32[T, N, H]
-  """Combines per-split flash-attention partial results; rows with no keys give zeros."""
-  m_all = m.max(axis=0)
-  w = jnp.exp2(m - m_all[None])
-  l_all = (w * l).sum(axis=0)
-  o = (w[..., None] * acc).sum(axis=0)
-  return o / jnp.where(l_all == 0.0, 1.0, l_all)[..., None]
+    """Combines per-split flash-attention partial results; rows with no keys give zeros."""
+    m_all = m.max(axis=0)
+    w = jnp.exp2(m - m_all[None])
+    l_all = (w * l).sum(axis=0)
+    o = (w[..., None] * acc).sum(axis=0)
+    return o / jnp.where(l_all == 0.0, 1.0, l_all)[..., None]
 
 
 def ragged_paged_attention_pallas(
@@ -233,42 +234,47 @@ def ragged_paged_attention_pallas(
     interpret: bool = False,
     block_sizes: BlockSizes | None = None,
 ) -> jax.Array:  # [T, N, H]
-  """Unjitted body of `ragged_paged_attention` (usable inside a caller's jit)."""
-  dims = validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
-                         k_scales, v_scales)
-  if block_sizes is None:
-    block_sizes = get_block_sizes(
-        head_dim=dims.head_dim, page_size=dims.page_size,
-        queries_per_kv_head=dims.queries_per_kv_head, num_kv_heads=dims.num_kv_heads,
-        num_tokens=dims.num_tokens, num_seqs=dims.num_seqs, pages_per_seq=dims.pages_per_seq)
-  bs = block_sizes
-  t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
-  num_blocks = num_query_blocks(t, dims.num_seqs, bs.block_q)
-  sched = make_schedule(kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=bs.block_q,
-                        num_blocks=num_blocks)
-  splits = bs.num_kv_splits
-  if splits == 1:
-    grid = (num_blocks, dims.num_kv_heads)
-    out_shape = jax.ShapeDtypeStruct((t, n, h), q.dtype)
-  else:
-    grid = (num_blocks, dims.num_kv_heads, splits)
-    out_shape = (jax.ShapeDtypeStruct((splits, t, n, h), jnp.float32),
-                 jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
-                 jax.ShapeDtypeStruct((splits, t, n), jnp.float32))
-  kernel = functools.partial(
-      _kernel, sm_scale=float(sm_scale), block_q=bs.block_q, block_k=bs.block_k,
-      group=dims.queries_per_kv_head, num_splits=splits)
-  out = pl.pallas_call(
-      kernel,
-      grid=grid,
-      out_shape=out_shape,
-      compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
-      interpret=interpret,
-      name=f"ragged_paged_attention_bq{bs.block_q}_bk{bs.block_k}_s{splits}",
-  )(sched, q, k_pages, v_pages, k_scales, v_scales, block_tables)
-  if splits == 1:
-    return out
-  return merge_splits(*out).astype(q.dtype)
+    """Unjitted body of `ragged_paged_attention` (usable inside a caller's jit)."""
+    dims = validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
+                           k_scales, v_scales)
+    if block_sizes is None:
+        block_sizes = get_block_sizes(
+            head_dim=dims.head_dim, page_size=dims.page_size,
+            queries_per_kv_head=dims.queries_per_kv_head, num_kv_heads=dims.num_kv_heads,
+            num_tokens=dims.num_tokens, num_seqs=dims.num_seqs, pages_per_seq=dims.pages_per_seq)
+    bs = block_sizes
+    rows = bs.block_q * next_pow2(dims.queries_per_kv_head)
+    if not interpret and (rows < MIN_ROWS or rows & (rows - 1)):
+        raise ValueError(
+            f"block_q * next_pow2(queries_per_kv_head) = {rows} rows per program: Triton needs a "
+            f"power of two >= {MIN_ROWS} (interpret mode accepts any)")
+    t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
+    num_blocks = num_query_blocks(t, dims.num_seqs, bs.block_q)
+    sched = make_schedule(kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=bs.block_q,
+                          num_blocks=num_blocks)
+    splits = bs.num_kv_splits
+    if splits == 1:
+        grid = (num_blocks, dims.num_kv_heads)
+        out_shape = jax.ShapeDtypeStruct((t, n, h), q.dtype)
+    else:
+        grid = (num_blocks, dims.num_kv_heads, splits)
+        out_shape = (jax.ShapeDtypeStruct((splits, t, n, h), jnp.float32),
+                     jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
+                     jax.ShapeDtypeStruct((splits, t, n), jnp.float32))
+    kernel = functools.partial(
+        _kernel, sm_scale=float(sm_scale), block_q=bs.block_q, block_k=bs.block_k,
+        group=dims.queries_per_kv_head, num_splits=splits)
+    out = pl.pallas_call(
+        kernel,
+        grid=grid,
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
+        interpret=interpret,
+        name=f"ragged_paged_attention_bq{bs.block_q}_bk{bs.block_k}_s{splits}",
+    )(sched, q, k_pages, v_pages, k_scales, v_scales, block_tables)
+    if splits == 1:
+        return out
+    return merge_splits(*out).astype(q.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("sm_scale", "interpret", "block_sizes"))
@@ -287,14 +293,14 @@ def ragged_paged_attention(
     interpret: bool = False,
     block_sizes: BlockSizes | None = None,
 ) -> jax.Array:  # [T, N, H]
-  """Causal attention of ragged query chunks against a shared pool of KV pages.
+    """Causal attention of ragged query chunks against a shared pool of KV pages.
 
-  Sequence s owns q rows cu_q_lens[s]:cu_q_lens[s+1], which are the last q_len positions
-  of its kv_lens[s] keys stored in pages block_tables[s]. Sequences >= num_seqs[0] and rows
-  >= cu_q_lens[num_seqs[0]] are padding: their output rows are zeros. Softmax in float32.
-  `block_sizes=None` picks them from the table in block_sizes.py. Nothing is donated: the
-  only same-shaped buffer is q, which callers usually still hold.
-  """
-  return ragged_paged_attention_pallas(
-      q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, sm_scale=sm_scale,
-      k_scales=k_scales, v_scales=v_scales, interpret=interpret, block_sizes=block_sizes)
+    Sequence s owns q rows cu_q_lens[s]:cu_q_lens[s+1], which are the last q_len positions
+    of its kv_lens[s] keys stored in pages block_tables[s]. Sequences >= num_seqs[0] and rows
+    >= cu_q_lens[num_seqs[0]] are padding: their output rows are zeros. Softmax in float32.
+    `block_sizes=None` picks them from the table in block_sizes.py. Nothing is donated: the
+    only same-shaped buffer is q, which callers usually still hold.
+    """
+    return ragged_paged_attention_pallas(
+        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, sm_scale=sm_scale,
+        k_scales=k_scales, v_scales=v_scales, interpret=interpret, block_sizes=block_sizes)
