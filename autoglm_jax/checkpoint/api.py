@@ -76,14 +76,34 @@ def _load_tokenizer(directory: Path) -> Any | None:
 
 
 def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None,
-         rules: str = "tp", load_tokenizer: bool = True) -> Model:
+         rules: str = "tp", load_tokenizer: bool = True, *,
+         audio_encoder: str | os.PathLike | None = None,
+         vit_encoder: str | os.PathLike | None = None, fusion: Any = None,
+         seed: int = 0) -> Model:
     """Load a Hugging Face checkpoint directory or one written by `ag.save`.
 
     dtype sets both the parameter and the compute dtype (float32 or bfloat16). With a mesh,
     each tensor is placed straight into its sharding under `rules` ("tp", "fsdp", "dp"), one
     tensor at a time. Never falls back to random weights: any problem raises an error that
     names the file and key.
+
+    With `audio_encoder` (a Whisper checkpoint directory) and/or `vit_encoder` (a ViT one),
+    builds the AutoGLM composite on top of `path` (glm4v, glm or glm4): the encoders are loaded,
+    the CGA fusion weights start fresh (seeded by `seed`, gates at zero, sized by `fusion`, a
+    FusionConfig, or from the decoder), so the composite equals the base model until trained.
     """
+    if audio_encoder is not None or vit_encoder is not None:
+        from autoglm_jax.checkpoint.registry import compose_autoglm
+        base = load(path, dtype, mesh, rules, load_tokenizer)
+        parts = {name: load(d, dtype, mesh, rules, load_tokenizer=False)
+                 for name, d in (("audio", audio_encoder), ("vit", vit_encoder)) if d is not None}
+        tok = base.tokenizer
+        cfg, params = compose_autoglm(
+            base.config, base.params, fusion=fusion, seed=seed, mesh=mesh, rules=rules,
+            **{name: (m.config, m.params) for name, m in parts.items()},
+            audio_token_id=tok.token_to_id("<|audio|>") if tok is not None else None)
+        module = get_architecture("autoglm", "model").build(cfg)
+        return Model(cfg, params, module, tok, mesh, rules, source=str(path))
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
@@ -187,7 +207,9 @@ def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtyp
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def target(x: Any, s: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype), sharding=s or dev)
+        # Integer params (the kernels of a compressed checkpoint) keep their dtype.
+        dtype = jnp.dtype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+        return jax.ShapeDtypeStruct(x.shape, dtype, sharding=s or dev)
 
     if unboxed_shardings is None:
         abstract = jax.tree.map(lambda x: target(x, None), expected)

@@ -1,0 +1,334 @@
+"""The GLM-4.1V model (`Glm4vModel`, model_type glm4v) and the AutoGLM composite (`AutoGLM`,
+model_type autoglm): encoders + GLM decoder + CGA fusion.
+
+Both take transformers' processed inputs:
+
+    logits = module.apply({"params": p}, input_ids, pixel_values=pv, image_grid_thw=thw)
+
+input_ids i32[B, T] already expanded (one `<|image|>` per vision token, see
+`processing.prompt.expand_image_placeholders`); pixel_values f32[P, 1176] of all images of the
+batch in order; image_grid_thw [n, 3] concrete (host numpy or tuples: it fixes static shapes).
+M-RoPE positions come from `processing.prompt.get_rope_index` when not given, which needs
+concrete input_ids (and attention_mask): under `jax.jit` compute them on the host and pass
+`positions=` (i32[3, B, T]). attention_mask i32/bool[B, T] (0 = padding) handles left padding.
+In decode, a generated token at sequence index i has position i + delta on all three rows
+(`get_rope_index` returns the deltas); the decoder also accepts plain [B, T] positions.
+
+The composite adds `input_features` f32[A, mels, 3000] (Whisper windows) with `audio_rows`
+i32[A] (the batch row of each window, -1 for none; default one per row, or all to row 0 for a
+batch of one) and `vit_pixel_values` f32[I, 3, H, W] with `vit_rows`. For serving, encode the
+memory once per request (`encode_memory`, `memory_kv`) and pass `memory=` to every step.
+
+Param tree (HF names in `checkpoint/registry.py`): visual (Glm4vVisionTower), language_model
+(GlmDecoder), audio_encoder (WhisperEncoder), vit_encoder (ViTEncoder), fusion (CgaFusion).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autoglm_jax.config import ModelConfig
+from autoglm_jax.nn.attention import AttentionBackend
+from autoglm_jax.nn.audio import WhisperEncoder
+from autoglm_jax.nn.fusion import CgaFusion, Memory, MemoryKV
+from autoglm_jax.nn.glm import GlmDecoder
+from autoglm_jax.nn.layers import DotGeneral
+from autoglm_jax.nn.vision import Glm4vVisionTower, grid_tuple
+from autoglm_jax.nn.vit import ViTEncoder
+from autoglm_jax.processing.prompt import get_rope_index, splice_embeddings
+
+Array = jax.Array
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+class Glm4vModel(nn.Module):
+    """GLM-4.1V (transformers' Glm4vForConditionalGeneration): ids + images -> logits."""
+
+    config: ModelConfig
+    dot_general: DotGeneral | None = None
+
+    def setup(self) -> None:
+        c = self.config
+        if c.vision is not None:
+            self.visual = Glm4vVisionTower(c.vision, dot_general=self.dot_general)
+        self.language_model = GlmDecoder(c.text, self.dot_general)
+
+    def embed_inputs(self, input_ids: Array, pixel_values: Array | None = None,
+                     image_grid_thw: Any = None) -> Array:
+        """Token embeddings [B, T, D] with the image embeddings spliced at the image tokens."""
+        c = self.config
+        x = self.language_model.embed(input_ids)
+        if pixel_values is None:
+            return x
+        if c.vision is None:
+            raise ValueError(f"a {c.model_type} model without a vision tower got pixel_values")
+        if image_grid_thw is None:
+            raise ValueError("pixel_values needs image_grid_thw")
+        ids = _concrete(input_ids)
+        if ids is not None:
+            n = int((ids == c.image_token_id).sum())
+            want = sum(t * h * w for t, h, w in grid_tuple(image_grid_thw)) // c.vision.merge_factor
+            if n != want:
+                raise ValueError(
+                    f"image features and image tokens do not match: input_ids hold {n} image "
+                    f"tokens ({c.image_token_id}), the images give {want} "
+                    "(expand the placeholders with expand_image_placeholders)")
+        image_embeds = self.visual(pixel_values, image_grid_thw)
+        return splice_embeddings(x, image_embeds, input_ids, c.image_token_id)
+
+    def mrope_positions(self, input_ids: Any, image_grid_thw: Any = None,
+                        attention_mask: Any = None) -> np.ndarray:
+        """i32[3, B, T] M-RoPE positions computed on the host (`get_rope_index`)."""
+        c = self.config
+        ids = _concrete(input_ids)
+        mask = _concrete(attention_mask)
+        if ids is None or (attention_mask is not None and mask is None):
+            raise TypeError(
+                "M-RoPE positions are computed on the host from input_ids (and "
+                "attention_mask), which are traced here: under jax.jit compute them with "
+                "autoglm_jax.processing.prompt.get_rope_index and pass positions=")
+        merge = c.vision.spatial_merge_size if c.vision is not None else 2
+        positions, _ = get_rope_index(
+            ids, image_grid_thw, mask,
+            image_token_id=c.image_token_id if c.image_token_id is not None else -1,
+            video_start_token_id=(c.video_start_token_id
+                                  if c.video_start_token_id is not None else -1),
+            video_end_token_id=c.video_end_token_id if c.video_end_token_id is not None else -1,
+            spatial_merge_size=merge)
+        return positions
+
+    def _decode(self, input_ids: Array | None, positions: Array | None,
+                pixel_values: Array | None, image_grid_thw: Any, attention_mask: Array | None,
+                inputs_embeds: Array | None, segment_ids: Array | None,
+                attention: AttentionBackend | None, kv_caches: Any,
+                logits_indices: Array | None, return_hidden: bool, layer_hook: Any) -> Any:
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids or inputs_embeds")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw)
+        elif pixel_values is not None:
+            raise ValueError("pixel_values are spliced at the image tokens of input_ids; "
+                             "with inputs_embeds, splice them yourself")
+        if positions is None and input_ids is not None and (
+                image_grid_thw is not None or attention_mask is not None):
+            positions = jnp.asarray(self.mrope_positions(input_ids, image_grid_thw,
+                                                         attention_mask))
+        if attention_mask is not None:
+            keep = jnp.asarray(attention_mask).astype(bool)
+            segment_ids = (keep.astype(jnp.int32) if segment_ids is None
+                           else jnp.where(keep, segment_ids + 1, 0))
+        return self.language_model(
+            None, positions, inputs_embeds=inputs_embeds, segment_ids=segment_ids,
+            attention=attention, kv_caches=kv_caches, logits_indices=logits_indices,
+            layer_hook=layer_hook, return_hidden=return_hidden)
+
+    def __call__(self, input_ids: Array | None = None, positions: Array | None = None,
+                 pixel_values: Array | None = None, image_grid_thw: Any = None, *,
+                 attention_mask: Array | None = None, inputs_embeds: Array | None = None,
+                 segment_ids: Array | None = None, attention: AttentionBackend | None = None,
+                 kv_caches: Any = None, logits_indices: Array | None = None,
+                 return_hidden: bool = False) -> Any:
+        """Logits f32[B, T, V] (the decoder's outputs; see GlmDecoder for the keyword
+        arguments, which the engine uses as with a text model)."""
+        return self._decode(input_ids, positions, pixel_values, image_grid_thw, attention_mask,
+                            inputs_embeds, segment_ids, attention, kv_caches, logits_indices,
+                            return_hidden, None)
+
+
+class AutoGLM(Glm4vModel):
+    """The composite: GLM-4.1V (or a GLM text decoder) + Whisper audio and/or ViT encoders,
+    fused by CGA blocks after every `fusion.cga_every` decoder layers."""
+
+    def setup(self) -> None:
+        super().setup()
+        c = self.config
+        if c.audio is not None:
+            self.audio_encoder = WhisperEncoder(c.audio, self.dot_general)
+        if c.vit is not None:
+            self.vit_encoder = ViTEncoder(c.vit, self.dot_general)
+        self.fusion = CgaFusion(c, self.dot_general)
+
+    def encode_memory(self, num_rows: int, input_features: Array | None = None,
+                      audio_rows: Any = None, vit_pixel_values: Array | None = None,
+                      vit_rows: Any = None, *, max_audio_per_row: int | None = None,
+                      max_vit_per_row: int | None = None) -> Memory:
+        """Run the encoders and projectors: a Memory with `num_rows` rows."""
+        c = self.config
+        audio_hidden = vit_hidden = None
+        if input_features is not None:
+            if c.audio is None:
+                raise ValueError("this model has no audio encoder (input_features given)")
+            audio_hidden = self.audio_encoder(input_features)
+        if vit_pixel_values is not None:
+            if c.vit is None:
+                raise ValueError("this model has no ViT encoder (vit_pixel_values given)")
+            vit_hidden = self.vit_encoder(vit_pixel_values)[0]
+        return self.fusion.memory(num_rows, audio_hidden, audio_rows, vit_hidden, vit_rows,
+                                  max_audio_per_row=max_audio_per_row,
+                                  max_vit_per_row=max_vit_per_row)
+
+    def memory_kv(self, memory: Memory) -> MemoryKV:
+        return self.fusion.memory_kv(memory)
+
+    def __call__(self, input_ids: Array | None = None, positions: Array | None = None,
+                 pixel_values: Array | None = None, image_grid_thw: Any = None,
+                 input_features: Array | None = None, vit_pixel_values: Array | None = None, *,
+                 audio_rows: Any = None, vit_rows: Any = None,
+                 max_audio_per_row: int | None = None, max_vit_per_row: int | None = None,
+                 memory: MemoryKV | None = None, memory_rows: Array | None = None,
+                 attention_mask: Array | None = None, inputs_embeds: Array | None = None,
+                 segment_ids: Array | None = None, attention: AttentionBackend | None = None,
+                 kv_caches: Any = None, logits_indices: Array | None = None,
+                 return_hidden: bool = False) -> Any:
+        """Logits f32[B, T, V]. Audio/ViT inputs (or a precomputed `memory`) feed the CGA
+        blocks; without them the model is exactly its base decoder. `memory_rows` i32[B, T]
+        maps each token to a memory row (flat token batches of several requests)."""
+        if memory is None and (input_features is not None or vit_pixel_values is not None):
+            ref = input_ids if input_ids is not None else inputs_embeds
+            memory = self.memory_kv(self.encode_memory(
+                ref.shape[0], input_features, audio_rows, vit_pixel_values, vit_rows,
+                max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row))
+        hook = None
+        if memory is not None:
+            fusion_cfg = self.config.fusion
+
+            def hook(i: int, h: Array) -> Array:
+                j = fusion_cfg.block_after_layer(i)
+                return h if j is None else self.fusion.apply_block(j, h, memory, memory_rows)
+
+        return self._decode(input_ids, positions, pixel_values, image_grid_thw, attention_mask,
+                            inputs_embeds, segment_ids, attention, kv_caches, logits_indices,
+                            return_hidden, hook)
+
+
+class ViTModel(nn.Module):
+    """ViTEncoder that returns only the last hidden state [B, 1 + P, D] (model_type vit); the
+    params are the encoder's own (no extra nesting)."""
+
+    config: Any  # ViTConfig
+    dot_general: DotGeneral | None = None
+
+    def setup(self) -> None:
+        self.encoder = ViTEncoder(self.config, self.dot_general)
+        nn.share_scope(self, self.encoder)
+
+    def __call__(self, pixel_values: Array) -> Array:
+        return self.encoder(pixel_values)[0]
+
+
+def build_module(config: ModelConfig, dot_general: DotGeneral | None = None) -> nn.Module:
+    """The Flax module of any model type."""
+    t = config.model_type
+    if t in ("glm", "glm4"):
+        return GlmDecoder(config.text, dot_general)
+    if t == "glm4v":
+        return Glm4vModel(config, dot_general)
+    if t == "autoglm":
+        return AutoGLM(config, dot_general)
+    if t == "whisper":
+        return WhisperEncoder(config.audio, dot_general)
+    if t == "vit":
+        return ViTModel(config.vit, dot_general)
+    raise ValueError(f"unknown model_type {t!r}")
+
+
+def example_inputs(config: ModelConfig) -> tuple[Any, ...]:
+    """Small positional inputs that touch every parameter (for `module.init` / eval_shape):
+    one image of 2x2 patches, one audio window, one ViT image."""
+    c = config
+    t = c.model_type
+    if t in ("glm", "glm4"):
+        return (jnp.zeros((1, 2), jnp.int32),)
+    if t == "whisper":
+        return (jnp.zeros((1, c.audio.num_mel_bins, c.audio.num_frames), jnp.float32),)
+    if t == "vit":
+        return (jnp.zeros((1, c.vit.num_channels, *c.vit.image_size), jnp.float32),)
+    if c.vision is not None:
+        m = c.vision.spatial_merge_size
+        ids = np.asarray([[c.image_start_token_id or 0, c.image_token_id,
+                           c.image_end_token_id or 0]], np.int32)
+        pixels = jnp.zeros((m * m, c.vision.patch_dim), jnp.float32)
+        grid = np.asarray([[1, m, m]], np.int32)
+    else:
+        ids, pixels, grid = np.zeros((1, 2), np.int32), None, None
+    args: tuple[Any, ...] = (ids, None, pixels, grid)
+    if t == "autoglm":
+        audio = (jnp.zeros((1, c.audio.num_mel_bins, c.audio.num_frames), jnp.float32)
+                 if c.audio is not None else None)
+        vit = (jnp.zeros((1, c.vit.num_channels, *c.vit.image_size), jnp.float32)
+               if c.vit is not None else None)
+        args += (audio, vit)
+    return args
+
+
+def init_fusion_params(config: ModelConfig, key: Array) -> Any:
+    """Fresh (boxed) CGA fusion params for `config` (gates at zero), without initialising
+    the encoders or the decoder."""
+    c = config
+    d = c.text.d_model
+    audio = (jnp.zeros((1, c.audio.max_source_positions, c.audio.d_model), jnp.float32)
+             if c.audio is not None else None)
+    vit = (jnp.zeros((1, c.vit.seq_len, c.vit.d_model), jnp.float32)
+           if c.vit is not None else None)
+    return CgaFusion(c).init(key, jnp.zeros((1, 1, d), jnp.float32), audio, vit)["params"]
+
+
+_STACK_OF = {"visual": "vision", "language_model": "text", "audio_encoder": "audio",
+             "vit_encoder": "vit"}
+
+
+def count_params_by_stack(config: ModelConfig) -> dict[str, int]:
+    """Parameters per stack from `jax.eval_shape` (no memory used): keys among text, vision,
+    audio, vit, projectors (modality projectors), cga (the gated blocks), and total."""
+    module = build_module(config)
+    args = example_inputs(config)
+    shapes = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"])
+
+    def count(tree: Any) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+    t = config.model_type
+    if t in ("glm", "glm4", "whisper", "vit"):
+        out = {{"whisper": "audio", "vit": "vit"}.get(t, "text"): count(shapes)}
+    else:
+        out = {}
+        for name, sub in shapes.items():
+            if name == "fusion":
+                out["projectors"] = count({k: v for k, v in sub.items()
+                                           if k.endswith("_projector")})
+                out["cga"] = count({k: v for k, v in sub.items() if k.startswith("blocks_")})
+            else:
+                out[_STACK_OF[name]] = count(sub)
+    order = ("text", "vision", "audio", "vit", "projectors", "cga")
+    out = {k: out[k] for k in order if k in out}
+    out["total"] = sum(out.values())
+    return out
+
+
+def encode_memory(config: ModelConfig, params: Any, num_rows: int,
+                  input_features: Array | None = None, audio_rows: Any = None,
+                  vit_pixel_values: Array | None = None, vit_rows: Any = None, *,
+                  max_audio_per_row: int | None = None,
+                  max_vit_per_row: int | None = None) -> Memory:
+    """Encoders + projectors of an autoglm model (params: the whole model's tree)."""
+    return AutoGLM(config).apply(
+        {"params": params}, num_rows, input_features, audio_rows, vit_pixel_values, vit_rows,
+        max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row,
+        method="encode_memory")
+
+
+def memory_kv(config: ModelConfig, params: Any, memory: Memory) -> MemoryKV:
+    """Every CGA block's (k, v) of a memory: run once per request, pass as `memory=` to the
+    forward at every step. params: the whole model's tree (only params["fusion"] is read)."""
+    return CgaFusion(config).apply({"params": params["fusion"]}, memory, method="memory_kv")
