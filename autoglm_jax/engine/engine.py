@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autoglm_jax.engine.multimodal import (EncoderCache, MultimodalInputs, check_media,
+                                           collect_media, prepare)
 from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.runner import ModelRunner
@@ -120,8 +122,19 @@ class Engine:
             num_pages=num_pages, page_size=config.page_size, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_pages_per_seq=pages_per_seq, kv_dtype=self.kv_dtype, attention_impl=impl,
-            max_logprobs=config.max_logprobs, mesh=self.mesh)
+            max_logprobs=config.max_logprobs, mesh=self.mesh,
+            mrope=text.mrope_section is not None,
+            multimodal=model.config.model_type in ("glm4v", "autoglm"))
         self.attention_impl = impl
+        self.encoders = None
+        if model.config.model_type in ("glm4v", "autoglm"):
+            self.encoders = EncoderCache(model.module, model.params, model.config)
+            if getattr(model.config, "audio", None) is not None:
+                a = model.config.audio
+                dummy = np.zeros((1, a.num_mel_bins, a.num_frames), np.float32)
+                template = jax.eval_shape(
+                    lambda: self.encoders.audio_memory_kv(MultimodalInputs(audio_features=dummy)))
+                self.runner.init_memory(template)
         eos = self.tokenizer.stop_token_ids if self.tokenizer is not None else text.eos_token_ids
         self.eos_token_ids = frozenset(int(i) for i in eos)
         self._tracks: dict[str, _Track] = {}
@@ -132,8 +145,23 @@ class Engine:
 
     # Requests.
     def encode_prompt(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: ids as given, a string tokenized, or a chat request
-        ({"messages": [...], "enable_thinking": ...}) rendered with the chat template."""
+        """Token ids of a prompt (image placeholders expanded)."""
+        return self.prepare_prompt(prompt)[0]
+
+    def prepare_prompt(self, prompt: Prompt) -> tuple[list[int], MultimodalInputs | None]:
+        """Token ids of a prompt and its multimodal inputs: ids as given, a string tokenized,
+        or a chat request ({"messages": [...], "enable_thinking": ..., "images": [...],
+        "audios": [...]}) rendered with the chat template; image and audio content parts
+        ({"type": "image" | "image_url" | "audio" | "input_audio"}) are preprocessed."""
+        images: list[Any] = []
+        audios: list[Any] = []
+        if isinstance(prompt, dict):
+            images, audios = collect_media(prompt)
+            check_media(self.model.config, images, audios)
+        ids = self._encode_text(prompt)
+        return prepare(self.model.config, ids, images, audios)
+
+    def _encode_text(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, dict):
             if self.tokenizer is None:
                 raise ValueError("chat prompts need a model with a tokenizer")
@@ -162,7 +190,7 @@ class Engine:
         input and QueueFullError when the waiting queue is full."""
         params = params or SamplingParams()
         params.validate(self.config.max_logprobs)
-        ids = self.encode_prompt(prompt)
+        ids, mm = self.prepare_prompt(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
         limit = self.config.max_model_len
@@ -174,7 +202,7 @@ class Engine:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**31))
         request = Request(request_id, ids, params, seed, arrival_time or time.monotonic(),
-                          priority)
+                          priority, extra_hash=mm.content_hash if mm is not None else b"", mm=mm)
         self.scheduler.add(request)
         max_tokens = min(params.max_tokens or limit, limit - len(ids))
         stop_ids = frozenset(params.stop_token_ids) | (
@@ -192,6 +220,8 @@ class Engine:
         if track is None or track.request.is_finished:
             return False
         self.scheduler.finish(track.request, "abort")
+        if track.request.mm is not None:
+            track.request.mm.release()
         return True
 
     def has_unfinished(self) -> bool:
@@ -206,8 +236,11 @@ class Engine:
             return deltas
         for c in out.chunks:
             r = c.request
-            if c.reset_penalties and _uses_penalties(r.params):
+            if not c.reset_penalties:
+                continue
+            if _uses_penalties(r.params):
                 self.runner.prime_penalties(r.slot, r.prompt_token_ids, r.output_token_ids)
+            self._admit_media(r)
         sampling = SamplingArrays.build(
             [c.request.params for c in out.chunks], [c.request.seed for c in out.chunks],
             [len(c.request.output_token_ids) for c in out.chunks], self.config.max_num_seqs)
@@ -233,6 +266,17 @@ class Engine:
             self._process_token(track, token)
             deltas.append(self._delta(track))
         return deltas
+
+    def _admit_media(self, r: Request) -> None:
+        """Encoders run once per request (kept across preemption); the CGA memory row of the
+        request's slot is (re)written at every admission."""
+        mm = r.mm
+        if mm is not None and mm.pixel_values is not None and mm.image_embeds is None:
+            mm.image_embeds = self.encoders.image_embeds(mm)
+        if self.runner.memory is not None:
+            has_audio = mm is not None and mm.audio_features is not None
+            self.runner.set_memory(r.slot, self.encoders.audio_memory_kv(mm) if has_audio
+                                   else None)
 
     def _process_token(self, track: _Track, token: int) -> None:
         r = track.request
@@ -271,6 +315,8 @@ class Engine:
 
     def _finish(self, track: _Track, reason: str) -> None:
         self.scheduler.finish(track.request, reason)
+        if track.request.mm is not None:
+            track.request.mm.release()
 
     def _delta(self, track: _Track) -> StreamDelta:
         r = track.request
@@ -366,7 +412,8 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         a = self.allocator
         return {
-            "compilations": self.runner.num_compilations,
+            "compilations": self.runner.num_compilations + (
+                self.encoders.num_compilations if self.encoders is not None else 0),
             "num_pages": a.num_pages - 1,
             "free_pages": a.num_free,
             "kv_cache_usage": a.usage,

@@ -18,7 +18,7 @@ def dense_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int,
     """Greedy tokens after `prompt`, recomputing the full causal forward for every token.
     Inputs are right-padded to a multiple of `pad_to` to bound compilations (causal attention
     makes the padding invisible to earlier positions)."""
-    fwd = _forward(model.module)
+    fwd = _forward(model.module, model.config.text.vocab_size)
     ids = list(prompt)
     out: list[int] = []
     for _ in range(max_new_tokens):
@@ -38,12 +38,72 @@ def dense_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int,
 _CACHE: dict[int, Any] = {}
 
 
-def _forward(module: Any) -> Any:
+def _forward(module: Any, vocab: int) -> Any:
     key = id(module)
     if key not in _CACHE:
         @jax.jit
         def f(params: Any, x: jax.Array, last: jax.Array) -> jax.Array:
             logits = module.apply({"params": params}, x)
-            return logits[0, last, :module.config.vocab_size]
+            return logits[0, last, :vocab]
         _CACHE[key] = f
+    return _CACHE[key]
+
+
+def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_tokens: int,
+                            pixel_values: Any = None, image_grid_thw: Any = None,
+                            input_features: Any = None, pad_to: int = 64) -> list[int]:
+    """Greedy decoding of a glm4v / autoglm model with its images and audio, recomputing the
+    full forward (vision tower, audio encoder, M-RoPE positions) for every token. Inputs are
+    right-padded to a multiple of `pad_to` (invisible to earlier positions under causal
+    attention) so the jitted forward compiles once per length bucket."""
+    config = model.config
+    grid = None if image_grid_thw is None else tuple(map(tuple, np.asarray(image_grid_thw)))
+    fwd = _mm_forward(model.module, config.text.vocab_size)
+    ids = list(prompt_ids)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        n = len(ids)
+        length = -(-n // pad_to) * pad_to
+        x = np.zeros((1, length), np.int32)
+        x[0, :n] = ids
+        positions = np.zeros((3, 1, length), np.int32)
+        mm = _positions(config, ids, image_grid_thw)
+        positions[:, 0, :n] = mm
+        logits = fwd(model.params, jnp.asarray(x), jnp.asarray(positions),
+                     None if pixel_values is None else jnp.asarray(pixel_values),
+                     None if input_features is None else jnp.asarray(input_features),
+                     jnp.int32(n - 1), grid)
+        token = int(np.asarray(logits).argmax())
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def _positions(config: Any, ids: Sequence[int], grid: Any) -> np.ndarray:
+    from autoglm_jax.processing.prompt import get_rope_index
+
+    pos, _ = get_rope_index(
+        np.asarray([ids]), grid,
+        image_token_id=config.image_token_id if config.image_token_id is not None else -1,
+        video_start_token_id=(config.video_start_token_id
+                              if config.video_start_token_id is not None else -1),
+        video_end_token_id=(config.video_end_token_id
+                            if config.video_end_token_id is not None else -1),
+        spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
+    return np.asarray(pos)[:, 0, :]
+
+
+def _mm_forward(module: Any, vocab: int) -> Any:
+    key = ("mm", id(module))
+    if key not in _CACHE:
+        def f(params: Any, x: jax.Array, positions: jax.Array, pixel_values: Any,
+              input_features: Any, last: jax.Array, grid: Any) -> jax.Array:
+            kwargs: dict[str, Any] = {}
+            if pixel_values is not None:
+                kwargs.update(pixel_values=pixel_values, image_grid_thw=grid)
+            if input_features is not None:
+                kwargs["input_features"] = input_features
+            logits = module.apply({"params": params}, x, positions, **kwargs)
+            return logits[0, last, :vocab]
+        _CACHE[key] = jax.jit(f, static_argnames=("grid",))
     return _CACHE[key]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from autoglm_jax.engine.multimodal import token_positions
 from autoglm_jax.engine.paged_attention import PagedAttention
 from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
 from autoglm_jax.engine.scheduler import ScheduledChunk
@@ -37,12 +38,26 @@ class PenaltyState:
 @dataclasses.dataclass(frozen=True)
 class StepInputs:
     input_ids: Array  # i32[T]
-    positions: Array  # i32[T]
+    positions: Array  # i32[T], or i32[3, T] under M-RoPE
     attention: PagedAttention
     logits_indices: Array  # i32[S] row of each sequence's last token
     seq_slots: Array  # i32[S] penalty-state slot of each sequence (0 for padding)
     do_sample: Array  # bool[S] whether the sequence samples a token this step
     sampling: SamplingArrays
+    mm_embeds: Array | None = None  # [R, D] image embeddings used this step (R bucketed)
+    mm_index: Array | None = None  # i32[T] row of mm_embeds for each token, -1: text
+    memory_rows: Array | None = None  # i32[T] CGA memory pool row of each token, -1: none
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MemoryPool:
+    """Per-slot CGA memory (audio) K/V, written at admission, read by every step."""
+
+    k: tuple[Array, ...]  # per CGA block [slots, S, K, H]
+    v: tuple[Array, ...]  # per CGA block [slots, S, K, H]
+    valid: Array  # bool[slots, S]
+    modality: Array  # i32[S]
 
 
 def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
@@ -67,8 +82,11 @@ class ModelRunner:
                  head_dim: int, vocab_size: int, num_pages: int, page_size: int,
                  max_num_seqs: int, max_num_batched_tokens: int, max_pages_per_seq: int,
                  kv_dtype: Any, attention_impl: str, max_logprobs: int,
-                 mesh: Any = None, interpret: bool = False):
+                 mesh: Any = None, interpret: bool = False, mrope: bool = False,
+                 multimodal: bool = False):
         self.module, self.params = module, params
+        self.mrope = mrope
+        self.multimodal = multimodal
         self.page_size = page_size
         self.max_num_seqs = max_num_seqs
         self.max_pages_per_seq = max_pages_per_seq
@@ -91,8 +109,10 @@ class ModelRunner:
         self.caches = caches
         self.penalties = PenaltyState(jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
                                       jnp.zeros((max_num_seqs, vocab_size), bool))
+        self.memory: MemoryPool | None = None
         self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
         self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
+        self._set_memory = jax.jit(self._set_memory_impl, donate_argnums=(0,))
         self.shapes_compiled: set[tuple[str, int]] = set()
 
     @property
@@ -100,11 +120,54 @@ class ModelRunner:
         return len(self.shapes_compiled)
 
     # The jitted functions.
+    def _forward(self, params: Any, caches: list[KVCache], x: StepInputs,
+                 memory: MemoryPool | None) -> tuple[Array, list[KVCache]]:
+        positions = x.positions[:, None] if self.mrope else x.positions[None]
+        if not self.multimodal:
+            return self.module.apply(
+                {"params": params}, x.input_ids[None], positions, attention=x.attention,
+                kv_caches=caches, logits_indices=x.logits_indices[None])
+
+        def run(m: Any) -> Any:
+            embeds = m.language_model.embed(x.input_ids[None])
+            if x.mm_embeds is not None:
+                rows = x.mm_embeds[jnp.maximum(x.mm_index, 0)].astype(embeds.dtype)
+                embeds = jnp.where((x.mm_index >= 0)[None, :, None], rows[None], embeds)
+            extra = {}
+            if memory is not None:
+                from autoglm_jax.nn.fusion import MemoryKV
+                extra = {"memory": MemoryKV(memory.k, memory.v, memory.valid, memory.modality),
+                         "memory_rows": x.memory_rows[None]}
+            return m(None, positions, inputs_embeds=embeds, attention=x.attention,
+                     kv_caches=caches, logits_indices=x.logits_indices[None], **extra)
+
+        return self.module.apply({"params": params}, method=run)
+
+    def init_memory(self, template: Any) -> None:
+        """Allocate the CGA memory pool; `template` is one request's MemoryKV (shapes only)."""
+        rows = self.max_num_seqs
+        modality = np.zeros(template.modality.shape, np.int32)
+        self.memory = MemoryPool(
+            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.k),
+            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.v),
+            jnp.zeros((rows, template.valid.shape[1]), bool), jnp.asarray(modality))
+
+    @staticmethod
+    def _set_memory_impl(pool: MemoryPool, slot: Array, mkv: Any) -> MemoryPool:
+        """Row `slot` := one request's MemoryKV (R = 1), or an empty row when mkv is None."""
+        if mkv is None:
+            return dataclasses.replace(pool, valid=pool.valid.at[slot].set(False))
+        return MemoryPool(tuple(p.at[slot].set(k[0]) for p, k in zip(pool.k, mkv.k)),
+                          tuple(p.at[slot].set(v[0]) for p, v in zip(pool.v, mkv.v)),
+                          pool.valid.at[slot].set(mkv.valid[0]), mkv.modality)
+
+    def set_memory(self, slot: int, mkv: Any) -> None:
+        self.shapes_compiled.add(("memory", mkv is None))
+        self.memory = self._set_memory(self.memory, jnp.int32(slot), mkv)
+
     def _step_impl(self, params: Any, caches: list[KVCache], pen: PenaltyState,
-                   x: StepInputs) -> tuple[Any, ...]:
-        logits, caches = self.module.apply(
-            {"params": params}, x.input_ids[None], x.positions[None], attention=x.attention,
-            kv_caches=caches, logits_indices=x.logits_indices[None])
+                   x: StepInputs, memory: MemoryPool | None = None) -> tuple[Any, ...]:
+        logits, caches = self._forward(params, caches, x, memory)
         logits = logits[0, :, :self.vocab_size].astype(jnp.float32)  # [S, V]
         counts = pen.output_counts[x.seq_slots]
         prompt = pen.prompt_mask[x.seq_slots]
@@ -139,9 +202,37 @@ class ModelRunner:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
         for the first len(chunks) sequences."""
         x = self.build_inputs(chunks, sampling)
-        self.shapes_compiled.add(("step", int(x.input_ids.shape[0])))
-        out, self.caches, self.penalties = self._step(self.params, self.caches, self.penalties, x)
+        rows = None if x.mm_embeds is None else int(x.mm_embeds.shape[0])
+        self.shapes_compiled.add(("step", int(x.input_ids.shape[0]), rows))
+        out, self.caches, self.penalties = self._step(self.params, self.caches, self.penalties, x,
+                                                      self.memory)
         return tuple(np.asarray(a)[:len(chunks)] for a in out)
+
+    def _image_rows(self, chunks: Sequence[ScheduledChunk], t: int
+                    ) -> tuple[Array | None, np.ndarray | None]:
+        """The image embedding rows this step's tokens need, and each token's row."""
+        index = np.full((t,), -1, np.int32)
+        pieces = []
+        count, row = 0, 0
+        for c in chunks:
+            mm = c.request.mm
+            if mm is not None and mm.image_ordinal is not None:
+                ordinal = mm.image_ordinal[c.start:c.start + c.num_tokens]
+                ordinal = np.pad(ordinal, (0, c.num_tokens - len(ordinal)), constant_values=-1)
+                used = ordinal >= 0
+                if used.any():
+                    pieces.append(mm.image_embeds[ordinal[used]])
+                    index[row:row + c.num_tokens][used] = count + np.arange(int(used.sum()))
+                    count += int(used.sum())
+            row += c.num_tokens
+        if not self.multimodal:
+            return None, None
+        if not pieces:
+            return None, index
+        size = _bucket(count, token_buckets(1 << 30))
+        embeds = jnp.concatenate(pieces, axis=0)
+        embeds = jnp.pad(embeds, ((0, size - count), (0, 0)))
+        return embeds, index
 
     def build_inputs(self, chunks: Sequence[ScheduledChunk],
                      sampling: SamplingArrays) -> StepInputs:
@@ -151,7 +242,8 @@ class ModelRunner:
         if len(chunks) > s:
             raise ValueError(f"{len(chunks)} sequences exceed max_num_seqs={s}")
         ids = np.zeros((t,), np.int32)
-        pos = np.zeros((t,), np.int32)
+        pos = np.zeros((3, t) if self.mrope else (t,), np.int32)
+        memory_rows = np.full((t,), -1, np.int32)
         slots = np.full((t,), -1, np.int32)
         kv_lens = np.zeros((s,), np.int32)
         tables = np.zeros((s, self.max_pages_per_seq), np.int32)
@@ -165,7 +257,9 @@ class ModelRunner:
             tokens = r.all_token_ids[c.start:c.start + c.num_tokens]
             positions = np.arange(c.start, c.start + c.num_tokens)
             ids[row:row + c.num_tokens] = tokens
-            pos[row:row + c.num_tokens] = positions
+            pos[..., row:row + c.num_tokens] = token_positions(
+                r.mm, c.start, c.num_tokens, len(r.prompt_token_ids), self.mrope)
+            memory_rows[row:row + c.num_tokens] = r.slot
             pages = np.asarray(r.pages, np.int32)
             slots[row:row + c.num_tokens] = pages[positions // self.page_size] * self.page_size \
                 + positions % self.page_size
@@ -179,4 +273,6 @@ class ModelRunner:
         cu[len(chunks) + 1:] = row
         attention = PagedAttention(slots, kv_lens, tables, cu, np.array([len(chunks)], np.int32),
                                    impl=self.attention_impl, interpret=self.interpret)
-        return StepInputs(ids, pos, attention, logits_idx, seq_slots, do_sample, sampling)
+        mm_embeds, mm_index = self._image_rows(chunks, t)
+        return StepInputs(ids, pos, attention, logits_idx, seq_slots, do_sample, sampling,
+                          mm_embeds, mm_index, memory_rows if self.memory is not None else None)

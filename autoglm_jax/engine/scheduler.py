@@ -50,7 +50,7 @@ class Request:
     num_preemptions: int = 0
     first_token_time: float | None = None
     admitted: bool = False
-    user_data: Any = None
+    mm: Any = None  # MultimodalInputs (engine.multimodal) or None
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -1,0 +1,210 @@
+"""Multimodal requests in the engine: prompt preparation (images, audio, M-RoPE positions) and
+the per-request encoder outputs.
+
+- Images (glm4v and autoglm models): preprocessed on the host; the vision tower runs once per
+  request at its first admission (one compilation per distinct set of image grids); its
+  embeddings are spliced at the `<|image|>` tokens of the prompt as the chunks reach them.
+- M-RoPE: prompt positions come from `get_rope_index`; a generated token at index i has
+  position i + delta on all three rows.
+- Audio (autoglm models with a Whisper encoder): encoded once per request; every CGA block's
+  memory K/V go into a per-slot device pool that the step reads through `memory_rows`, and are
+  overwritten when the slot is reused.
+- Prefix caching keys pages by the images' and audio's content as well as the tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autoglm_jax.config import ModelConfig
+
+Array = jax.Array
+
+_IMAGE_PARTS = ("image", "image_url")
+_AUDIO_PARTS = ("audio", "input_audio")
+
+
+@dataclasses.dataclass
+class MultimodalInputs:
+    """What a request carries besides its token ids."""
+
+    positions: np.ndarray | None = None  # i32[3, L] M-RoPE positions of the prompt
+    rope_delta: int = 0  # generated token i has position i + rope_delta (all rows)
+    pixel_values: np.ndarray | None = None  # f32[P, 1176]
+    image_grid_thw: np.ndarray | None = None  # i32[n, 3]
+    image_ordinal: np.ndarray | None = None  # i32[L] index into the image embeddings, or -1
+    audio_features: np.ndarray | None = None  # f32[W, mels, 3000]
+    content_hash: bytes = b""
+    image_embeds: Array | None = None  # [n_image_tokens, D], set at first admission
+
+    def release(self) -> None:
+        self.image_embeds = None
+
+
+def _part_source(part: dict[str, Any], kind: str) -> Any:
+    """The image/audio payload of a message content part (our names and OpenAI's)."""
+    t = part.get("type")
+    if kind == "image":
+        if t == "image_url":
+            url = part.get("image_url")
+            return url.get("url") if isinstance(url, dict) else url
+        return part.get("image", part.get("path", part.get("url")))
+    if t == "input_audio":
+        audio = part.get("input_audio") or {}
+        data = audio.get("data") if isinstance(audio, dict) else audio
+        if isinstance(data, str):
+            import base64
+            import binascii
+            try:
+                return base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("input_audio.data is not valid base64") from None
+        return data
+    return part.get("audio", part.get("path"))
+
+
+def collect_media(prompt: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Images and audio clips of a chat prompt, in order of appearance (message parts, then the
+    prompt's own `images` / `audios` lists)."""
+    images: list[Any] = []
+    audios: list[Any] = []
+    for message in prompt.get("messages", []):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in _IMAGE_PARTS:
+                images.append(_part_source(part, "image"))
+            elif part.get("type") in _AUDIO_PARTS:
+                audios.append(_part_source(part, "audio"))
+    images.extend(prompt.get("images", []))
+    audios.extend(prompt.get("audios", []))
+    return images, audios
+
+
+def check_media(config: ModelConfig, images: Sequence[Any], audios: Sequence[Any]) -> None:
+    """Refuse media the model has no encoder for, naming the modality."""
+    if images and getattr(config, "vision", None) is None:
+        raise ValueError(f"model type {config.model_type!r} does not accept image input")
+    if audios and getattr(config, "audio", None) is None:
+        raise ValueError(f"model type {config.model_type!r} does not accept audio input")
+
+
+def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
+            audios: Sequence[Any]) -> tuple[list[int], MultimodalInputs | None]:
+    """Expand image placeholders, compute M-RoPE positions, preprocess media."""
+    from autoglm_jax.processing.image import process_images
+    from autoglm_jax.processing.prompt import expand_image_placeholders, get_rope_index
+
+    mrope = config.text.mrope_section is not None
+    check_media(config, images, audios)
+    if not (images or audios or mrope):
+        return ids, None
+    mm = MultimodalInputs()
+    digest = hashlib.blake2b(digest_size=16)
+    grid = None
+    if images:
+        merge = config.vision.spatial_merge_size
+        processed = process_images(list(images))
+        grid = processed.image_grid_thw
+        ids = [int(i) for i in expand_image_placeholders(
+            ids, grid, config.image_token_id, merge,
+            image_start_token_id=config.image_start_token_id,
+            image_end_token_id=config.image_end_token_id)]
+        mm.pixel_values, mm.image_grid_thw = processed.pixel_values, grid
+        is_image = np.asarray(ids) == config.image_token_id
+        mm.image_ordinal = np.where(is_image, np.cumsum(is_image) - 1, -1).astype(np.int32)
+        digest.update(processed.pixel_values.tobytes())
+        digest.update(grid.tobytes())
+    if audios:
+        from autoglm_jax.processing.audio import load_audio
+        a = config.audio
+        feats = [load_audio(src, max_seconds=a.max_audio_seconds, n_mels=a.num_mel_bins)
+                 for src in audios]
+        mm.audio_features = np.concatenate(feats, axis=0)
+        if mm.audio_features.shape[0] > a.max_windows:
+            raise ValueError(f"the audio spans {mm.audio_features.shape[0]} 30 s windows; the "
+                             f"model takes at most {a.max_windows}")
+        digest.update(mm.audio_features.tobytes())
+    if mrope:
+        positions, delta = get_rope_index(
+            np.asarray([ids]), grid,
+            image_token_id=config.image_token_id if config.image_token_id is not None else -1,
+            video_start_token_id=(config.video_start_token_id
+                                  if config.video_start_token_id is not None else -1),
+            video_end_token_id=(config.video_end_token_id
+                                if config.video_end_token_id is not None else -1),
+            spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
+        mm.positions = np.asarray(positions[:, 0, :], np.int32)
+        mm.rope_delta = int(np.asarray(delta).reshape(-1)[0])
+    mm.content_hash = digest.digest() if (images or audios) else b""
+    return ids, mm
+
+
+def token_positions(mm: MultimodalInputs | None, start: int, n: int,
+                    prompt_len: int, mrope: bool) -> np.ndarray:
+    """Positions of tokens start..start+n: i32[n], or i32[3, n] under M-RoPE."""
+    idx = np.arange(start, start + n, dtype=np.int32)
+    if not mrope:
+        return idx
+    out = np.broadcast_to(idx, (3, n)).copy()
+    if mm is not None and mm.positions is not None:
+        in_prompt = idx < prompt_len
+        out[:, in_prompt] = mm.positions[:, idx[in_prompt]]
+        out[:, ~in_prompt] += mm.rope_delta
+    return out
+
+
+class EncoderCache:
+    """Runs the vision tower and the audio memory for requests, with jitted functions cached
+    by input shape (their count is part of the engine's compilation count)."""
+
+    def __init__(self, module: Any, params: Any, config: ModelConfig):
+        self.module, self.params, self.config = module, params, config
+        self._vision: dict[tuple, Any] = {}
+        self._audio: dict[int, Any] = {}
+
+    @property
+    def num_compilations(self) -> int:
+        return len(self._vision) + len(self._audio)
+
+    def image_embeds(self, mm: MultimodalInputs) -> Array:
+        from autoglm_jax.nn.vision import grid_tuple
+
+        grid = grid_tuple(mm.image_grid_thw)
+        fn = self._vision.get(grid)
+        if fn is None:
+            module = self.module
+
+            @jax.jit
+            def fn(params: Any, pixel_values: Array) -> Array:
+                return module.apply({"params": params}, pixel_values, grid,
+                                    method=lambda m, pv, g: m.visual(pv, g))
+            self._vision[grid] = fn
+        return fn(self.params, jnp.asarray(mm.pixel_values))
+
+    def audio_memory_kv(self, mm: MultimodalInputs) -> Any:
+        """Every CGA block's (k, v) for this request's audio: ([S, K, H], ...), valid bool[S]."""
+        from autoglm_jax.nn.model import AutoGLM
+
+        windows = mm.audio_features.shape[0]
+        fn = self._audio.get(windows)
+        if fn is None:
+            config, most = self.config, self.config.audio.max_windows
+
+            @jax.jit
+            def fn(params: Any, feats: Array) -> Any:
+                model = AutoGLM(config)
+                memory = model.apply({"params": params}, 1, feats, max_audio_per_row=most,
+                                     method="encode_memory")
+                return model.apply({"params": params}, memory, method="memory_kv")
+            self._audio[windows] = fn
+        return fn(self.params, jnp.asarray(mm.audio_features))
