@@ -102,7 +102,7 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
             audios: Sequence[Any]) -> tuple[list[int], MultimodalInputs | None]:
     """Expand image placeholders, compute M-RoPE positions, preprocess media."""
     from autoglm_jax.processing.image import process_images
-    from autoglm_jax.processing.prompt import expand_image_placeholders, get_rope_index
+    from autoglm_jax.processing.prompt import expand_image_placeholders
 
     mrope = config.text.mrope_section is not None
     check_media(config, images, audios)
@@ -135,18 +135,26 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
                              f"model takes at most {a.max_windows}")
         digest.update(mm.audio_features.tobytes())
     if mrope:
-        positions, delta = get_rope_index(
-            np.asarray([ids]), grid,
-            image_token_id=config.image_token_id if config.image_token_id is not None else -1,
-            video_start_token_id=(config.video_start_token_id
-                                  if config.video_start_token_id is not None else -1),
-            video_end_token_id=(config.video_end_token_id
-                                if config.video_end_token_id is not None else -1),
-            spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
-        mm.positions = np.asarray(positions[:, 0, :], np.int32)
-        mm.rope_delta = int(np.asarray(delta).reshape(-1)[0])
+        mm.positions, mm.rope_delta = mrope_positions(config, ids, grid)
     mm.content_hash = digest.digest() if (images or audios) else b""
     return ids, mm
+
+
+def mrope_positions(config: ModelConfig, ids: Sequence[int],
+                    grid: Any) -> tuple[np.ndarray, int]:
+    """M-RoPE positions i32[3, L] of one prompt and the delta of the tokens generated after it
+    (`get_rope_index` with the model's special token ids)."""
+    from autoglm_jax.processing.prompt import get_rope_index
+
+    def token(value: int | None) -> int:
+        return value if value is not None else -1
+
+    positions, delta = get_rope_index(
+        np.asarray([ids]), grid, image_token_id=token(config.image_token_id),
+        video_start_token_id=token(config.video_start_token_id),
+        video_end_token_id=token(config.video_end_token_id),
+        spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
+    return np.asarray(positions[:, 0, :], np.int32), int(np.asarray(delta).reshape(-1)[0])
 
 
 def token_positions(mm: MultimodalInputs | None, start: int, n: int,

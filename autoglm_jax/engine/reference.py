@@ -56,6 +56,8 @@ def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_token
     full forward (vision tower, audio encoder, M-RoPE positions) for every token. Inputs are
     right-padded to a multiple of `pad_to` (invisible to earlier positions under causal
     attention) so the jitted forward compiles once per length bucket."""
+    from autoglm_jax.engine.multimodal import mrope_positions
+
     config = model.config
     grid = None if image_grid_thw is None else tuple(map(tuple, np.asarray(image_grid_thw)))
     fwd = _mm_forward(model.module, config.text.vocab_size)
@@ -67,8 +69,7 @@ def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_token
         x = np.zeros((1, length), np.int32)
         x[0, :n] = ids
         positions = np.zeros((3, 1, length), np.int32)
-        mm = _positions(config, ids, image_grid_thw)
-        positions[:, 0, :n] = mm
+        positions[:, 0, :n] = mrope_positions(config, ids, image_grid_thw)[0]
         logits = fwd(model.params, jnp.asarray(x), jnp.asarray(positions),
                      None if pixel_values is None else jnp.asarray(pixel_values),
                      None if input_features is None else jnp.asarray(input_features),
@@ -77,20 +78,6 @@ def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_token
         out.append(token)
         ids.append(token)
     return out
-
-
-def _positions(config: Any, ids: Sequence[int], grid: Any) -> np.ndarray:
-    from autoglm_jax.processing.prompt import get_rope_index
-
-    pos, _ = get_rope_index(
-        np.asarray([ids]), grid,
-        image_token_id=config.image_token_id if config.image_token_id is not None else -1,
-        video_start_token_id=(config.video_start_token_id
-                              if config.video_start_token_id is not None else -1),
-        video_end_token_id=(config.video_end_token_id
-                            if config.video_end_token_id is not None else -1),
-        spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
-    return np.asarray(pos)[:, 0, :]
 
 
 def _mm_forward(module: Any, vocab: int) -> Any:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autoglm_jax.config.audio import AudioConfig
+from autoglm_jax.nn.encoder import EncoderSelfAttention, gelu_mlp
 from autoglm_jax.nn.layers import DotGeneral, Einsum, LayerNorm, dtype_of
 
 Array = jax.Array
@@ -45,36 +46,6 @@ def _conv_windows(x: Array, stride: int) -> Array:
     return jnp.stack(taps, axis=2)
 
 
-class WhisperAttention(nn.Module):
-    """Bidirectional multi-head self-attention; k_proj has no bias (as in Whisper)."""
-
-    config: AudioConfig
-    dot_general: DotGeneral | None = None
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = self.config
-        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        d, n, h = c.d_model, c.num_heads, c.head_dim
-
-        def proj(name: str, bias: bool) -> Array:
-            return Einsum("BTD,DNH->BTNH", (d, n, h), ("embed", "heads", "head_dim"),
-                          bias_shape=(n, h) if bias else None, bias_axes=("heads", "head_dim"),
-                          dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
-                          name=name)(x)
-
-        # Whisper scales q (after its bias) rather than the logits; kept for bitwise closeness.
-        q = proj("q_proj", True) * jnp.asarray(h ** -0.5, dtype)
-        k = proj("k_proj", False)
-        v = proj("v_proj", True)
-        logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-        out = jnp.einsum("BNTS,BSNH->BTNH", probs, v)
-        return Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), bias_shape=(d,),
-                      bias_axes=("embed",), dtype=dtype, param_dtype=pdtype,
-                      dot_general=self.dot_general, name="out_proj")(out)
-
-
 class WhisperBlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)), then h + fc2(gelu(fc1(LN(h))))."""
 
@@ -86,16 +57,13 @@ class WhisperBlock(nn.Module):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         ln = lambda name: LayerNorm(c.layer_norm_eps, param_dtype=pdtype, name=name)  # noqa: E731
-        h = x + WhisperAttention(c, self.dot_general, name="self_attn")(
-            ln("self_attn_layer_norm")(x))
-        y = Einsum("BTD,DF->BTF", (c.d_model, c.ffw_dim), ("embed", "mlp"), bias_shape=(c.ffw_dim,),
-                   bias_axes=("mlp",), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="fc1")(ln("final_layer_norm")(h))
-        y = jax.nn.gelu(y, approximate=False)
-        y = Einsum("BTF,FD->BTD", (c.ffw_dim, c.d_model), ("mlp", "embed"), bias_shape=(c.d_model,),
-                   bias_axes=("embed",), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="fc2")(y)
-        return h + y
+        attention = EncoderSelfAttention(
+            c.d_model, c.num_heads, c.head_dim, k_bias=False, scale_queries=True,
+            out_name="out_proj", dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
+            name="self_attn")
+        h = x + attention(ln("self_attn_layer_norm")(x))
+        return h + gelu_mlp(ln("final_layer_norm")(h), c.d_model, c.ffw_dim, dtype, pdtype,
+                            self.dot_general)
 
 
 class WhisperEncoder(nn.Module):

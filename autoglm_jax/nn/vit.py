@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from autoglm_jax.config.vit import ViTConfig
+from autoglm_jax.nn.encoder import EncoderSelfAttention, gelu_mlp
 from autoglm_jax.nn.layers import DotGeneral, Einsum, LayerNorm, dtype_of
 
 Array = jax.Array
@@ -58,31 +59,6 @@ class ViTEmbeddings(nn.Module):
         return jnp.concatenate([cls_tokens, x], axis=1) + positions.astype(dtype)[None]
 
 
-class ViTAttention(nn.Module):
-    config: ViTConfig
-    dot_general: DotGeneral | None = None
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = self.config
-        dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        d, n, h = c.d_model, c.num_heads, c.head_dim
-
-        def proj(name: str) -> Array:
-            return Einsum("BTD,DNH->BTNH", (d, n, h), ("embed", "heads", "head_dim"),
-                          bias_shape=(n, h) if c.qkv_bias else None,
-                          bias_axes=("heads", "head_dim"), dtype=dtype, param_dtype=pdtype,
-                          dot_general=self.dot_general, name=name)(x)
-
-        q, k, v = proj("q_proj"), proj("k_proj"), proj("v_proj")
-        logits = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits * (h ** -0.5), axis=-1).astype(dtype)
-        out = jnp.einsum("BNTS,BSNH->BTNH", probs, v)
-        return Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), bias_shape=(d,),
-                      bias_axes=("embed",), dtype=dtype, param_dtype=pdtype,
-                      dot_general=self.dot_general, name="o_proj")(out)
-
-
 class ViTBlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)), then h + fc2(gelu(fc1(LN(h))))."""
 
@@ -94,16 +70,12 @@ class ViTBlock(nn.Module):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         ln = lambda name: LayerNorm(c.layer_norm_eps, param_dtype=pdtype, name=name)  # noqa: E731
-        h = x + ViTAttention(c, self.dot_general, name="attention")(ln("layernorm_before")(x))
-        y = ln("layernorm_after")(h)
-        y = Einsum("BTD,DF->BTF", (c.d_model, c.ffw_dim), ("embed", "mlp"), bias_shape=(c.ffw_dim,),
-                   bias_axes=("mlp",), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="fc1")(y)
-        y = jax.nn.gelu(y, approximate=False)
-        y = Einsum("BTF,FD->BTD", (c.ffw_dim, c.d_model), ("mlp", "embed"), bias_shape=(c.d_model,),
-                   bias_axes=("embed",), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="fc2")(y)
-        return h + y
+        attention = EncoderSelfAttention(c.d_model, c.num_heads, c.head_dim, qkv_bias=c.qkv_bias,
+                                         dtype=dtype, param_dtype=pdtype,
+                                         dot_general=self.dot_general, name="attention")
+        h = x + attention(ln("layernorm_before")(x))
+        return h + gelu_mlp(ln("layernorm_after")(h), c.d_model, c.ffw_dim, dtype, pdtype,
+                            self.dot_general)
 
 
 class ViTEncoder(nn.Module):
