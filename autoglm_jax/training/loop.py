@@ -1,0 +1,251 @@
+"""The training loop: setup, steps, Orbax checkpoints, non-finite guard, metrics.
+
+    result = run_pretrain(load_recipe("configs/recipes/tiny-pretrain.toml"))
+    result = run_distill(recipe, resume=True)
+
+Checkpoints (`<run_dir>/checkpoints/<step>/`, Orbax CheckpointManager) hold the TrainState
+(params, optimizer state, step, RNG), the data iterator's state and the recipe + model config.
+Orbax writes each into `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a run
+killed mid-save leaves the previous checkpoint as the latest; leftovers are removed on start.
+`resume=True` restores the latest and continues exactly (same batches, same updates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+import autoglm_jax as ag
+from autoglm_jax.checkpoint.registry import get_architecture
+from autoglm_jax.config import ConfigError
+from autoglm_jax.training import step as st
+from autoglm_jax.training.data import MediaProcessor, make_dataset
+from autoglm_jax.training.metrics import MetricsWriter, Progress, plot_losses, read_jsonl
+from autoglm_jax.training.recipe import TrainRecipe, model_config
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss or gradient."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    state: st.TrainState
+    model: ag.Model            # the trained model (params = state.params)
+    history: list[dict[str, Any]]   # metrics of the steps this call ran
+    run_dir: Path
+    start_step: int            # 0, or the step resumed from
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def _model(recipe: TrainRecipe, mesh: Any) -> ag.Model:
+    r, rules = recipe.model, recipe.mesh.rules
+    if r.init_from:
+        m = ag.load(r.init_from, dtype=r.param_dtype, mesh=mesh, rules=rules)
+        if r.dtype != r.param_dtype:  # mixed precision: rebuild the module, keep the params
+            cfg = m.config.with_dtypes(r.param_dtype, r.dtype)
+            m = dataclasses.replace(m, config=cfg,
+                                    module=get_architecture(cfg.model_type, "model").build(cfg))
+        return m
+    return ag.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules)
+
+
+def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
+    from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+    if recipe.data.tokenizer:
+        return Tokenizer.from_dir(recipe.data.tokenizer)
+    if model.tokenizer is not None:
+        return model.tokenizer
+    return Tokenizer.from_dir(TINY_TOKENIZER_DIR)
+
+
+def _check_teacher(recipe: TrainRecipe, student: ag.Model, teacher: ag.Model) -> None:
+    s, t, k = student.config.text, teacher.config.text, recipe.distill
+    if s.vocab_size != t.vocab_size:
+        raise ConfigError(f"teacher vocab_size {t.vocab_size} != student vocab_size {s.vocab_size}"
+                          " (distillation needs the same vocabulary)")
+    for si, ti in k.layer_map:
+        if not (0 <= si < s.num_layers and 0 <= ti < t.num_layers):
+            raise ConfigError(f"distill.layer_map pair ({si}, {ti}) out of range: student has "
+                              f"{s.num_layers} layers, teacher {t.num_layers}")
+    if k.beta > 0 and s.d_model != t.d_model:
+        raise ConfigError(f"distill.beta > 0 matches hidden states, which needs equal widths: "
+                          f"student d_model {s.d_model} != teacher {t.d_model} (no projection "
+                          "is learned; set beta = 0 or use a student of the teacher's width)")
+
+
+def _checkpoint_manager(recipe: TrainRecipe) -> ocp.CheckpointManager:
+    c = recipe.checkpoint
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=c.keep, enable_async_checkpointing=c.async_save,
+        cleanup_tmp_directories=True, create=True)
+    return ocp.CheckpointManager(Path(recipe.run_dir).absolute() / "checkpoints", options=options)
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state: st.TrainState, data_state: Any,
+          meta: dict[str, Any]) -> None:
+    mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, step: int, like: st.TrainState,
+                       shardings: st.TrainState) -> tuple[st.TrainState, Any, dict[str, Any]]:
+    """(state placed in `shardings`, data iterator state, meta) of checkpoint `step`."""
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            like, shardings)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return out["state"], out["data"], out["meta"]
+
+
+def _flops_line(mesh: Any, recipe: TrainRecipe, n_params: int, n_train: int,
+                teacher_params: int) -> str:
+    tokens = recipe.data.batch_size * recipe.data.seq_len * recipe.optim.grad_accum
+    flops = 6 * n_params * tokens + 2 * teacher_params * tokens
+    teacher = f" + teacher forward 2*{teacher_params:,}*tokens" if teacher_params else ""
+    return (f"mesh {dict(mesh.shape)} rules {recipe.mesh.rules} on {mesh.devices.size} "
+            f"{jax.devices()[0].platform} device(s) | params {n_params:,} | trainable "
+            f"{n_train:,} | tokens/step {tokens:,} | est. FLOPs/step {flops:.3e} "
+            f"(6*params*tokens{teacher})")
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None = None,
+          model: ag.Model | None = None,
+          media_processor: MediaProcessor | None = None) -> RunResult:
+    """Runs `recipe` (distillation when a teacher is given). `model` replaces the one the
+    recipe describes (tests, notebooks); it must live on the recipe's mesh (or one device)."""
+    recipe.validate()
+    m = recipe.mesh
+    mesh = ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    if model is not None:  # the loop donates its params: leave the caller's arrays alone
+        student = dataclasses.replace(model, params=jax.tree.map(jnp.copy, model.params))
+    else:
+        student = _model(recipe, mesh)
+    if teacher is not None:
+        _check_teacher(recipe, student, teacher)
+    tokenizer = _tokenizer(recipe, student)
+    if tokenizer.vocab_size > student.config.text.vocab_size:
+        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids, model vocab_size is "
+                          f"{student.config.text.vocab_size}")
+    dataset, info = make_dataset(recipe.data, tokenizer, media_processor=media_processor,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    if info.skipped:
+        log(f"data: skipped {info.skipped} bad record(s), e.g. {info.skipped_examples[0]}")
+
+    o = recipe.optim
+    tx, schedule = st.make_optimizer(o, recipe.steps, student.params)
+    trainable = st.trainable_mask(student.params, o.trainable)
+    state, shardings = st.init_state(student.params, tx, recipe.seed, mesh)
+    t_params = teacher.params if teacher is not None else None
+    t_shardings = (jax.tree.map(lambda x: x.sharding, t_params) if t_params is not None else None)
+    step_fn = st.make_train_step(
+        student.module, tx, shardings, mesh=mesh, rules=m.rules, trainable=trainable,
+        distill=recipe.distill if teacher is not None else None,
+        teacher_module=teacher.module if teacher is not None else None,
+        teacher_shardings=t_shardings, grad_accum=o.grad_accum)
+    b_shardings = st.batch_shardings(mesh, m.rules)
+
+    run_dir = Path(recipe.run_dir)
+    mngr = _checkpoint_manager(recipe)
+    latest = mngr.latest_step()
+    if latest is not None and not resume:
+        mngr.close()
+        raise FileExistsError(f"{mngr.directory} already holds checkpoints (latest step {latest}); "
+                              "resume the run (--resume) or pick another run_dir")
+    it = iter(dataset)
+    writer = None
+    start, streak = 0, 0
+    history: list[dict[str, Any]] = []
+    try:
+        if latest is not None:
+            state, data_state, _ = restore_checkpoint(mngr, latest, state, shardings)
+            it.set_state(data_state)
+            start = latest
+            log(f"resumed from {mngr.directory}/{latest}")
+        elif resume:
+            log(f"no checkpoint in {mngr.directory}: starting from scratch")
+        log(_flops_line(mesh, recipe, st.count_params(student.params),
+                        st.count_params(student.params, trainable),
+                        st.count_params(t_params) if t_params is not None else 0))
+        meta = {"recipe": recipe.to_dict(), "model_config": student.config.to_dict()}
+        writer = MetricsWriter(run_dir, resume_step=start if start else None)
+        progress = Progress(recipe.steps, start, enabled=recipe.progress)
+        for step in range(start + 1, recipe.steps + 1):
+            t0 = time.perf_counter()
+            micro, tokens = [], 0
+            for _ in range(o.grad_accum):
+                batch = next(it)
+                tokens += int(np.count_nonzero(batch["segment_ids"]))
+                state, metrics = step_fn(state, st.put_batch(batch, b_shardings), t_params)
+                micro.append(metrics)
+            micro = jax.device_get(micro)
+            finite = all(x["finite"] > 0 for x in micro)
+            record = {k: float(np.mean([x[k] for x in micro])) for k in micro[0]
+                      if k not in ("finite", "tokens")}
+            record.update(lr=float(np.asarray(schedule(np.int32(step - 1)))), tokens=tokens,
+                          finite=finite, step_time=time.perf_counter() - t0)
+            history.append({"step": step, **record})
+            if step % recipe.log_every == 0 or step == recipe.steps or not finite:
+                writer.write(step, record)
+            progress.update(step, record["loss"], tokens)
+            streak = 0 if finite else streak + 1
+            if not finite:
+                log(f"step {step}: non-finite loss/gradient (loss {record['loss']}, grad norm "
+                    f"{record['grad_norm']}); update skipped ({streak} in a row)")
+                if streak >= o.max_nonfinite:
+                    raise NonFiniteError(f"stopping: {streak} consecutive non-finite steps "
+                                         f"(optim.max_nonfinite = {o.max_nonfinite}) at step {step}")
+            if step % recipe.checkpoint.every == 0 or step == recipe.steps:
+                _save(mngr, step, state, it.get_state(), meta)
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+        if hasattr(it, "close"):
+            it.close()
+        if writer is not None:
+            writer.close()
+            plot_losses(read_jsonl(writer.jsonl), run_dir / "loss.png")
+    model_out = dataclasses.replace(student, params=state.params, tokenizer=tokenizer)
+    if recipe.checkpoint.export:
+        ag.save(model_out, run_dir / "model")
+    return RunResult(state, model_out, history, run_dir, start)
+
+
+def run_pretrain(recipe: TrainRecipe, *, resume: bool = False, model: ag.Model | None = None,
+                 media_processor: MediaProcessor | None = None) -> RunResult:
+    """Next-token training (CE on the loss-masked tokens) as the recipe says."""
+    return train(recipe, resume=resume, model=model, media_processor=media_processor)
+
+
+def run_distill(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None = None,
+                model: ag.Model | None = None) -> RunResult:
+    """Distill `recipe.distill.teacher` (or the `teacher` given) into the recipe's model."""
+    if teacher is None:
+        if not recipe.distill.teacher:
+            raise ConfigError("distillation needs a teacher: set distill.teacher to a checkpoint")
+        m = recipe.mesh
+        mesh = ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+        teacher = ag.load(recipe.distill.teacher, dtype=jnp.dtype(recipe.model.dtype), mesh=mesh,
+                          rules=m.rules, load_tokenizer=False)
+    return train(recipe, resume=resume, teacher=teacher, model=model)
