@@ -27,6 +27,7 @@ from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.config import ModelConfig, read_json
 
 NATIVE_CONFIG = "autoglm_config.json"
+_INIT_CACHE: dict[Any, Any] = {}
 
 
 @dataclasses.dataclass
@@ -147,8 +148,12 @@ def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh
     args = arch.init_args(cfg)
     boxed = abstract_params(module, args)
     shardings = _shardings(boxed, mesh, rules)
-    init_fn = jax.jit(lambda key: nn.unbox(module.init(key, *args)["params"]),
-                      out_shardings=nn.unbox(shardings) if shardings is not None else None)
+    cache_key = (cfg, mesh, rules if mesh is not None else None)
+    init_fn = _INIT_CACHE.get(cache_key)
+    if init_fn is None:  # compiled once per config (tests and CLIs init the same presets often)
+        init_fn = jax.jit(lambda key: nn.unbox(module.init(key, *args)["params"]),
+                          out_shardings=nn.unbox(shardings) if shardings is not None else None)
+        _INIT_CACHE[cache_key] = init_fn
     params = init_fn(jax.random.key(seed))
     return Model(cfg, params, module, tokenizer, mesh, rules, source=None, random_init=True)
 
