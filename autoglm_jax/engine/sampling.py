@@ -99,7 +99,8 @@ class SamplingArrays:
                     out[i] = fn(p)
             return out
         seed = np.zeros((size,), np.uint32)
-        seed[:len(seeds)] = np.asarray(seeds, np.uint64) & 0xFFFFFFFF
+        # Any Python int is a valid seed (negative or huge too): its low 32 bits key the RNG.
+        seed[:len(seeds)] = [int(x) & 0xFFFFFFFF for x in seeds]
         index = np.zeros((size,), np.int32)
         index[:len(token_index)] = token_index
         return SamplingArrays(

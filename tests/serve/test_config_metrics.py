@@ -1,0 +1,89 @@
+"""ServeConfig's vLLM flag names (through tyro, as the CLI parses them), its validation, and
+the Prometheus text: format, histograms, and what the live server reports."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from autoglm_jax.serve.config import ServeConfig
+from autoglm_jax.serve.metrics import ServerMetrics, parse_text, sample
+from .helpers import MODEL
+
+tyro = pytest.importorskip("tyro")
+
+
+def test_vllm_flag_names_parse():
+    cfg = tyro.cli(ServeConfig, args=[
+        "--model", "/ckpt", "--served-model-name", "autoglm-phone-9b", "--host", "0.0.0.0",
+        "--port", "9000", "--tensor-parallel-size", "2", "--max-model-len", "4096",
+        "--max-num-batched-tokens", "1024", "--max-num-seqs", "32", "--enable-chunked-prefill",
+        "--no-enable-prefix-caching", "--kv-cache-dtype", "int8", "--api-key", "k",
+        "--allowed-local-media-path", "/data", "--scheduling-policy", "priority",
+        "--block-size", "32", "--max-waiting-requests", "100", "--max-queue-wait", "2.5"])
+    assert cfg == ServeConfig(
+        model="/ckpt", served_model_name="autoglm-phone-9b", host="0.0.0.0", port=9000,
+        tensor_parallel_size=2, max_model_len=4096, max_num_batched_tokens=1024,
+        max_num_seqs=32, enable_chunked_prefill=True, enable_prefix_caching=False,
+        kv_cache_dtype="int8", api_key="k", allowed_local_media_path="/data",
+        scheduling_policy="priority", block_size=32, max_waiting_requests=100,
+        max_queue_wait=2.5)
+    assert cfg.model_name == "autoglm-phone-9b"
+    defaults = ServeConfig(model="m")
+    assert (defaults.host, defaults.port, defaults.model_name) == ("127.0.0.1", 8000, "m")
+
+
+@pytest.mark.parametrize("change,flag", [
+    ({"port": 0}, "--port"), ({"port": 70000}, "--port"), ({"max_num_seqs": 0}, "--max-num-seqs"),
+    ({"max_model_len": 0}, "--max-model-len"), ({"max_queue_wait": 0.0}, "--max-queue-wait"),
+    ({"api_key": ""}, "--api-key"), ({"max_waiting_requests": -1}, "--max-waiting-requests")])
+def test_validation_names_the_flag(change, flag):
+    with pytest.raises(ValueError, match=flag):
+        ServeConfig(model="m", **change).validate()
+
+
+def test_prometheus_text_histograms_are_cumulative():
+    m = ServerMetrics('tiny "q"')
+    for ttft in (0.003, 0.3, 3.0, 300.0):
+        m.request_finished("length", 10, 5, ttft, 0.02, ttft + 0.1)
+    m.request_finished("abort", 4, 0, None, None, 0.01)
+    text = m.render({"num_running": 2, "num_waiting": 1, "kv_cache_usage": 0.25})
+    sample_line = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? '
+                             r'(-?[0-9.e+-]+|\+Inf)$')
+    for line in text.splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or sample_line.match(line), line
+    samples = parse_text(text)
+    label = 'model_name="tiny \\"q\\""'
+    buckets = [(k, v) for k, v in samples.items()
+               if k.startswith("vllm:time_to_first_token_seconds_bucket")]
+    values = [v for _, v in buckets]
+    assert values == sorted(values) and values[-1] == 4 and 'le="+Inf"' in buckets[-1][0]
+    assert samples[f"vllm:time_to_first_token_seconds_count{{{label}}}"] == 4
+    assert math.isclose(samples[f"vllm:time_to_first_token_seconds_sum{{{label}}}"], 303.303)
+    assert sample(samples, "vllm:request_success_total", lambda s: "abort" in s) == 1
+    assert sample(samples, "vllm:request_success_total") == 5
+    assert samples[f"vllm:num_requests_running{{{label}}}"] == 2
+    assert samples[f"vllm:prompt_tokens_total{{{label}}}"] == 44
+
+
+def test_live_metrics_count_requests(server):
+    before = server.metrics()
+    for _ in range(2):
+        r = server.post("/v1/chat/completions", {"model": MODEL, "max_tokens": 3,
+                                                 "messages": [{"role": "user", "content": "x"}],
+                                                 "ignore_eos": True})
+        assert r.status_code == 200
+    r = server.http.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    after = parse_text(r.text)
+    for name, grew in [("vllm:time_to_first_token_seconds_count", 2),
+                       ("vllm:time_per_output_token_seconds_count", 2),
+                       ("vllm:e2e_request_latency_seconds_count", 2),
+                       ("vllm:generation_tokens_total", 6)]:
+        assert sample(after, name) - sample(before, name) == grew, name
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                 "vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total",
+                 "vllm:prefix_cache_queries_total", "autoglm:prefix_cache_hit_rate"):
+        assert any(k.startswith(name + "{") for k in after), name
