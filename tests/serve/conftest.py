@@ -14,8 +14,11 @@ from .helpers import LiveServer, png_bytes, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def xla_cache(request) -> str:
-    return str(request.config.cache.mkdir("autoglm_serve_xla"))
+def xla_cache(request, tmp_path_factory) -> str:
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is None:
+        return str(tmp_path_factory.mktemp("autoglm_serve_xla"))
+    return str(cache.mkdir("autoglm_serve_xla"))
 
 
 @pytest.fixture(scope="session")
