@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Literal
 
 from autoglm_jax.config._common import DTYPES, ConfigError, check
+from autoglm_jax.config.quant import QuantConfig
 
 Variant = Literal["glm", "glm4"]
 
@@ -37,6 +38,11 @@ class TextConfig:
     dtype: str = "float32"  # compute dtype of activations
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Per-layer widths of a pruned decoder (None: every layer has ffw_dim / num_heads).
+    layer_ffw_dims: tuple[int, ...] | None = None
+    layer_num_heads: tuple[int, ...] | None = None
+    # Set on compressed checkpoints: the decoder's matmul weights are stored quantized.
+    quant: QuantConfig | None = None
 
     def __post_init__(self) -> None:
         self.validate("TextConfig")
@@ -63,8 +69,24 @@ class TextConfig:
         for name in ("param_dtype", "dtype"):
             check(getattr(self, name) in DTYPES, source, name,
                   f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+        for name in ("layer_ffw_dims", "layer_num_heads"):
+            sizes = getattr(self, name)
+            if sizes is not None:
+                check(len(sizes) == self.num_layers and all(s > 0 for s in sizes), source, name,
+                      f"must hold {self.num_layers} positive sizes (one per layer), "
+                      f"got {list(sizes)}")
+        if self.layer_num_heads is not None:
+            check(all(n % self.num_kv_heads == 0 for n in self.layer_num_heads), source,
+                  "layer_num_heads", f"every layer's heads must be a multiple of num_kv_heads "
+                  f"({self.num_kv_heads}), got {list(self.layer_num_heads)}")
 
     # Derived sizes.
+    def ffw_dim_at(self, layer: int) -> int:
+        return self.ffw_dim if self.layer_ffw_dims is None else self.layer_ffw_dims[layer]
+
+    def num_heads_at(self, layer: int) -> int:
+        return self.num_heads if self.layer_num_heads is None else self.layer_num_heads[layer]
+
     @property
     def queries_per_kv_head(self) -> int:
         return self.num_heads // self.num_kv_heads
@@ -80,14 +102,17 @@ class TextConfig:
     @property
     def num_params(self) -> int:
         """Parameter count computed from the sizes (checked against eval_shape in tests)."""
-        d, f, n, k, h = self.d_model, self.ffw_dim, self.num_heads, self.num_kv_heads, self.head_dim
-        attn = d * n * h + 2 * d * k * h + n * h * d
-        if self.attention_bias:
-            attn += n * h + 2 * k * h
-        norms = (4 if self.sandwich_norm else 2) * d
-        layer = attn + 2 * d * f + f * d + norms
+        d, k, h = self.d_model, self.num_kv_heads, self.head_dim
+        layers = 0
+        for i in range(self.num_layers):
+            n, f = self.num_heads_at(i), self.ffw_dim_at(i)
+            attn = d * n * h + 2 * d * k * h + n * h * d
+            if self.attention_bias:
+                attn += n * h + 2 * k * h
+            norms = (4 if self.sandwich_norm else 2) * d
+            layers += attn + 2 * d * f + f * d + norms
         head = 0 if self.tie_word_embeddings else self.vocab_size * d
-        return self.vocab_size * d + self.num_layers * layer + d + head
+        return self.vocab_size * d + layers + d + head
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -197,11 +222,22 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
         raise ConfigError(str(e).replace("TextConfig", source, 1)) from None
 
 
+def check_hf_exportable(cfg: TextConfig) -> None:
+    """Pruned (per-layer widths) and quantized decoders have no transformers layout."""
+    if cfg.layer_ffw_dims is not None or cfg.layer_num_heads is not None:
+        raise ConfigError("TextConfig: per-layer widths (a pruned decoder) have no Hugging Face "
+                          "layout; save the model with ag.save")
+    if cfg.quant is not None:
+        raise ConfigError("TextConfig: quantized weights have no Hugging Face layout; save the "
+                          "model with ag.save")
+
+
 def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
     """A config.json dict (transformers 5 spelling plus the hub's top-level fields) for
     GlmForCausalLM / Glm4ForCausalLM."""
     if cfg.mrope_section is not None:
         raise ConfigError("TextConfig with mrope_section exports as part of a glm4v model")
+    check_hf_exportable(cfg)
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta,
             "partial_rotary_factor": cfg.partial_rotary_factor}
     out = {

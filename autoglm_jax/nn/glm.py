@@ -15,8 +15,8 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import TextConfig
 from autoglm_jax.nn.attention import AttentionBackend, DenseCausal
-from autoglm_jax.nn.layers import (DotGeneral, Einsum, Embed, RMSNorm, apply_interleaved_rope,
-                                   dtype_of, rope_angles)
+from autoglm_jax.nn.layers import (DotGeneral, Einsum, EinsumPolicy, Embed, RMSNorm,
+                                   apply_interleaved_rope, dtype_of, rope_angles)
 
 Array = jax.Array
 LayerHook = Callable[[int, Array], Array]
@@ -24,14 +24,14 @@ LayerHook = Callable[[int, Array], Array]
 
 class GlmAttention(nn.Module):
     config: TextConfig
-    dot_general: DotGeneral | None = None
+    dot_general: DotGeneral | EinsumPolicy | None = None
 
     @nn.compact
     def __call__(self, x: Array, angles: Array, backend: AttentionBackend, layer: int,
                  cache: Any) -> tuple[Array, Any]:
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.d_model
+        n, k, h, d = c.num_heads_at(layer), c.num_kv_heads, c.head_dim, c.d_model
 
         def proj(name: str, heads: int, head_axis: str) -> Array:
             return Einsum("BTD,DNH->BTNH", (d, heads, h), ("embed", head_axis, "head_dim"),
@@ -49,26 +49,29 @@ class GlmAttention(nn.Module):
 
 
 class GlmMLP(nn.Module):
-    """SwiGLU with the fused gate_up weight [D, 2, F] (index 0 is the gate, as in HF)."""
+    """SwiGLU with the fused gate_up weight [D, 2, F] (index 0 is the gate, as in HF).
+    `ffw_dim` overrides the config's width (a pruned layer)."""
 
     config: TextConfig
-    dot_general: DotGeneral | None = None
+    dot_general: DotGeneral | EinsumPolicy | None = None
+    ffw_dim: int | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        gate_up = Einsum("BTD,DCF->BTCF", (c.d_model, 2, c.ffw_dim), ("embed", None, "mlp"),
+        f = self.ffw_dim or c.ffw_dim
+        gate_up = Einsum("BTD,DCF->BTCF", (c.d_model, 2, f), ("embed", None, "mlp"),
                          dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
                          name="gate_up_proj")(x)
         hidden = jax.nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
-        return Einsum("BTF,FD->BTD", (c.ffw_dim, c.d_model), ("mlp", "embed"), dtype=dtype,
+        return Einsum("BTF,FD->BTD", (f, c.d_model), ("mlp", "embed"), dtype=dtype,
                       param_dtype=pdtype, dot_general=self.dot_general, name="down_proj")(hidden)
 
 
 class GlmBlock(nn.Module):
     config: TextConfig
-    dot_general: DotGeneral | None = None
+    dot_general: DotGeneral | EinsumPolicy | None = None
 
     @nn.compact
     def __call__(self, x: Array, angles: Array, backend: AttentionBackend, layer: int,
@@ -84,27 +87,36 @@ class GlmBlock(nn.Module):
         if c.sandwich_norm:
             attn = norm("post_self_attn_layernorm")(attn)
         h = x + attn
-        mlp = GlmMLP(c, self.dot_general, name="mlp")(norm("post_attention_layernorm")(h))
+        mlp = GlmMLP(c, self.dot_general, c.ffw_dim_at(layer), name="mlp")(
+            norm("post_attention_layernorm")(h))
         if c.sandwich_norm:
             mlp = norm("post_mlp_layernorm")(mlp)
         return h + mlp, cache
 
 
 class GlmDecoder(nn.Module):
-    """GLM causal LM: token ids (or embeddings) -> logits f32[B, T, V]."""
+    """GLM causal LM: token ids (or embeddings) -> logits f32[B, T, V].
+
+    With `config.quant` set (a compressed checkpoint) the matmul weights are stored quantized
+    (`autoglm_jax.quant.QuantizedWeights`); per-layer widths come from the config too.
+    """
 
     config: TextConfig
-    dot_general: DotGeneral | None = None
+    dot_general: DotGeneral | EinsumPolicy | None = None
 
     def setup(self) -> None:
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
+        dot_general = self.dot_general
+        if c.quant is not None:
+            from autoglm_jax.quant.quantized import QuantizedWeights  # quant imports nn
+            dot_general = QuantizedWeights(c.quant, decoder_path=self.path, inner=dot_general)
         self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype, pdtype)
-        self.layers = [GlmBlock(c, self.dot_general) for _ in range(c.num_layers)]
+        self.layers = [GlmBlock(c, dot_general) for _ in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, pdtype)
         if not c.tie_word_embeddings:
             self.lm_head = Einsum("BTD,DV->BTV", (c.d_model, c.vocab_size), ("embed", "vocab"),
-                                  dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general)
+                                  dtype=dtype, param_dtype=pdtype, dot_general=dot_general)
 
     def embed(self, input_ids: Array) -> Array:
         """Token embeddings [B, T, D] at the compute dtype."""

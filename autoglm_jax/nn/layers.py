@@ -69,12 +69,26 @@ class LayerNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+class EinsumPolicy:
+    """Passed where a `dot_general` goes, a policy takes over the weight of every `Einsum` it
+    reaches: `einsum(module, x)` creates or reads the module's weight params (by name, on
+    `module`) and returns the product, which the Einsum completes with its bias. QAT
+    (fake-quantized float kernels) and quantized storage (integer kernels plus scales) are
+    policies (`autoglm_jax.quant`), so model code never mentions quantization.
+    """
+
+    def einsum(self, module: "Einsum", x: Array) -> Array:
+        raise NotImplementedError
+
+
 class Einsum(nn.Module):
     """A weight of shape `shape` applied by `equation` ("BTD,DNH->BTNH"), plus an optional bias
     of shape `bias_shape` (the output's trailing axes).
 
     `dot_general` is injectable, so QAT and quantized inference wrap the matmul without the
-    model code changing; the parameter tree stays {"kernel", "bias"}.
+    model code changing: a plain dot_general function replaces the product, an
+    `EinsumPolicy` owns the weight (float {"kernel", "bias"} for QAT, {"kernel": int8,
+    "scale", "bias"} for quantized storage).
     """
 
     equation: str
@@ -85,25 +99,34 @@ class Einsum(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
-    dot_general: DotGeneral | None = None
+    dot_general: DotGeneral | EinsumPolicy | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", _init_with_axes(self.kernel_init, self.axes), self.shape,
-                            self.param_dtype)
         x = x.astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
-        if self.dot_general is None:
-            y = jnp.einsum(self.equation, x, kernel, preferred_element_type=self.dtype)
+        if isinstance(self.dot_general, EinsumPolicy):
+            y = self.dot_general.einsum(self, x)
         else:
-            y = jnp.einsum(self.equation, x, kernel, _dot_general=self.dot_general,
-                           preferred_element_type=self.dtype)
+            y = self.product(x, self.float_kernel(), self.dot_general)
         if self.bias_shape is not None:
             bias = self.param("bias", _init_with_axes(nn.initializers.zeros,
                                                       self.bias_axes or (None,) * len(self.bias_shape)),
                               self.bias_shape, self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
+
+    def float_kernel(self) -> Array:
+        """The float "kernel" param (created on init), in its param dtype."""
+        return self.param("kernel", _init_with_axes(self.kernel_init, self.axes), self.shape,
+                          self.param_dtype)
+
+    def product(self, x: Array, kernel: Array, dot_general: DotGeneral | None = None) -> Array:
+        """`equation` applied to x and kernel at the compute dtype."""
+        kernel = kernel.astype(self.dtype)
+        if dot_general is None:
+            return jnp.einsum(self.equation, x, kernel, preferred_element_type=self.dtype)
+        return jnp.einsum(self.equation, x, kernel, _dot_general=dot_general,
+                          preferred_element_type=self.dtype)
 
 
 class Embed(nn.Module):
