@@ -45,3 +45,21 @@ def test_bench_cli_tiny(tmp_path):
     assert res["one_at_a_time"]["output_tokens"] == 12
     assert res["hf_generate"]["output_tokens"] == 18, res["hf_generate"]
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
+
+
+def test_chat_streams_two_turns_and_refuses_media_for_text_models(tmp_path):
+    import io
+    from pathlib import Path
+
+    from autoglm_jax.engine.commands import (ChatArgs, EngineArgs, ModelArgs, SamplingArgs,
+                                             run_chat)
+
+    out = io.StringIO()
+    args = ChatArgs(model=ModelArgs(model="tiny"), engine=EngineArgs(max_model_len=256,
+                                                                     num_pages=32),
+                    sampling=SamplingArgs(max_tokens=4))
+    run_chat(args, stdin=io.StringIO("hello\nagain\n\n"), out=out)
+    assert out.getvalue().count("> ") == 3  # two answered turns, then the empty line ends it
+    with pytest.raises(SystemExit, match="does not take images"):
+        run_chat(ChatArgs(image=(Path(tmp_path / "x.png"),), model=ModelArgs(model="tiny")),
+                 stdin=io.StringIO(""), out=io.StringIO())
