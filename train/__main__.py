@@ -1,4 +1,4 @@
-"""Training CLI: `python -m train pretrain|distill [--recipe FILE.toml] [--section.field VALUE ...]`.
+"""Training CLI: `python -m train pretrain|distill|qat|prune|export|report [--recipe FILE.toml] [--section.field VALUE ...]`.
 
 The recipe file's values become the defaults of every option; options on the command line
 override them (`--optim.lr 3e-4 --data.batch-size 16`). All logic lives in
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated, Sequence
+from typing import Annotated, Literal, Sequence
 
 import tyro
 
-from autoglm_jax.training.recipe import TrainRecipe, load_recipe
+from autoglm_jax.config.quant import PruneConfig, QuantConfig
+from autoglm_jax.training.compress import ReportOptions, load_compress_recipe
+from autoglm_jax.training.recipe import TrainRecipe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,76 @@ class Distill:
     """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class QuantOptions:
+    """The [quant] table's scalar fields (its `rules` come from the recipe file only)."""
+
+    weights: Literal["int8", "int4"] = "int8"
+    """int8: one scale per output channel; int4: one scale per group, two values per byte."""
+    group_size: int = 128
+    """int4: input channels per scale."""
+    activations: Literal["none", "int8"] = "none"
+    """int8: dynamic per-token activation quantization too."""
+    weight_clip: float = 1.0
+    """scale = weight_clip * max|w| / qmax (below 1 clips the largest weights)."""
+
+    @staticmethod
+    def of(q: QuantConfig) -> "QuantOptions":
+        return QuantOptions(q.weights, q.group_size, q.activations, q.weight_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qat:
+    """Quantization-aware training: the model with the [quant] table's fake-quantized matmuls
+    (float param tree), distilled from distill.teacher when set, else next-token loss. Then
+    `export` writes the integer checkpoint."""
+
+    cfg: Annotated[TrainRecipe, tyro.conf.arg(name="")]
+    quant: QuantOptions = QuantOptions()
+    recipe: str | None = None
+    """TOML recipe (configs/recipes/qat-*.toml); its values are the defaults of the options below."""
+    resume: bool = False
+    """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prune:
+    """Structured pruning of the unpruned model (distill.teacher) to prune.flops_reduction of
+    its decoder FLOPs, ranked on the recipe's data; writes <run_dir>/pruned. Recover it with
+    `python -m train distill` (model.init_from = that directory), or here with --recover."""
+
+    cfg: Annotated[TrainRecipe, tyro.conf.arg(name="")]
+    prune: PruneConfig = PruneConfig()
+    recipe: str | None = None
+    """TOML recipe (configs/recipes/prune-35.toml); its values are the defaults of the options below."""
+    out: str | None = None
+    """Where the pruned model goes (default: <run_dir>/pruned)."""
+    recover: bool = False
+    """Then distill the unpruned model into the pruned one with this recipe (same run)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Write the compressed checkpoint (integer weights plus scales) of a QAT run's model."""
+
+    qat_checkpoint: str
+    """The QAT run's model directory (<run_dir>/model)."""
+    format: Literal["int8", "int4"] = "int8"
+    recipe: str | None = None
+    """The QAT recipe: its [quant] rules are used (needed for logits equal to QAT's);
+    without it, QuantConfig(weights=format) with the default rules."""
+    out: str | None = None
+    """Output directory (default: <qat_checkpoint>-<format>)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Build the compression table (teacher, int8 QAT, int4 QAT, pruned + distilled, pruned +
+    distilled + int8 QAT) on the synthetic text tasks: report.md, report.json, report.png."""
+
+    opts: Annotated[ReportOptions, tyro.conf.arg(name="")] = ReportOptions()
+
+
 def _peek_recipe(argv: Sequence[str]) -> str | None:
     for i, a in enumerate(argv):
         if a == "--recipe" and i + 1 < len(argv):
@@ -53,21 +125,50 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _peek_recipe(argv)
     try:
-        base = load_recipe(path) if path else TrainRecipe()
+        loaded = load_compress_recipe(path) if path else None
     except (ConfigError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    base = loaded.train_recipe() if loaded else TrainRecipe()
+    quant = loaded.quant if loaded and loaded.quant else QuantConfig()
+    prune = loaded.prune if loaded and loaded.prune else PruneConfig()
+    export_default = Export("", quant.weights, path)
     cmd = tyro.cli(
         tyro.conf.OmitSubcommandPrefixes[
             Annotated[Pretrain, tyro.conf.subcommand("pretrain", default=Pretrain(base, path))]
-            | Annotated[Distill, tyro.conf.subcommand("distill", default=Distill(base, path))]],
+            | Annotated[Distill, tyro.conf.subcommand("distill", default=Distill(base, path))]
+            | Annotated[Qat, tyro.conf.subcommand(
+                "qat", default=Qat(base, QuantOptions.of(quant), path))]
+            | Annotated[Prune, tyro.conf.subcommand("prune", default=Prune(base, prune, path))]
+            | Annotated[Export, tyro.conf.subcommand("export", default=export_default)]
+            | Annotated[Report, tyro.conf.subcommand("report", default=Report())]],
         args=argv, prog="python -m train", description=__doc__.split("\n\n")[0])
     from autoglm_jax.training import DataError, NonFiniteError, run_distill, run_pretrain
+    from autoglm_jax.training import compress as tc
     try:
+        if isinstance(cmd, Report):
+            tc.run_report(cmd.opts)
+            return
+        if isinstance(cmd, Export):
+            if not cmd.qat_checkpoint:
+                raise ConfigError("export needs --qat-checkpoint DIR")
+            tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out)
+            return
         recipe = cmd.cfg.validate()
-        if isinstance(cmd, Distill):
-            run_distill(recipe, resume=cmd.resume)
+        if isinstance(cmd, Qat):
+            q = quant.replace(**dataclasses.asdict(cmd.quant))
+            q.validate("--quant")
+            tc.run_qat(tc.CompressRecipe.of(recipe, quant=q), resume=cmd.resume)
+        elif isinstance(cmd, Prune):
+            tc.run_prune(tc.CompressRecipe.of(recipe, prune=cmd.prune), out_dir=cmd.out,
+                         recover=cmd.recover)
         else:
-            run_pretrain(recipe, resume=cmd.resume)
+            if loaded is not None and loaded.quant is not None:
+                raise ConfigError(f"{path} has a [quant] table: run it with `python -m train "
+                                  "qat` (pretrain/distill would train a float model)")
+            if isinstance(cmd, Distill):
+                run_distill(recipe, resume=cmd.resume)
+            else:
+                run_pretrain(recipe, resume=cmd.resume)
     except (ConfigError, DataError, NonFiniteError, FileExistsError, FileNotFoundError,
             NotImplementedError) as e:
         sys.exit(f"error: {e}")

@@ -1,0 +1,437 @@
+"""Compression commands of the trainer: QAT, structured pruning, compressed export, the report.
+
+    recipe = load_compress_recipe("configs/recipes/qat-int8.toml", {"steps": 10})
+    result = run_qat(recipe)                       # fake-quantized student, float param tree
+    out = run_export(result.run_dir / "model", "int8", recipe=recipe)   # integer weights
+    pruned_dir, report = run_prune(load_compress_recipe("configs/recipes/prune-35.toml"))
+
+A compression recipe is a training recipe (`TrainRecipe`) plus two optional tables: `[quant]`
+(a `QuantConfig`) and `[prune]` (a `PruneConfig`). `load_compress_recipe` pops them from the
+TOML (and from the overrides) and hands the rest to the trainer's recipe loader, so every training field,
+check and error message is the trainer's own. `CompressRecipe` is a `TrainRecipe` subclass:
+`run_pretrain` / `run_distill` take it as is (its checkpoints' meta records the tables).
+
+This module only wires the library (`autoglm_jax.quant`, `autoglm_jax.compress`) into the
+loop (`run_pretrain` / `run_distill` with `model=`); it changes neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import autoglm_jax as ag
+from autoglm_jax.config import ConfigError
+from autoglm_jax.config._common import from_dict
+from autoglm_jax.config.quant import PruneConfig, QuantConfig
+from autoglm_jax.training.recipe import TrainRecipe, merge, recipe_from_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressRecipe(TrainRecipe):
+    """A TrainRecipe plus the optional [quant] (QAT / export) and [prune] tables."""
+
+    quant: QuantConfig | None = None
+    prune: PruneConfig | None = None
+
+    @classmethod
+    def of(cls, train: TrainRecipe, quant: QuantConfig | None = None,
+           prune: PruneConfig | None = None) -> "CompressRecipe":
+        fields = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainRecipe)}
+        return cls(**fields, quant=quant, prune=prune)
+
+    def train_recipe(self) -> TrainRecipe:
+        """The plain TrainRecipe part (what the CLI's training options parse into)."""
+        return TrainRecipe(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(TrainRecipe)})
+
+
+def load_compress_recipe(path: str | Path | None = None,
+                         overrides: dict[str, Any] | None = None) -> CompressRecipe:
+    """A CompressRecipe from a TOML file: [quant] and [prune] (if present, merged with
+    `overrides["quant"]` / `overrides["prune"]`) parse into their dataclasses, everything else
+    goes through `load_recipe` (same overrides, same errors)."""
+    data: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: recipe file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    overrides = dict(overrides or {})
+    tables: dict[str, Any] = {}
+    for key, cls in (("quant", QuantConfig), ("prune", PruneConfig)):
+        table, over = data.pop(key, None), overrides.pop(key, None)
+        if table is None and over is None:
+            tables[key] = None
+            continue
+        for name, t in ((source, table), ("overrides", over)):
+            if t is not None and not isinstance(t, dict):
+                raise ConfigError(f"{name}: field `{key}`: expected a table, got {t!r}")
+        merged = {**(table or {}), **(over or {})}
+        tables[key] = from_dict(cls, merged, source=f"{source} [{key}]")
+    # the rest exactly as load_recipe treats a file (it reads the file itself, so its two
+    # steps, merge and recipe_from_dict, are called here on the file minus the two tables)
+    train = recipe_from_dict(merge(data, overrides), source=source)
+    return CompressRecipe.of(train, tables["quant"], tables["prune"])
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    from autoglm_jax.training.loop import log
+    log(msg)
+
+
+def _mesh(recipe: TrainRecipe) -> Any:
+    m = recipe.mesh
+    return ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+
+
+def _initial_model(recipe: TrainRecipe) -> ag.Model:
+    """The model the recipe describes (model.init_from, else the preset), as the loop builds it."""
+    from autoglm_jax.training import loop
+    return loop._model(recipe, _mesh(recipe))
+
+
+def _need(value: Any, section: str, recipe: TrainRecipe) -> Any:
+    if value is None:
+        raise ConfigError(f"recipe {recipe.name!r}: this command needs a [{section}] table")
+    return value
+
+
+def calibration_batches(recipe: TrainRecipe, tokenizer: Any, n: int) -> list[dict[str, Any]]:
+    """The first `n` batches of the recipe's data (training format, numpy)."""
+    from autoglm_jax.training.data import make_dataset
+    data = dataclasses.replace(recipe.data, prefetch=0)
+    it = iter(make_dataset(data, tokenizer)[0])
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+
+
+def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
+    from autoglm_jax.training import loop
+    return loop._tokenizer(recipe, model)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def run_qat(recipe: CompressRecipe, *, resume: bool = False, model: ag.Model | None = None,
+            teacher: ag.Model | None = None) -> Any:
+    """Quantization-aware training: the recipe's model (or `model`) with the [quant] table's
+    fake-quant policy injected, trained by the loop as usual; distilled from distill.teacher
+    (or `teacher`) when there is one, else next-token loss. The checkpoints and <run_dir>/model
+    hold the float param tree (what `run_export` reads); `result.model` has the QAT module."""
+    from autoglm_jax.quant import qat_model
+    from autoglm_jax.training.loop import run_distill, run_pretrain
+    quant = _need(recipe.quant, "quant", recipe)
+    base = model if model is not None else _initial_model(recipe)
+    student = qat_model(base, quant)
+    if teacher is not None or recipe.distill.teacher:
+        return run_distill(recipe, resume=resume, teacher=teacher, model=student)
+    return run_pretrain(recipe, resume=resume, model=student)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneResult:
+    out_dir: Path            # the pruned model (ag.save)
+    report: Any              # compress.PruneReport
+    model: ag.Model          # the pruned model
+    recovered: Any = None    # the distillation RunResult when recovery ran
+
+
+def run_prune(recipe: CompressRecipe, *, model: ag.Model | None = None,
+              out_dir: str | Path | None = None, recover: bool = False,
+              resume: bool = False) -> PruneResult:
+    """Prune the unpruned model (`model`, else distill.teacher, else model.init_from) to the
+    [prune] table's share of decoder FLOPs, ranking units on the first calibration_batches
+    batches of the recipe's data; `ag.save` it to `out_dir` (default <run_dir>/pruned).
+
+    recover: then distill the unpruned model into the pruned one with the recipe's training
+    settings (model.init_from = out_dir), as `python -m train distill` would."""
+    from autoglm_jax.compress import prune_model
+    from autoglm_jax.training.loop import run_distill
+    cfg = _need(recipe.prune, "prune", recipe)
+    if model is None:
+        src = recipe.distill.teacher or recipe.model.init_from
+        if not src:
+            raise ConfigError(f"recipe {recipe.name!r}: prune needs the unpruned model: set "
+                              "distill.teacher (or model.init_from) to a checkpoint")
+        model = ag.load(src, dtype=jnp.dtype(recipe.model.param_dtype))
+    tokenizer = _tokenizer(recipe, model)
+    batches = calibration_batches(recipe, tokenizer, cfg.calibration_batches)
+    pruned, report = prune_model(model, batches, cfg)
+    pruned = dataclasses.replace(pruned, tokenizer=tokenizer)
+    out = Path(out_dir) if out_dir is not None else Path(recipe.run_dir) / "pruned"
+    ag.save(pruned, out)
+    _log(f"pruned {cfg.flops_reduction:.0%} target: decoder FLOPs/token {report.flops_before:,}"
+         f" -> {report.flops_after:,} ({report.reduction:.1%} removed) | heads per layer "
+         f"{list(report.heads)} | FFN per layer {list(report.ffw)} | ranked on "
+         f"{report.tokens:,} tokens | wrote {out}")
+    recovered = None
+    if recover:
+        r = recipe.replace(model=dataclasses.replace(recipe.model, init_from=str(out)))
+        recovered = run_distill(r, resume=resume, teacher=model)
+    return PruneResult(out, report, pruned, recovered)
+
+
+def run_export(qat_checkpoint: str | Path, fmt: Literal["int8", "int4"], *,
+               recipe: CompressRecipe | None = None, out_dir: str | Path | None = None) -> Path:
+    """Write the compressed checkpoint of a QAT run's model: integer weights plus scales and
+    the config that says so (`ag.load` reads it). The quant rules are the recipe's [quant]
+    table (the exact-logits promise needs the table QAT used), else QuantConfig(weights=fmt)
+    with its defaults. Default out_dir: `<qat_checkpoint>-<fmt>`."""
+    from autoglm_jax.quant import export_quantized, weight_bytes
+    quant = recipe.quant if recipe is not None and recipe.quant is not None else None
+    if quant is None:
+        quant = QuantConfig(weights=fmt)
+    elif quant.weights != fmt:
+        raise ConfigError(f"--format {fmt} but the recipe's [quant] table has weights = "
+                          f"{quant.weights!r}")
+    src = Path(qat_checkpoint)
+    model = ag.load(src)
+    if model.config.text is not None and model.config.text.quant is not None:
+        raise ConfigError(f"{src} is already a compressed checkpoint")
+    small = export_quantized(model, quant)
+    out = Path(out_dir) if out_dir is not None else src.with_name(f"{src.name}-{fmt}")
+    ag.save(small, out)
+    b = weight_bytes(ag.load(out, dtype=jnp.bfloat16, load_tokenizer=False))
+    _log(f"exported {src} as {fmt} -> {out} | weights loaded in bf16: {b['total']:,} bytes "
+         f"({b['total'] / b['bf16']:.1%} of the float model's bf16 {b['bf16']:,})")
+    return out
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOptions:
+    """Sizes of the compression report (defaults: ~10 minutes on a loaded 2-core CPU)."""
+
+    out_dir: str = "reports/compression"
+    """Where report.md, report.json, report.png and the run directories go."""
+    preset: str = "tiny"
+    """Teacher architecture (a preset name)."""
+    teacher_steps: int = 400
+    qat_steps: int = 100
+    """Steps of each QAT run (int8, int4, and the last row's int8 on the pruned model)."""
+    recover_steps: int = 200
+    """Distillation steps that recover the pruned model."""
+    flops_reduction: float = 0.35
+    seq_len: int = 64
+    batch_size: int = 16
+    tasks: tuple[str, ...] = ("count", "copy", "reverse")
+    max_len: int = 5
+    """Longest string of the synthetic tasks."""
+    eval_batches: int = 8
+    """Held-out batches (data seed 99) the accuracy and loss are averaged over."""
+    decode_prompts: int = 4
+    decode_tokens: int = 32
+    seed: int = 0
+
+
+def _train_recipe(o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: int,
+                  **over: Any) -> CompressRecipe:
+    base = {"name": run_dir.name, "run_dir": str(run_dir), "steps": steps, "progress": False,
+            "log_every": max(1, steps // 10), "seed": seed,
+            "data": {"seq_len": o.seq_len, "batch_size": o.batch_size, "seed": seed,
+                     "synthetic_tasks": list(o.tasks), "synthetic_max_len": o.max_len},
+            "optim": {"lr": lr, "warmup_steps": max(1, min(30, steps // 10)),
+                      "weight_decay": 0.0},
+            "model": {"preset": o.preset, "seed": o.seed},
+            "checkpoint": {"every": 100_000, "export": True, "async_save": False}}
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return load_compress_recipe(None, base)
+
+
+def _evaluate(model: ag.Model, batches: list[dict[str, Any]]) -> dict[str, float]:
+    from autoglm_jax.training import make_eval_step
+    from autoglm_jax.training.step import put_batch
+    f = make_eval_step(model.module)
+    out = [jax.device_get(f(model.params, put_batch(b, None))) for b in batches]
+    return {k: float(np.mean([x[k] for x in out])) for k in out[0]}
+
+
+def _decode_speed(model: ag.Model, o: ReportOptions) -> tuple[float, int]:
+    """(decode tokens/s of the engine, greedy, after a warm-up batch; KV bytes per token)."""
+    from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
+    cfg = EngineConfig(max_num_seqs=o.decode_prompts, max_num_batched_tokens=128, page_size=8,
+                       max_model_len=128, num_pages=8 * o.decode_prompts * 2 + 1,
+                       enable_prefix_caching=False)
+    engine = Engine(model, cfg)
+    rng = np.random.RandomState(7)
+    vocab = min(model.config.text.vocab_size, 400)
+    prompts = [list(map(int, rng.randint(10, vocab, 12))) for _ in range(o.decode_prompts)]
+    greedy = SamplingParams(max_tokens=o.decode_tokens, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts, greedy)  # compile every shape once
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, greedy)
+    dt = time.perf_counter() - t0
+    return sum(len(x.token_ids) for x in outs) / dt, engine.kv_bytes_per_token
+
+
+def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
+    """Teacher (float), int8 QAT, int4 QAT, pruned + distilled, pruned + distilled + int8 QAT,
+    all on the synthetic text tasks; writes report.{md,json,png} to o.out_dir."""
+    from autoglm_jax.compress import decoder_flops
+    from autoglm_jax.quant import QuantRule, weight_bytes
+    from autoglm_jax.training.loop import run_pretrain
+    t_start = time.perf_counter()
+    out = Path(o.out_dir)
+    if out.exists() and any(out.glob("*/checkpoints")):
+        raise FileExistsError(f"{out} holds earlier report runs; pick another --out-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    int8 = QuantConfig(weights="int8", rules=(QuantRule("lm_head", "none"),))
+    int4 = QuantConfig(weights="int4", group_size=32, rules=(QuantRule("lm_head", "int8"),))
+
+    _log(f"report: teacher ({o.preset}) {o.teacher_steps} steps")
+    teacher_r = _train_recipe(o, out / "teacher", o.teacher_steps, 3e-3, 0)
+    teacher = run_pretrain(teacher_r).model
+    tokenizer = teacher.tokenizer
+    held = _train_recipe(o, out / "eval", 1, 1e-3, 99)
+    eval_batches = calibration_batches(held, tokenizer, o.eval_batches)
+    tdir = Path(teacher_r.run_dir) / "model"
+
+    def qat(name: str, quant: QuantConfig, init: Path, seed: int) -> tuple[Path, ag.Model]:
+        _log(f"report: {name}: QAT {o.qat_steps} steps from {init}")
+        r = _train_recipe(o, out / name, o.qat_steps, 5e-4, seed,
+                          model={"init_from": str(init)},
+                          distill={"teacher": str(tdir), "alpha": 0.7, "temperature": 2.0})
+        res = run_qat(CompressRecipe.of(r, quant=quant), teacher=teacher)
+        exported = run_export(res.run_dir / "model", quant.weights,
+                              recipe=CompressRecipe.of(r, quant=quant))
+        return exported, res.model
+
+    rows_spec: list[tuple[str, Path, ag.Model | None]] = [("teacher (float)", tdir, None)]
+    d8, q8 = qat("qat-int8", int8, tdir, 1)
+    rows_spec.append(("int8 QAT", d8, q8))
+    d4, q4 = qat("qat-int4", int4, tdir, 2)
+    rows_spec.append(("int4 QAT", d4, q4))
+
+    _log(f"report: prune {o.flops_reduction:.0%} + distill {o.recover_steps} steps")
+    pr = _train_recipe(o, out / "pruned", o.recover_steps, 3e-3, 3,
+                       distill={"teacher": str(tdir), "alpha": 0.7, "temperature": 2.0})
+    pr = CompressRecipe.of(pr, prune=PruneConfig(flops_reduction=o.flops_reduction))
+    pres = run_prune(pr, model=teacher, recover=True)
+    pdir = pres.recovered.run_dir / "model"
+    rows_spec.append((f"{o.flops_reduction:.0%}-pruned + distilled", pdir, None))
+    dp8, qp8 = qat("pruned-int8", int8, pdir, 4)
+    rows_spec.append((f"{o.flops_reduction:.0%}-pruned + distilled + int8 QAT", dp8, qp8))
+
+    rows = []
+    teacher_bf16 = None
+    for name, path, qat_model_ in rows_spec:
+        _log(f"report: measuring {name} ({path})")
+        m32 = ag.load(path)
+        ev = _evaluate(m32, eval_batches)
+        m16 = ag.load(path, dtype=jnp.bfloat16)
+        wb = weight_bytes(m16)
+        if teacher_bf16 is None:
+            teacher_bf16 = wb["bf16"]
+        tps, kv = _decode_speed(m16, o)
+        row = {"model": name, "path": str(path), "accuracy": ev["accuracy"],
+               "exact": ev["seq_accuracy"], "loss": ev["ce"], "weight_bytes": wb["total"],
+               "weight_share": wb["total"] / teacher_bf16, "kv_bytes_per_token": kv,
+               "decode_tokens_per_s": tps, "decoder_flops": decoder_flops(m32.config.text)}
+        if qat_model_ is not None:  # the export changes storage, not numbers: check it here
+            qe = _evaluate(qat_model_, eval_batches)
+            row["qat_forward_accuracy"] = qe["accuracy"]
+        rows.append(row)
+    result = {"options": dataclasses.asdict(o), "rows": rows,
+              "prune": {"target": o.flops_reduction, "achieved": pres.report.reduction},
+              "teacher_bf16_bytes": teacher_bf16,
+              "machine": f"{platform.machine()} {platform.system()}, {jax.default_backend()} "
+                         f"({jax.device_count()} device), {_cpus()} CPUs",
+              "seconds": time.perf_counter() - t_start,
+              "date": time.strftime("%Y-%m-%d")}
+    last, first = rows[-1], rows[0]
+    result["goal"] = {
+        "accuracy_gap_points": 100 * (first["accuracy"] - last["accuracy"]),
+        "weight_share": last["weight_share"],
+        "met": bool(100 * (first["accuracy"] - last["accuracy"]) <= 1.2
+                    and last["weight_share"] <= 0.35)}
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    (out / "report.md").write_text(report_markdown(result))
+    _chart(result, out / "report.png")
+    _log(f"report: wrote {out}/report.md, report.json, report.png in {result['seconds']:.0f} s")
+    return result
+
+
+def _cpus() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    o = r["options"]
+    g = r["goal"]
+    lines = [
+        f"Compression table ({r['date']}, {r['machine']}; {r['seconds']:.0f} s). Task: the "
+        f"**text** synthetic tasks ({', '.join(o['tasks'])}; strings up to {o['max_len']}), "
+        f"not the multimodal one; teacher: the `{o['preset']}` preset trained "
+        f"{o['teacher_steps']} steps ({o['batch_size']} x {o['seq_len']} tokens). QAT: "
+        f"{o['qat_steps']} steps distilled from the teacher; pruned: "
+        f"{r['prune']['achieved']:.1%} of decoder FLOPs removed (target "
+        f"{r['prune']['target']:.0%}), then {o['recover_steps']} distillation steps. Accuracy "
+        f"= argmax on answer tokens, exact = whole answer right, loss = CE on answer tokens; "
+        f"{o['eval_batches']} held-out batches, float32 forward of the saved (exported) "
+        f"checkpoints. Weight bytes: params as loaded with `dtype=bfloat16` (integer kernels "
+        f"stay integer; scales, embeddings, norms bf16). Decode: `Engine.generate`, greedy, "
+        f"{o['decode_prompts']} prompts x {o['decode_tokens']} tokens, bf16, after a warm-up "
+        f"batch.", "",
+        "| model | accuracy | exact | loss | weight bytes | / teacher bf16 | KV bytes/token "
+        "| decode tok/s |",
+        "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['model']} | {row['accuracy']:.4f} | {row['exact']:.4f} | "
+            f"{row['loss']:.4f} | {row['weight_bytes']:,} | {row['weight_share']:.3f} | "
+            f"{row['kv_bytes_per_token']:,} | {row['decode_tokens_per_s']:.1f} |")
+    lines += ["", f"Goal (last row within 1.2 accuracy points of the teacher at <= 35% of its "
+              f"bf16 weight bytes): gap {g['accuracy_gap_points']:+.2f} points, "
+              f"{g['weight_share']:.1%} of the bytes: **{'met' if g['met'] else 'not met'}**."]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(r: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log("report: matplotlib not installed; no chart")
+        return
+    rows = r["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        ax.scatter(100 * row["weight_share"], 100 * row["accuracy"], s=60)
+        ax.annotate(row["model"], (100 * row["weight_share"], 100 * row["accuracy"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    t = rows[0]
+    ax.axhline(100 * t["accuracy"] - 1.2, ls="--", lw=0.8, c="gray")
+    ax.axvline(35, ls="--", lw=0.8, c="gray")
+    ax.set_xlabel("weight bytes, % of the teacher's bf16 bytes")
+    ax.set_ylabel("token accuracy on answers, %")
+    ax.set_title("Compression on the synthetic text tasks (goal: upper left of the dashes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
