@@ -28,6 +28,7 @@ from autoglm_jax.checkpoint.registry import get_architecture
 from autoglm_jax.config import ConfigError
 from autoglm_jax.training import step as st
 from autoglm_jax.training.data import MediaProcessor, make_dataset
+from autoglm_jax.training.media import MultimodalProcessor
 from autoglm_jax.training.metrics import MetricsWriter, Progress, plot_losses, read_jsonl
 from autoglm_jax.training.recipe import TrainRecipe, model_config
 
@@ -147,15 +148,26 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
     if tokenizer.vocab_size > student.config.text.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids, model vocab_size is "
                           f"{student.config.text.vocab_size}")
+    if media_processor is None and (getattr(student.config, "vision", None) is not None
+                                    or getattr(student.config, "audio", None) is not None):
+        media_processor = MultimodalProcessor(student.config, tokenizer,
+                                              max_images=recipe.data.max_images,
+                                              max_audio_windows=recipe.data.max_audio_windows)
     dataset, info = make_dataset(recipe.data, tokenizer, media_processor=media_processor,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
     if info.skipped:
         log(f"data: skipped {info.skipped} bad record(s), e.g. {info.skipped_examples[0]}")
+    if info.images or info.audio:
+        d = recipe.data
+        log("data: " + ", ".join(
+            ([f"{d.batch_size * d.max_images} image slot(s)"] if info.images else [])
+            + ([f"{d.batch_size * d.max_audio_windows} audio window(s)"] if info.audio else []))
+            + " per micro-batch (padded rows; see docs/training.md, Images and audio)")
 
     o = recipe.optim
     tx, schedule = st.make_optimizer(o, recipe.steps, student.params)
-    trainable = st.trainable_mask(student.params, o.trainable)
+    trainable = st.trainable_mask(student.params, st.trainable_patterns(o))
     state, shardings = st.init_state(student.params, tx, recipe.seed, mesh)
     t_params = teacher.params if teacher is not None else None
     t_shardings = (jax.tree.map(lambda x: x.sharding, t_params) if t_params is not None else None)
@@ -164,7 +176,6 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
         distill=recipe.distill if teacher is not None else None,
         teacher_module=teacher.module if teacher is not None else None,
         teacher_shardings=t_shardings, grad_accum=o.grad_accum)
-    b_shardings = st.batch_shardings(mesh, m.rules)
 
     run_dir = Path(recipe.run_dir)
     mngr = _checkpoint_manager(recipe)
@@ -197,6 +208,7 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
             for _ in range(o.grad_accum):
                 batch = next(it)
                 tokens += int(np.count_nonzero(batch["segment_ids"]))
+                b_shardings = st.batch_shardings(mesh, m.rules, batch)
                 state, metrics = step_fn(state, st.put_batch(batch, b_shardings), t_params)
                 micro.append(metrics)
             micro = jax.device_get(micro)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from autoglm_jax.config import ConfigError, ModelConfig, load_config
 from autoglm_jax.config._common import from_dict, to_dict
 
-SyntheticTask = Literal["count", "copy", "reverse", "add"]
+SyntheticTask = Literal["count", "copy", "reverse", "add", "image", "audio"]
 DtypeName = Literal["float32", "bfloat16"]
 
 
@@ -54,11 +54,18 @@ class DataRecipe:
     """Threads that read and tokenize examples ahead of the packer (0: done inline, on the
     prefetch thread; raise it for slow sources such as image decoding)."""
     synthetic_tasks: tuple[SyntheticTask, ...] = ("count", "copy", "reverse", "add")
-    """Tasks the synthetic source draws from (text-only for now)."""
+    """Tasks the synthetic source draws from: text (count, copy, reverse, add), image (count,
+    shape, colour or place of drawn shapes) and audio (number of beeps or their pitch). image
+    and audio need a glm4v/autoglm model and mode = "pad"."""
     synthetic_size: int = 100_000
     """Examples per synthetic epoch (example i is a pure function of seed and i)."""
     synthetic_max_len: int = 8
     """Longest string of the count/copy/reverse tasks (sums use numbers below 100)."""
+    max_images: int = 1
+    """Most images in one example; every batch of a dataset with images carries
+    batch_size * max_images images (zero padding), so its shapes stay fixed."""
+    max_audio_windows: int = 1
+    """Most 30 s audio windows in one example (batch_size * max_audio_windows per batch)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +86,9 @@ class OptimRecipe:
     """Global gradient-norm clip (0: off)."""
     grad_accum: int = 1
     """Micro-batches per optimizer update (optax.MultiSteps)."""
+    train: Literal["all", "cga"] = "all"
+    """all: every parameter trains (or those `trainable` names); cga: only the CGA fusion
+    (`fusion/*`: the gated cross-attention blocks and the modality projectors)."""
     trainable: tuple[str, ...] = ()
     """Glob patterns over parameter paths like 'layers_0/mlp/*'; empty: train everything."""
     max_nonfinite: int = 5
@@ -195,6 +205,13 @@ class TrainRecipe:
         need(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
         need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(o.max_nonfinite > 0, "optim.max_nonfinite", "must be positive")
+        need(o.train == "all" or not o.trainable, "optim.trainable",
+             f"set either optim.train = {o.train!r} or trainable patterns, not both")
+        media = [t for t in d.synthetic_tasks if t in ("image", "audio")]
+        need(not media or d.source != "synthetic" or d.mode == "pad", "data.mode",
+             f"the {'/'.join(media)} task(s) need mode = \"pad\" (media examples are not packed)")
+        need(d.max_images > 0, "data.max_images", "must be positive")
+        need(d.max_audio_windows > 0, "data.max_audio_windows", "must be positive")
         need(self.checkpoint.every > 0, "checkpoint.every", "must be positive")
         need(self.checkpoint.keep > 0, "checkpoint.keep", "must be positive")
         dp = self.mesh.data * self.mesh.fsdp

@@ -7,17 +7,26 @@
 
 The step is agnostic of how the module computes: QAT passes a module built with another
 `dot_general`; the parameter tree is unchanged.
+
+Multimodal batches (glm4v / autoglm modules; see training/media.py) add `pixel_values`
+f32[P, 1176] with `image_grid_thw` (host numpy [n, 3]: static, one compilation per distinct
+grid tuple), `input_features` f32[B*W, mels, 3000] with `audio_rows` i32[B*W], and M-RoPE
+`positions` i32[B, 3, T]. Frozen parameters (`trainable` False) are cut off the gradient
+computation (`stop_gradient`), so training only the CGA fusion does not backpropagate into
+the encoders.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -27,6 +36,9 @@ from autoglm_jax.training.recipe import DistillRecipe, OptimRecipe
 
 Array = jax.Array
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+MEDIA_KEYS = ("pixel_values", "input_features", "audio_rows")
+STATIC_KEYS = ("image_grid_thw",)
+CGA_PATTERNS = ("fusion/*",)
 
 
 @jax.tree_util.register_dataclass
@@ -87,6 +99,12 @@ def make_schedule(optim: OptimRecipe, total_steps: int) -> optax.Schedule:
         decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
 
 
+def trainable_patterns(optim: OptimRecipe) -> tuple[str, ...]:
+    """The glob patterns of the parameters that train (empty: all): `optim.train = "cga"`
+    is the CGA fusion (`fusion/*`), else `optim.trainable`."""
+    return CGA_PATTERNS if optim.train == "cga" else tuple(optim.trainable)
+
+
 def make_optimizer(optim: OptimRecipe, total_steps: int,
                    params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Clip by global norm -> AdamW (no decay on norms/biases) on a warmup-cosine schedule;
@@ -99,9 +117,15 @@ def make_optimizer(optim: OptimRecipe, total_steps: int,
     parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                              weight_decay=optim.weight_decay, mask=decay_mask))
     tx = optax.chain(*parts)
-    if optim.trainable:
+    if optim.train == "cga" and not (isinstance(params, dict) and "fusion" in params):
+        from autoglm_jax.config import ConfigError
+        raise ConfigError("field `optim.train`: 'cga' trains the CGA fusion (fusion/*), which "
+                          "this model does not have (model_type autoglm has it, e.g. preset "
+                          "tiny-mm)")
+    patterns = trainable_patterns(optim)
+    if patterns:
         labels = jax.tree.map(lambda t: "train" if t else "freeze",
-                              trainable_mask(params, optim.trainable))
+                              trainable_mask(params, patterns))
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     if optim.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=optim.grad_accum).gradient_transformation()
@@ -158,26 +182,67 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int,
     return state, shardings
 
 
-def batch_shardings(mesh: Mesh, rules: str) -> dict[str, NamedSharding]:
-    return {k: shd.batch_sharding(mesh, rules, 2) for k in BATCH_KEYS}
+def batch_shardings(mesh: Mesh, rules: str,
+                    batch: dict[str, Any] | None = None) -> dict[str, NamedSharding]:
+    """Shardings of a batch's arrays: rows (and audio windows, laid out row-major) over the
+    rules' batch axes; pixel_values replicated (images are not aligned with rows). `batch`
+    (host arrays) gives the keys and ranks; default: the text keys, rank 2."""
+    if batch is None:
+        return {k: shd.batch_sharding(mesh, rules, 2) for k in BATCH_KEYS}
+    return {k: (NamedSharding(mesh, P()) if k == "pixel_values"
+                else shd.batch_sharding(mesh, rules, np.ndim(batch[k])))
+            for k in BATCH_KEYS + MEDIA_KEYS if k in batch}
 
 
-def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None) -> dict[str, Array]:
-    """Host numpy batch -> device arrays (this process's rows of the global batch)."""
-    out = {}
-    for k in BATCH_KEYS:
+def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None) -> dict[str, Any]:
+    """Host numpy batch -> device arrays (this process's rows of the global batch); the
+    static `image_grid_thw` stays a host array."""
+    out: dict[str, Any] = {}
+    for k in BATCH_KEYS + MEDIA_KEYS:
+        if k not in batch:
+            continue
         x = batch[k]
         out[k] = (jnp.asarray(x) if shardings is None
                   else jax.make_array_from_process_local_data(shardings[k], x))
+    for k in STATIC_KEYS:
+        if k in batch:
+            out[k] = np.asarray(batch[k])
     return out
+
+
+def split_static(batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(the batch's arrays, the image grid as a hashable tuple or None)."""
+    from autoglm_jax.nn.vision import grid_tuple
+    arrays = {k: v for k, v in batch.items() if k not in STATIC_KEYS}
+    grid = batch.get("image_grid_thw")
+    return arrays, (grid_tuple(grid) if grid is not None else None)
 
 
 # --- the step ---------------------------------------------------------------------------------
 
 
 def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
-             hidden: bool) -> tuple[Array, tuple[Array, ...]]:
-    kw = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
+             hidden: bool, grid: Any = None) -> tuple[Array, tuple[Array, ...]]:
+    positions = batch["positions"]
+    if positions.ndim == 3:  # M-RoPE: [B, 3, T] in the batch, [3, B, T] for the model
+        positions = jnp.swapaxes(positions, 0, 1)
+    kw: dict[str, Any] = dict(positions=positions, segment_ids=batch["segment_ids"])
+    if any(k in batch for k in MEDIA_KEYS):
+        from autoglm_jax.nn.model import AutoGLM, Glm4vModel
+        if not isinstance(module, Glm4vModel):
+            raise ValueError(f"a {type(module).__name__} takes text only; image/audio batches "
+                             "need a glm4v or autoglm model")
+        if "pixel_values" in batch:
+            if grid is None:
+                raise ValueError("pixel_values need the batch's image_grid_thw")
+            kw.update(pixel_values=batch["pixel_values"], image_grid_thw=grid)
+        if "input_features" in batch:
+            if not isinstance(module, AutoGLM):
+                raise ValueError(f"a {type(module).__name__} has no audio encoder (the batch "
+                                 "holds input_features)")
+            b = batch["inputs"].shape[0]
+            kw.update(input_features=batch["input_features"], audio_rows=batch["audio_rows"],
+                      max_audio_per_row=batch["input_features"].shape[0] // b)
     if not hidden:
         return module.apply({"params": params}, batch["inputs"], **kw), ()
     logits, inter = module.apply({"params": params}, batch["inputs"], mutable=["intermediates"], **kw)
@@ -187,20 +252,21 @@ def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
 def make_loss_fn(module: nn.Module, distill: DistillRecipe | None = None,
                  teacher_module: nn.Module | None = None
                  ) -> Callable[[Any, dict[str, Array], Any], tuple[Array, dict[str, Array]]]:
-    """loss_fn(params, batch, teacher_params) -> (loss, metrics)."""
+    """loss_fn(params, batch, teacher_params, grid=None) -> (loss, metrics); grid: the
+    static image grid tuple of a batch with pixel_values."""
     beta = distill.beta if distill is not None else 0.0
     layer_map = distill.layer_map if distill is not None and beta > 0 else ()
 
-    def loss_fn(params: Any, batch: dict[str, Array], teacher_params: Any):
+    def loss_fn(params: Any, batch: dict[str, Array], teacher_params: Any, grid: Any = None):
         mask = batch["loss_mask"].astype(jnp.float32)
-        logits, hs = _forward(module, params, batch, bool(layer_map))
+        logits, hs = _forward(module, params, batch, bool(layer_map), grid)
         metrics = {"accuracy": losses.token_accuracy(logits, batch["targets"], mask),
                    "tokens": jnp.sum(mask)}
         if distill is None:
             loss = losses.cross_entropy(logits, batch["targets"], mask)
             return loss, {**metrics, "ce": loss}
         t_logits, t_hs = _forward(teacher_module, jax.lax.stop_gradient(teacher_params), batch,
-                                  bool(layer_map))
+                                  bool(layer_map), grid)
         loss, parts = losses.distill_loss(
             logits, jax.lax.stop_gradient(t_logits), batch["targets"], mask,
             alpha=distill.alpha, temperature=distill.temperature, beta=beta,
@@ -221,13 +287,25 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
     Non-finite guard: when the loss or the gradient norm is NaN/inf, params and optimizer
     state are kept as they were (metrics["finite"] = 0). With grad_accum > 1 the bad
     micro-batch contributes a zero gradient instead, so MultiSteps' counters stay aligned
-    with the loop's. `trainable` (bool tree) restricts the reported grad_norm.
+    with the loop's. `trainable` (bool tree) restricts the reported grad_norm, and the
+    parameters it marks False get no backward pass (zero gradients).
+
+    Batches of another structure (media keys, ranks) or image grid get their own jitted
+    function (`call.jitted_for(batch)`), compiled at first use.
     """
     loss_fn = make_loss_fn(module, distill, teacher_module)
+    freeze = trainable is not None and not all(jax.tree.leaves(trainable))
 
-    def step(state: TrainState, batch: dict[str, Array], teacher_params: Any = None):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, teacher_params)
+    def frozen_loss(params: Any, batch: dict[str, Array], teacher_params: Any, grid: Any):
+        if freeze:  # no backward pass into frozen parameters (their gradient is 0)
+            params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
+                                  params, trainable)
+        return loss_fn(params, batch, teacher_params, grid)
+
+    def step(state: TrainState, batch: dict[str, Array], teacher_params: Any = None,
+             grid: Any = None):
+        (loss, metrics), grads = jax.value_and_grad(frozen_loss, has_aux=True)(
+            state.params, batch, teacher_params, grid)
         shown = grads if trainable is None else jax.tree.map(
             lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
         grad_norm = optax.global_norm(shown)
@@ -245,18 +323,30 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
         return new, {**metrics, "loss": loss, "grad_norm": grad_norm,
                      "finite": finite.astype(jnp.float32)}
 
-    if shardings is None or mesh is None:
-        jitted = jax.jit(step, donate_argnums=(0,))
-    else:
-        rep = NamedSharding(mesh, P())
-        in_sh = (shardings, batch_shardings(mesh, rules), teacher_shardings)
-        jitted = jax.jit(step, in_shardings=in_sh, out_shardings=(shardings, rep),
-                         donate_argnums=(0,))
+    compiled: dict[Any, Callable] = {}
 
-    def call(state: TrainState, batch: dict[str, Array], teacher_params: Any = None):
-        return jitted(state, batch, teacher_params)
+    def jitted_for(batch: dict[str, Any]) -> Callable:
+        """The jitted step for a batch of this structure (keys, ranks, image grid)."""
+        arrays, grid = split_static(batch)
+        key = (tuple(sorted((k, np.ndim(v)) for k, v in arrays.items())), grid)
+        fn = compiled.get(key)
+        if fn is None:
+            body = functools.partial(step, grid=grid)
+            if shardings is None or mesh is None:
+                fn = jax.jit(body, donate_argnums=(0,))
+            else:
+                rep = NamedSharding(mesh, P())
+                in_sh = (shardings, batch_shardings(mesh, rules, arrays), teacher_shardings)
+                fn = jax.jit(body, in_shardings=in_sh, out_shardings=(shardings, rep),
+                             donate_argnums=(0,))
+            compiled[key] = fn
+        return fn
 
-    call.jitted = jitted  # for .lower() / cost analysis
+    def call(state: TrainState, batch: dict[str, Any], teacher_params: Any = None):
+        return jitted_for(batch)(state, split_static(batch)[0], teacher_params)
+
+    call.jitted_for = jitted_for  # for .lower() / cost analysis
+    call.compiled = compiled
     return call
 
 
@@ -264,16 +354,23 @@ def make_eval_step(module: nn.Module, teacher_module: nn.Module | None = None) -
     """eval(params, batch, teacher_params=None) -> ce, accuracy, seq_accuracy (exact match of
     each example's masked tokens), and kl (temperature 1) against the teacher when given."""
 
-    def evaluate(params: Any, batch: dict[str, Array], teacher_params: Any = None):
+    def evaluate(params: Any, batch: dict[str, Array], teacher_params: Any = None,
+                 grid: Any = None):
         mask = batch["loss_mask"].astype(jnp.float32)
-        logits, _ = _forward(module, params, batch, False)
+        logits, _ = _forward(module, params, batch, False, grid)
         out = {"ce": losses.cross_entropy(logits, batch["targets"], mask),
                "accuracy": losses.token_accuracy(logits, batch["targets"], mask),
                "seq_accuracy": losses.sequence_accuracy(logits, batch["targets"], mask,
                                                         batch["segment_ids"])}
         if teacher_module is not None:
-            t_logits, _ = _forward(teacher_module, teacher_params, batch, False)
+            t_logits, _ = _forward(teacher_module, teacher_params, batch, False, grid)
             out["kl"] = losses.kl_divergence(t_logits, logits, mask)
         return out
 
-    return jax.jit(evaluate)
+    jitted = jax.jit(evaluate, static_argnames=("grid",))
+
+    def call(params: Any, batch: dict[str, Any], teacher_params: Any = None):
+        arrays, grid = split_static(batch)
+        return jitted(params, arrays, teacher_params, grid=grid)
+
+    return call

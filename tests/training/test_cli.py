@@ -43,7 +43,8 @@ SMALL = ["--data.seq-len", "32", "--data.batch-size", "4", "--log-every", "1",
 
 
 def test_recipes_parse_and_errors_name_the_file(tmp_path):
-    assert {p.name for p in RECIPES} == {"tiny-pretrain.toml", "tiny-distill.toml"}
+    assert {p.name for p in RECIPES} == {"tiny-pretrain.toml", "tiny-distill.toml",
+                                         "tiny-mm-cga.toml"}
     for p in RECIPES:
         load_recipe(p)
     bad = tmp_path / "bad.toml"
@@ -100,6 +101,26 @@ def test_pretrain_then_distill_end_to_end(tmp_path, env):
     assert "teacher forward" in d.stderr
     rec = M.read_jsonl(tmp_path / "dist" / "metrics.jsonl")
     assert [r["step"] for r in rec] == [1, 2] and all(r["kl"] > 0 for r in rec)
+
+
+def test_multimodal_cga_recipe_end_to_end(tmp_path, env):
+    """The tiny-mm CGA recipe with images added: audio and image batches through the loop."""
+    recipe = load_recipe(ROOT / "configs" / "recipes" / "tiny-mm-cga.toml")
+    assert recipe.optim.train == "cga" and recipe.data.synthetic_tasks == ("audio",)
+    run = tmp_path / "mm"
+    p = _train(["pretrain", "--recipe", "configs/recipes/tiny-mm-cga.toml", "--steps", "3",
+                "--run-dir", str(run), "--checkpoint.every", "2", "--log-every", "1",
+                "--data.synthetic-tasks", "audio", "image", "--data.batch-size", "2",
+                "--checkpoint.no-export"], env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # trainable = the fusion: projectors 13,066 + CGA blocks 30,344 (docs/multimodal.md)
+    assert "params 468,862 | trainable 43,410" in p.stderr
+    assert "2 image slot(s), 2 audio window(s) per micro-batch" in p.stderr
+    assert sorted(x.name for x in (run / "checkpoints").iterdir()) == ["2", "3"]
+    records = M.read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["finite"] and r["tokens"] > 0 for r in records)
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

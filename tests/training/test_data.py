@@ -80,9 +80,10 @@ def test_image_samples_match_their_labels():
 def test_audio_samples_match_their_labels():
     for i in range(10):
         s = S.audio_sample(2, i)
-        part = s.messages[0]["content"][0]
-        wave, sr = part["audio"], part["sample_rate"]
-        np.testing.assert_array_equal(wave, S.audio_sample(2, i).messages[0]["content"][0]["audio"])
+        wave, labels, _, _ = S.audio_waveform(2, i)
+        sr = S.SAMPLE_RATE
+        assert labels == s.labels
+        np.testing.assert_array_equal(wave, S.audio_waveform(2, i)[0])
         loud = np.convolve(np.abs(wave) > 0.2, np.ones(80), "same") > 0
         onsets = np.count_nonzero(np.diff(loud.astype(int)) == 1)
         assert onsets == s.labels["beeps"], (i, s.labels)
@@ -174,24 +175,28 @@ def test_missing_media_file_names_the_path(tmp_path, kind):
     assert src.info.skipped == 1 and len(src) == 1
 
 
-def test_media_records_need_the_multimodal_processor(tmp_path, tok):
+def test_media_records_need_a_media_processor(tmp_path, tok):
     (tmp_path / "cat.png").write_bytes(b"\x89PNG fake")
     f = _write(tmp_path / "mm.jsonl", [GOOD, _media_record("image_url", {"url": "cat.png"})])
-    with pytest.raises(NotImplementedError, match=rf"{f}:2: record has image/audio parts"):
+    with pytest.raises(D.DataError, match=rf"{f}:2: record has image parts, but the model has "
+                                          "no image/audio encoder"):
         D.JsonlSource([f], "chat")
-    # the hook: a media processor receives absolute paths and returns ids + mask
+    # the hook: in a dataset with media every record goes through the processor, media file
+    # paths made absolute (the real one, media.MultimodalProcessor, is tested in
+    # test_multimodal.py)
     seen = []
 
     def processor(messages, *, where):
-        seen.append((messages[0]["content"][0]["image_url"], where))
+        part = messages[0]["content"]
+        seen.append((part[0]["image"] if isinstance(part, list) else part, where))
         return {"input_ids": np.arange(10, 20), "loss_mask": np.r_[np.zeros(5), np.ones(5)]}
 
     recipe = DataRecipe(source="chat", paths=(str(f),), seq_len=16, batch_size=2, shuffle=False,
                         mode="pad", prefetch=0)
     ds, info = D.make_dataset(recipe, tok, media_processor=processor)
     batch = next(iter(ds))
-    assert info.records == 2
-    assert (str(tmp_path / "cat.png"), f"{f}:2") in seen
+    assert info.records == 2 and info.image_records == 1 and info.images and not info.audio
+    assert seen == [("hi", f"{f}:1"), (str(tmp_path / "cat.png"), f"{f}:2")]
     np.testing.assert_array_equal(batch["inputs"][1, :9], np.arange(10, 19))
     np.testing.assert_array_equal(batch["loss_mask"][1, :9], [0, 0, 0, 0, 1, 1, 1, 1, 1])
 
