@@ -169,10 +169,13 @@ class ModelRunner:
                    x: StepInputs, memory: MemoryPool | None = None) -> tuple[Any, ...]:
         logits, caches = self._forward(params, caches, x, memory)
         logits = logits[0, :, :self.vocab_size].astype(jnp.float32)  # [S, V]
-        counts = pen.output_counts[x.seq_slots]
-        prompt = pen.prompt_mask[x.seq_slots]
-        tokens = sample(logits, x.sampling, counts, prompt)
-        chosen, top_ids, top_vals = top_logprobs(logits, tokens, self.max_logprobs)
+        tokens = sample(logits, x.sampling, lambda: (pen.output_counts[x.seq_slots],
+                                                     pen.prompt_mask[x.seq_slots]))
+        s, k = logits.shape[0], self.max_logprobs
+        chosen, top_ids, top_vals = jax.lax.cond(  # only when some request asked for them
+            jnp.any(x.sampling.logprobs), lambda: top_logprobs(logits, tokens, k),
+            lambda: (jnp.zeros((s,), jnp.float32), jnp.zeros((s, k), jnp.int32),
+                     jnp.zeros((s, k), jnp.float32)))
         rows = jnp.where(x.do_sample, x.seq_slots, pen.output_counts.shape[0])
         new_counts = pen.output_counts.at[rows, tokens].add(1, mode="drop")
         return (tokens, chosen, top_ids, top_vals), caches, PenaltyState(new_counts,

@@ -9,7 +9,7 @@ the token being generated), so the same seed gives the same text whatever else i
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,7 @@ class SamplingArrays:
     repetition_penalty: Array  # f32[S]
     seed: Array  # u32[S]
     token_index: Array  # i32[S] index of the token being generated (for the key)
+    logprobs: Array  # bool[S] whether the request asked for logprobs
 
     @staticmethod
     def build(params: Sequence[SamplingParams | None], seeds: Sequence[int],
@@ -111,7 +112,8 @@ class SamplingArrays:
             frequency_penalty=col(lambda p: p.frequency_penalty, np.float32, 0.0),
             presence_penalty=col(lambda p: p.presence_penalty, np.float32, 0.0),
             repetition_penalty=col(lambda p: p.repetition_penalty, np.float32, 1.0),
-            seed=seed, token_index=index)
+            seed=seed, token_index=index,
+            logprobs=col(lambda p: p.logprobs is not None, np.bool_, False))
 
 
 def apply_penalties(logits: Array, s: SamplingArrays, output_counts: Array,
@@ -142,22 +144,34 @@ def _filter(logits: Array, s: SamplingArrays) -> Array:
     return jnp.take_along_axis(filtered_sorted, inverse, axis=-1)
 
 
-def sample(logits: Array, s: SamplingArrays, output_counts: Array,
-           prompt_mask: Array) -> Array:
-    """Next tokens i32[S] from logits f32[S, V] with per-row parameters."""
-    logits = apply_penalties(logits.astype(jnp.float32), s, output_counts, prompt_mask)
+def sample(logits: Array, s: SamplingArrays,
+           penalty_rows: Callable[[], tuple[Array, Array]]) -> Array:
+    """Next tokens i32[S] from logits f32[S, V] with per-row parameters. `penalty_rows()` gives
+    (output_counts i32[S, V], prompt_mask bool[S, V]); it is traced inside a lax.cond, so the
+    rows are gathered only when some request uses penalties. Filtering and the random draw are
+    skipped the same way when no row needs them."""
+    logits = logits.astype(jnp.float32)
+    uses_penalties = jnp.any((s.repetition_penalty != 1.0) | (s.frequency_penalty != 0.0)
+                             | (s.presence_penalty != 0.0))
+    logits = jax.lax.cond(uses_penalties,
+                          lambda x: apply_penalties(x, s, *penalty_rows()),
+                          lambda x: x, logits)
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     greedy = s.temperature < _GREEDY_EPS
-    scaled = logits / jnp.where(greedy, 1.0, s.temperature)[:, None]
-    needs_filter = jnp.any((s.top_k > 0) | (s.top_p < 1.0) | (s.min_p > 0.0))
-    scaled = jax.lax.cond(needs_filter, lambda x: _filter(x, s), lambda x: x, scaled)
 
-    def draw(row: Array, seed: Array, index: Array) -> Array:
-        key = jax.random.fold_in(jax.random.key(seed), index)
-        return jax.random.categorical(key, row).astype(jnp.int32)
+    def draw_all(x: Array) -> Array:
+        scaled = x / jnp.where(greedy, 1.0, s.temperature)[:, None]
+        needs_filter = jnp.any((s.top_k > 0) | (s.top_p < 1.0) | (s.min_p > 0.0))
+        scaled = jax.lax.cond(needs_filter, lambda y: _filter(y, s), lambda y: y, scaled)
 
-    sampled = jax.vmap(draw)(scaled, s.seed, s.token_index)
-    return jnp.where(greedy, greedy_tokens, sampled)
+        def draw(row: Array, seed: Array, index: Array) -> Array:
+            key = jax.random.fold_in(jax.random.key(seed), index)
+            return jax.random.categorical(key, row).astype(jnp.int32)
+
+        sampled = jax.vmap(draw)(scaled, s.seed, s.token_index)
+        return jnp.where(greedy, greedy_tokens, sampled)
+
+    return jax.lax.cond(jnp.all(greedy), lambda x: greedy_tokens, draw_all, logits)
 
 
 def top_logprobs(logits: Array, tokens: Array, k: int) -> tuple[Array, Array, Array]:
