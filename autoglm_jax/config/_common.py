@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -79,3 +81,15 @@ def to_dict(obj: Any) -> dict[str, Any]:
             v = [to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
         out[f.name] = v
     return out
+
+
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing file ("PATH: <what> not found") or bad syntax names
+    the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from autoglm_jax.config._common import ConfigError, check, from_dict, to_dict
+from autoglm_jax.config._common import ConfigError, check, from_dict, read_toml, to_dict
 from autoglm_jax.config.audio import AudioConfig, audio_config_from_hf
 from autoglm_jax.config.fusion import FusionConfig
 from autoglm_jax.config.text import TextConfig, text_config_from_hf
@@ -269,11 +268,5 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
             raise ConfigError(
                 f"unknown preset {str(name_or_path)!r}: no file {toml_path} "
                 f"(presets: {', '.join(preset_names())})")
-    try:
-        with open(toml_path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{toml_path}: file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{toml_path}: invalid TOML: {e}") from None
+    data = read_toml(toml_path)
     return ModelConfig.from_dict(data, source=str(toml_path))

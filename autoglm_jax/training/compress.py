@@ -21,7 +21,6 @@ import dataclasses
 import json
 import platform
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ import numpy as np
 
 import autoglm_jax as ag
 from autoglm_jax.config import ConfigError
-from autoglm_jax.config._common import from_dict
+from autoglm_jax.config._common import from_dict, read_toml
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.training.recipe import TrainRecipe, merge, recipe_from_dict
 
@@ -64,13 +63,7 @@ def load_compress_recipe(path: str | Path | None = None,
     source = "recipe"
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: recipe file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        data = read_toml(path, "recipe file")
     overrides = dict(overrides or {})
     tables: dict[str, Any] = {}
     for key, cls in (("quant", QuantConfig), ("prune", PruneConfig)):

@@ -11,13 +11,12 @@ the file and the field. The attribute docstrings below are the `--help` text of 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 from autoglm_jax.config import ConfigError, ModelConfig, load_config
-from autoglm_jax.config._common import from_dict, to_dict
+from autoglm_jax.config._common import from_dict, read_toml, to_dict
 
 SyntheticTask = Literal["count", "copy", "reverse", "add", "image", "audio"]
 DtypeName = Literal["float32", "bfloat16"]
@@ -280,11 +279,5 @@ def load_recipe(path: str | Path | None = None,
     source = "recipe"
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: recipe file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        data = read_toml(path, "recipe file")
     return recipe_from_dict(merge(data, overrides or {}), source=source)
