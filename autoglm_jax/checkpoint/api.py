@@ -135,23 +135,36 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
     return Model(cfg, params, module, tokenizer, mesh, rules, source=str(directory))
 
 
+INIT_SCHEMES = ("hf", "fan_in")
+
+
 def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh | None = None,
-         rules: str = "tp", tokenizer: Any | None = None) -> Model:
-    """A model with RANDOM weights (smoke runs, tests, benchmarks). `random_init` is set."""
+         rules: str = "tp", tokenizer: Any | None = None, init: str = "hf") -> Model:
+    """A model with RANDOM weights (smoke runs, tests, benchmarks, training from scratch).
+    `random_init` is set.
+
+    init  "hf": matmul kernels normal(0, 0.02), as transformers initialises these models;
+          "fan_in": normal(0, 1/sqrt(fan_in)) (`nn.layers.FanInInit`), which keeps the
+          signal of small models trained from scratch (embedding and position tables, norms
+          and biases are the same under both)."""
     from autoglm_jax.config import load_config
+    from autoglm_jax.nn.layers import FanInInit
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {init!r}")
     cfg = load_config(config) if isinstance(config, str) else config
     name = _dtype_name(dtype)
     if name:
         cfg = cfg.with_dtypes(name, name)
     arch = get_architecture(cfg.model_type, "config")
     module = arch.build(cfg)
+    initializer = module.clone(dot_general=FanInInit()) if init == "fan_in" else module
     args = arch.init_args(cfg)
     boxed = abstract_params(module, args)
     shardings = _shardings(boxed, mesh, rules)
-    cache_key = (cfg, mesh, rules if mesh is not None else None)
+    cache_key = (cfg, mesh, rules if mesh is not None else None, init)
     init_fn = _INIT_CACHE.get(cache_key)
     if init_fn is None:  # compiled once per config (tests and CLIs init the same presets often)
-        init_fn = jax.jit(lambda key: nn.unbox(module.init(key, *args)["params"]),
+        init_fn = jax.jit(lambda key: nn.unbox(initializer.init(key, *args)["params"]),
                           out_shardings=nn.unbox(shardings) if shardings is not None else None)
         _INIT_CACHE[cache_key] = init_fn
     params = init_fn(jax.random.key(seed))
@@ -222,6 +235,6 @@ def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtyp
         abstract = jax.tree.map(target, expected, unboxed_shardings)
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path, abstract)
+            return ckptr.restore(path.absolute(), abstract)  # Orbax wants absolute paths
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise CheckpointError(f"{path}: cannot restore params: {e}") from None

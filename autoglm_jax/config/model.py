@@ -10,7 +10,7 @@ from typing import Any, Literal
 from autoglm_jax.config._common import ConfigError, check, from_dict, read_toml, to_dict
 from autoglm_jax.config.audio import AudioConfig, audio_config_from_hf
 from autoglm_jax.config.fusion import FusionConfig
-from autoglm_jax.config.text import TextConfig, text_config_from_hf
+from autoglm_jax.config.text import TextConfig, check_hf_exportable, text_config_from_hf
 from autoglm_jax.config.vision import VisionConfig, vision_config_from_hf, vision_config_to_hf
 from autoglm_jax.config.vit import ViTConfig, vit_config_from_hf
 
@@ -171,6 +171,7 @@ def glm4v_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     t, v = cfg.text, cfg.vision
     if t is None or v is None:
         raise ConfigError("glm4v export needs the text and vision stacks")
+    check_hf_exportable(t)
     if t.num_heads * t.head_dim != t.d_model:
         raise ConfigError(
             f"TextConfig: field `head_dim`: transformers' Glm4vTextModel uses hidden_size / "

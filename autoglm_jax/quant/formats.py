@@ -35,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from autoglm_jax.nn.layers import contracting_axes  # noqa: F401  (re-exported)
+
 Array = jax.Array
 
 QMAX = {"int8": 127, "int4": 7}
@@ -86,19 +88,6 @@ class Layout:
 
 def _with(shape: tuple[int, ...], axis: int, n: int) -> tuple[int, ...]:
     return tuple(n if i == axis else s for i, s in enumerate(shape))
-
-
-def contracting_axes(equation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(input axes, kernel axes) that `equation` ("x,kernel->out") sums over."""
-    inputs, out = equation.replace(" ", "").split("->")
-    lhs, rhs = inputs.split(",")
-    shared = [c for c in rhs if c in lhs and c not in out]
-    if not shared:
-        raise ValueError(f"einsum {equation!r} contracts no kernel axis")
-    stray = [c for c in rhs if c not in lhs and c not in out]
-    if stray:
-        raise ValueError(f"einsum {equation!r}: kernel axes {stray} are summed on their own")
-    return tuple(lhs.index(c) for c in shared), tuple(rhs.index(c) for c in shared)
 
 
 def layout_for(equation: str, shape: tuple[int, ...], fmt: str, group_size: int = 128) -> Layout:

@@ -105,6 +105,9 @@ class ModelRecipe:
     """A checkpoint directory `ag.load` reads; when set, `preset` is ignored."""
     seed: int = 0
     """Seeds the random initialization."""
+    init: Literal["hf", "fan_in"] = "hf"
+    """Random init of matmul kernels: "hf" normal(0.02) as transformers; "fan_in"
+    normal(1/sqrt(fan_in)), for small models trained from scratch (see `ag.init`)."""
     param_dtype: DtypeName = "float32"
     """Master weights (and optimizer state) dtype."""
     dtype: DtypeName = "float32"

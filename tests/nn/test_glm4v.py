@@ -202,3 +202,16 @@ def test_export_rejects_head_dim_transformers_cannot_express(case):
     bad = cfg.replace(text=cfg.text.replace(num_heads=2))  # 2 heads of 12 != 48
     with pytest.raises(ConfigError, match="head_dim"):
         ag.config.glm4v_config_to_hf(bad)
+
+
+def test_export_rejects_quantized_and_pruned_decoders(case):
+    from autoglm_jax.config.quant import QuantConfig
+    _, directory, _ = case
+    cfg = ag.load_config(directory)
+    quantized = cfg.replace(text=cfg.text.replace(quant=QuantConfig()))
+    with pytest.raises(ConfigError, match="quantized weights have no Hugging Face layout"):
+        ag.config.glm4v_config_to_hf(quantized)
+    widths = (cfg.text.ffw_dim,) * (cfg.text.num_layers - 1) + (cfg.text.ffw_dim - 1,)
+    pruned = cfg.replace(text=cfg.text.replace(layer_ffw_dims=widths))
+    with pytest.raises(ConfigError, match="per-layer widths"):
+        ag.config.glm4v_config_to_hf(pruned)
