@@ -33,6 +33,7 @@ model code is untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterable, Mapping
 
@@ -103,21 +104,26 @@ class _Observer(EinsumPolicy):
         return module.product(x, kernel)
 
 
-def _as_batch(batch: Any) -> dict[str, np.ndarray]:
-    if isinstance(batch, Mapping):
-        ids = batch["inputs"] if "inputs" in batch else batch["input_ids"]
-        out = {"inputs": np.asarray(ids, np.int32)}
-        for key in ("segment_ids", "positions"):
-            if batch.get(key) is not None:
-                out[key] = np.asarray(batch[key], np.int32)
-        return out
-    return {"inputs": np.asarray(batch, np.int32)}
+def _as_batch(batch: Any) -> tuple[dict[str, np.ndarray], Any]:
+    """(the batch's arrays, its static image grid tuple or None)."""
+    from autoglm_jax.training.step import MEDIA_KEYS, split_static
+    if not isinstance(batch, Mapping):
+        return {"inputs": np.asarray(batch, np.int32)}, None
+    ids = batch["inputs"] if "inputs" in batch else batch["input_ids"]
+    out: dict[str, Any] = {"inputs": np.asarray(ids, np.int32)}
+    for key in ("segment_ids", "positions", "image_grid_thw") + MEDIA_KEYS:
+        if batch.get(key) is not None:
+            out[key] = np.asarray(batch[key])
+    return split_static(out)
 
 
 def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
     """Importance of every head and FFN neuron of `model`'s decoder over `batches`: arrays
-    i32[B, T] of token ids, or dicts with "inputs" (or "input_ids") and optional
-    "segment_ids" (0 = padding, not counted) and "positions", as the training data yields."""
+    i32[B, T] of token ids, or dicts as the training data yields them: "inputs" (or
+    "input_ids"), optional "segment_ids" (0 = padding, not counted) and "positions", and for
+    glm4v / autoglm models the batch's images and audio (pixel_values + image_grid_thw,
+    input_features + audio_rows), so the decoder is ranked on the activations it serves."""
+    from autoglm_jax.training.step import forward_kwargs
     cfg = model.config
     if cfg.text is None or cfg.text.quant is not None:
         raise ValueError("pruning needs a float model with a GLM decoder")
@@ -125,14 +131,14 @@ def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
     observer = model.module.clone(dot_general=_Observer(prefix))
     layers = cfg.text.num_layers
 
-    @jax.jit
-    def step(params: Any, batch: dict[str, Array]) -> Any:
+    @functools.partial(jax.jit, static_argnames=("grid",))
+    def step(params: Any, batch: dict[str, Array], grid: Any = None) -> Any:
         ids = batch["inputs"]
         seg = batch.get("segment_ids")
-        pos = batch.get("positions")
-        if pos is None:
-            pos = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
-        _, state = observer.apply({"params": params}, ids, positions=pos, segment_ids=seg,
+        if batch.get("positions") is None:
+            batch = {**batch, "positions": jnp.broadcast_to(
+                jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)}
+        _, state = observer.apply({"params": params}, ids, **forward_kwargs(observer, batch, grid),
                                   mutable=[_COLLECTION, "intermediates"])
         calib, inter = state[_COLLECTION], state["intermediates"]
         for key in prefix:
@@ -148,7 +154,8 @@ def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
 
     total = None
     for batch in batches:
-        out = jax.device_get(step(model.params, _as_batch(batch)))
+        arrays, grid = _as_batch(batch)
+        out = jax.device_get(step(model.params, arrays, grid=grid))
         total = out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
     if total is None or float(total[3]) == 0:
         raise ValueError("no calibration tokens: pass at least one batch with real tokens")

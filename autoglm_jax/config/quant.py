@@ -45,6 +45,11 @@ class QuantConfig:
                  (and get no gradient in QAT).
     rules        first match wins; Einsums no rule matches use `weights`. The embedding table
                  is not a matmul and always stays float; by default so does `lm_head`.
+    scope        decoder: only the GLM decoder's matmuls (rules match paths inside it:
+                 "layers_3/mlp/down_proj", "lm_head"); the encoders and CGA fusion of a
+                 glm4v / autoglm model stay float. all: their matmuls too, matched by their
+                 path from the model root ("visual/blocks_0/attn/qkv", "fusion/blocks_1/k_proj",
+                 "audio_encoder/conv1"); their tables, norms and gates stay float.
     """
 
     weights: Literal["int8", "int4"] = "int8"
@@ -52,6 +57,7 @@ class QuantConfig:
     activations: ActivationFormat = "none"
     weight_clip: float = 1.0
     rules: tuple[QuantRule, ...] = (QuantRule("lm_head", "none"),)
+    scope: Literal["decoder", "all"] = "decoder"
 
     def __post_init__(self) -> None:
         self.validate("QuantConfig")
@@ -62,6 +68,8 @@ class QuantConfig:
         check(self.group_size > 0, source, "group_size", f"must be positive, got {self.group_size}")
         check(self.activations in ACTIVATION_FORMATS, source, "activations",
               f"must be one of {list(ACTIVATION_FORMATS)}, got {self.activations!r}")
+        check(self.scope in ("decoder", "all"), source, "scope",
+              f"must be 'decoder' or 'all', got {self.scope!r}")
         check(0.0 < self.weight_clip <= 1.0, source, "weight_clip",
               f"must be in (0, 1], got {self.weight_clip}")
         for i, rule in enumerate(self.rules):

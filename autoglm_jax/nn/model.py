@@ -61,8 +61,19 @@ class Glm4vModel(nn.Module):
     def setup(self) -> None:
         c = self.config
         if c.vision is not None:
-            self.visual = Glm4vVisionTower(c.vision, dot_general=self.dot_general)
+            self.visual = Glm4vVisionTower(c.vision, dot_general=self.encoder_dot_general())
         self.language_model = GlmDecoder(c.text, self.dot_general)
+
+    def encoder_dot_general(self) -> Any:
+        """What the encoders and the fusion multiply with: the model's dot_general, or, for a
+        checkpoint stored quantized with scope "all", the integer weights' policy (the decoder
+        builds its own from the same `text.quant`)."""
+        quant = self.config.text.quant if self.config.text is not None else None
+        if quant is None or quant.scope != "all":
+            return self.dot_general
+        from autoglm_jax.quant.quantized import QuantizedWeights  # quant imports nn
+        return QuantizedWeights(quant, decoder_path=self.path + ("language_model",),
+                                inner=self.dot_general)
 
     def embed_inputs(self, input_ids: Array, pixel_values: Array | None = None,
                      image_grid_thw: Any = None) -> Array:
@@ -154,10 +165,10 @@ class AutoGLM(Glm4vModel):
         super().setup()
         c = self.config
         if c.audio is not None:
-            self.audio_encoder = WhisperEncoder(c.audio, self.dot_general)
+            self.audio_encoder = WhisperEncoder(c.audio, self.encoder_dot_general())
         if c.vit is not None:
-            self.vit_encoder = ViTEncoder(c.vit, self.dot_general)
-        self.fusion = CgaFusion(c, self.dot_general)
+            self.vit_encoder = ViTEncoder(c.vit, self.encoder_dot_general())
+        self.fusion = CgaFusion(c, self.encoder_dot_general())
 
     def encode_memory(self, num_rows: int, input_features: Array | None = None,
                       audio_rows: Any = None, vit_pixel_values: Array | None = None,
@@ -331,4 +342,5 @@ def encode_memory(config: ModelConfig, params: Any, num_rows: int,
 def memory_kv(config: ModelConfig, params: Any, memory: Memory) -> MemoryKV:
     """Every CGA block's (k, v) of a memory: run once per request, pass as `memory=` to the
     forward at every step. params: the whole model's tree (only params["fusion"] is read)."""
-    return CgaFusion(config).apply({"params": params["fusion"]}, memory, method="memory_kv")
+    # through the composite, so a quantized fusion (scope "all") finds its policy and paths
+    return AutoGLM(config).apply({"params": params}, memory, method="memory_kv")

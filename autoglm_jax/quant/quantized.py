@@ -39,9 +39,10 @@ def decoder_path(config: ModelConfig) -> tuple[str, ...]:
 def weight_format(config: QuantConfig, module_path: tuple[str, ...],
                   decoder: tuple[str, ...]) -> str:
     """"int8", "int4" or "none" for the Einsum at `module_path` (from the root module).
-    Einsums outside the decoder (encoders, fusion) are never quantized."""
+    Einsums outside the decoder (encoders, fusion) are quantized only with scope "all", their
+    rules matched against the path from the root."""
     if tuple(module_path[:len(decoder)]) != tuple(decoder):
-        return "none"
+        return config.format_for("/".join(module_path)) if config.scope == "all" else "none"
     return config.format_for("/".join(module_path[len(decoder):]))
 
 

@@ -28,7 +28,7 @@ from autoglm_jax.checkpoint.registry import get_architecture
 from autoglm_jax.config import ConfigError
 from autoglm_jax.training import step as st
 from autoglm_jax.training.data import MediaProcessor, make_dataset
-from autoglm_jax.training.media import MultimodalProcessor
+from autoglm_jax.training.media import processor_for
 from autoglm_jax.training.metrics import MetricsWriter, Progress, plot_losses, read_jsonl
 from autoglm_jax.training.recipe import TrainRecipe, model_config
 
@@ -62,7 +62,7 @@ def _model(recipe: TrainRecipe, mesh: Any) -> ag.Model:
             m = dataclasses.replace(m, config=cfg,
                                     module=get_architecture(cfg.model_type, "model").build(cfg))
         return m
-    return ag.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules)
+    return ag.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules, init=r.init)
 
 
 def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
@@ -148,11 +148,8 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
     if tokenizer.vocab_size > student.config.text.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids, model vocab_size is "
                           f"{student.config.text.vocab_size}")
-    if media_processor is None and (getattr(student.config, "vision", None) is not None
-                                    or getattr(student.config, "audio", None) is not None):
-        media_processor = MultimodalProcessor(student.config, tokenizer,
-                                              max_images=recipe.data.max_images,
-                                              max_audio_windows=recipe.data.max_audio_windows)
+    if media_processor is None:
+        media_processor = processor_for(student.config, tokenizer, recipe.data)
     dataset, info = make_dataset(recipe.data, tokenizer, media_processor=media_processor,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())

@@ -106,6 +106,15 @@ class MultimodalProcessor:
         return out
 
 
+def processor_for(config: ModelConfig, tokenizer: Any, data: Any) -> "MultimodalProcessor | None":
+    """The MultimodalProcessor a model of `config` trains with on DataRecipe `data` (None for
+    a model without a vision tower or audio encoder)."""
+    if getattr(config, "vision", None) is None and getattr(config, "audio", None) is None:
+        return None
+    return MultimodalProcessor(config, tokenizer, max_images=data.max_images,
+                               max_audio_windows=data.max_audio_windows)
+
+
 def synthetic_image_grid() -> np.ndarray:
     """i32[1, 3]: the grid every synthetic image gets from `process_images`."""
     from autoglm_jax.processing.image import process_images

@@ -221,12 +221,15 @@ def split_static(batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 # --- the step ---------------------------------------------------------------------------------
 
 
-def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
-             hidden: bool, grid: Any = None) -> tuple[Array, tuple[Array, ...]]:
+def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None
+                   ) -> dict[str, Any]:
+    """The keyword arguments of `module.apply(..., batch["inputs"], **kw)` for a training
+    batch: positions (M-RoPE [B, 3, T] turned [3, B, T]), segment ids, and the batch's media
+    (pixel_values with the static image `grid` tuple, audio features with their rows)."""
     positions = batch["positions"]
     if positions.ndim == 3:  # M-RoPE: [B, 3, T] in the batch, [3, B, T] for the model
         positions = jnp.swapaxes(positions, 0, 1)
-    kw: dict[str, Any] = dict(positions=positions, segment_ids=batch["segment_ids"])
+    kw: dict[str, Any] = dict(positions=positions, segment_ids=batch.get("segment_ids"))
     if any(k in batch for k in MEDIA_KEYS):
         from autoglm_jax.nn.model import AutoGLM, Glm4vModel
         if not isinstance(module, Glm4vModel):
@@ -243,6 +246,12 @@ def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
             b = batch["inputs"].shape[0]
             kw.update(input_features=batch["input_features"], audio_rows=batch["audio_rows"],
                       max_audio_per_row=batch["input_features"].shape[0] // b)
+    return kw
+
+
+def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
+             hidden: bool, grid: Any = None) -> tuple[Array, tuple[Array, ...]]:
+    kw = forward_kwargs(module, batch, grid)
     if not hidden:
         return module.apply({"params": params}, batch["inputs"], **kw), ()
     logits, inter = module.apply({"params": params}, batch["inputs"], mutable=["intermediates"], **kw)

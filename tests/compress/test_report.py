@@ -1,0 +1,58 @@
+"""`python -m train report` end to end at toy sizes: every row trained, exported, measured."""
+
+import json
+
+import pytest
+
+from autoglm_jax.training.compress import ReportOptions, publish_report, run_report
+
+
+@pytest.mark.slow
+def test_report_on_the_image_task(tmp_path):
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    docs.write_text("# Benchmarks\n\nearlier text\n")
+    o = ReportOptions(out_dir=str(tmp_path / "r"), preset="tiny-mm", tasks=("image",),
+                      docs=str(docs),
+                      teacher_steps=3, qat_steps=2, recover_steps=2, seq_len=48, batch_size=4,
+                      eval_batches=2, decode_prompts=2, decode_tokens=4)
+    r = run_report(o)
+    out = tmp_path / "r"
+    assert json.loads((out / "report.json").read_text())["rows"] == r["rows"]
+    md = (out / "report.md").read_text()
+    assert "synthetic **multimodal** task (image" in md
+    assert (out / "report.png").stat().st_size > 1000
+    names = [row["model"] for row in r["rows"]]
+    assert names == ["teacher (float)", "int8 QAT", "int8 QAT, every stack", "int4 QAT",
+                     "35%-pruned + distilled", "35%-pruned + distilled + int8 QAT",
+                     "35%-pruned + distilled + int8 QAT, every stack"]
+    for row in r["rows"]:
+        assert row["model"] in md
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["loss"] > 0
+        assert row["decode_tokens_per_s"] > 0 and row["kv_bytes_per_token"] > 0
+        if "qat_forward_accuracy" in row:  # export changes storage, not numbers
+            assert row["qat_forward_accuracy"] == row["accuracy"], row["model"]
+            assert abs(row["qat_forward_loss"] - row["loss"]) <= 1e-5 * row["loss"], row["model"]
+    t, q8, q8a, q4, p, pq, pqa = r["rows"]
+    assert q4["weight_bytes"] < q8["weight_bytes"] < t["weight_bytes"]
+    assert q8a["weight_bytes"] < q8["weight_bytes"]
+    assert pqa["weight_bytes"] < pq["weight_bytes"] < p["weight_bytes"] < t["weight_bytes"]
+    assert pq["decoder_flops"] == p["decoder_flops"] < t["decoder_flops"]
+    assert q8a["stack_bytes"]["visual"] < q8["stack_bytes"]["visual"]
+    assert abs(r["prune"]["achieved"] - 0.35) <= 0.02
+    assert r["eval_answers"] == 8
+    # the students branched off before the teacher's last student_budget steps
+    assert r["options"]["student_budget"] == 4
+    assert [g["model"] for g in r["goals"]] == [pq["model"], pqa["model"]]
+    assert r["goal"]["weight_share"] == pqa["weight_share"]
+    assert md.count("not met") + md.count("**met**") == 2
+    # published into the docs file, after what was there; a second publish replaces it
+    text = docs.read_text()
+    assert text.startswith("# Benchmarks\n\nearlier text\n") and md in text
+    assert (docs.parent / "compression-report.png").exists()
+    (out / "report.md").write_text("new table\n")
+    publish_report(out, docs)
+    text = docs.read_text()
+    assert "new table" in text and md not in text and text.count("compression-report:begin") == 1
+    with pytest.raises(FileExistsError):
+        run_report(o)
