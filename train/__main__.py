@@ -53,10 +53,12 @@ class QuantOptions:
     """int8: dynamic per-token activation quantization too."""
     weight_clip: float = 1.0
     """scale = weight_clip * max|w| / qmax (below 1 clips the largest weights)."""
+    scope: Literal["decoder", "all"] = "decoder"
+    """decoder: the GLM decoder's matmuls; all: the encoders' and CGA fusion's too."""
 
     @staticmethod
     def of(q: QuantConfig) -> "QuantOptions":
-        return QuantOptions(q.weights, q.group_size, q.activations, q.weight_clip)
+        return QuantOptions(q.weights, q.group_size, q.activations, q.weight_clip, q.scope)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Export:
     without it, QuantConfig(weights=format) with the default rules."""
     out: str | None = None
     """Output directory (default: <qat_checkpoint>-<format>)."""
+    scope: Literal["decoder", "all"] | None = None
+    """Which matmuls (as QAT's --quant.scope); default: the recipe's, else decoder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if isinstance(cmd, Export):
             if not cmd.qat_checkpoint:
                 raise ConfigError("export needs --qat-checkpoint DIR")
-            tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out)
+            tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out,
+                          scope=cmd.scope)
             return
         recipe = cmd.cfg.validate()
         if isinstance(cmd, Qat):

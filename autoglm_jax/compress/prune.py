@@ -289,6 +289,18 @@ def plan_pruning(text: TextConfig, importance: Importance, config: PruneConfig) 
     return PrunePlan(tuple(keep_heads), tuple(keep_neurons))
 
 
+def uniform_pruned_config(text: TextConfig, config: PruneConfig) -> TextConfig:
+    """The decoder config that uniform pruning to `config.flops_reduction` produces: its widths
+    depend only on the shapes (the scores only choose which units go), so this needs no
+    calibration, e.g. to size a 9B model's pruned variant with `jax.eval_shape`."""
+    if config.allocation != "uniform":
+        raise ValueError("only uniform allocation has widths independent of the calibration")
+    flat = Importance(tuple(np.zeros(text.num_heads_at(i)) for i in range(text.num_layers)),
+                      tuple(np.zeros(text.ffw_dim_at(i)) for i in range(text.num_layers)),
+                      tuple(1.0 for _ in range(text.num_layers)), 1)
+    return pruned_text_config(text, plan_pruning(text, flat, config))
+
+
 # ------------------------------------------------------------------------------------------
 # Applying a plan.
 

@@ -136,5 +136,16 @@ def weight_bytes(model: Any) -> dict[str, int]:
     return out
 
 
+def abstract_bytes(config: ModelConfig) -> int:
+    """Bytes the params of a model of `config` take, from `jax.eval_shape` (nothing is
+    allocated): integer kernels and scales when `config.text.quant` is set, every float param
+    at the config's param dtype. Equals `tree_bytes(ag.load(...).params)` of such a model."""
+    from autoglm_jax.checkpoint.api import abstract_params
+    from autoglm_jax.checkpoint.registry import get_architecture
+
+    arch = get_architecture(config.model_type, "model")
+    return tree_bytes(nn.unbox(abstract_params(arch.build(config), arch.init_args(config))))
+
+
 def _size(tree: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))

@@ -194,11 +194,13 @@ def run_prune(recipe: CompressRecipe, *, model: ag.Model | None = None,
 
 
 def run_export(qat_checkpoint: str | Path, fmt: Literal["int8", "int4"], *,
-               recipe: CompressRecipe | None = None, out_dir: str | Path | None = None) -> Path:
+               recipe: CompressRecipe | None = None, out_dir: str | Path | None = None,
+               scope: Literal["decoder", "all"] | None = None) -> Path:
     """Write the compressed checkpoint of a QAT run's model: integer weights plus scales and
     the config that says so (`ag.load` reads it). The quant rules are the recipe's [quant]
     table (the exact-logits promise needs the table QAT used), else QuantConfig(weights=fmt)
-    with its defaults. Default out_dir: `<qat_checkpoint>-<fmt>`."""
+    with its defaults; `scope` overrides its scope (use QAT's). Default out_dir:
+    `<qat_checkpoint>-<fmt>`."""
     from autoglm_jax.quant import export_quantized, weight_bytes
     quant = recipe.quant if recipe is not None and recipe.quant is not None else None
     if quant is None:
@@ -206,6 +208,8 @@ def run_export(qat_checkpoint: str | Path, fmt: Literal["int8", "int4"], *,
     elif quant.weights != fmt:
         raise ConfigError(f"--format {fmt} but the recipe's [quant] table has weights = "
                           f"{quant.weights!r}")
+    if scope is not None:
+        quant = quant.replace(scope=scope)
     src = Path(qat_checkpoint)
     model = ag.load(src)
     if model.config.text is not None and model.config.text.quant is not None:
@@ -239,8 +243,8 @@ class ReportOptions:
     docs/compression.md)."""
     init: str = "fan_in"
     """Random init of the teacher (`ag.init`): fan_in suits small models trained from scratch."""
-    teacher_steps: int = 1500
-    """Teacher steps before the students branch off (their starting point)."""
+    teacher_steps: int = 3000
+    """Teacher steps (one warmup-cosine schedule); every student starts from the teacher."""
     qat_steps: int = 200
     """Steps of each QAT run (int8, int4, and the last row's int8 on the pruned model)."""
     recover_steps: int = 400
@@ -257,16 +261,12 @@ class ReportOptions:
     decode_prompts: int = 8
     decode_tokens: int = 32
     seed: int = 0
+    project_to: str = "autoglm-phone-9b"
+    """Also size the same recipes at this preset's shapes (eval_shape, no training); "" skips."""
     docs: str = ""
     """Also publish the table into this markdown file (e.g. docs/benchmarks.md): between the
     `<!-- compression-report -->` markers (appended as a section if absent), with the chart
     copied beside it as compression-report.png."""
-
-    @property
-    def student_budget(self) -> int:
-        """The most steps any student trains after branching off (prune recovery + QAT); the
-        teacher trains as many more, so no student has had more training than the teacher."""
-        return max(self.qat_steps, self.recover_steps + self.qat_steps)
 
 
 def _train_recipe(o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: int,
@@ -337,16 +337,43 @@ def _stack_bytes(params: Any) -> dict[str, int]:
     return out
 
 
+def projected_bytes(preset: str, flops_reduction: float) -> dict[str, Any]:
+    """The report's recipes sized at `preset`'s shapes with `jax.eval_shape` (no memory, no
+    training): bf16 bytes of each compressed variant and its share of the float model's."""
+    from autoglm_jax.compress import uniform_pruned_config
+    from autoglm_jax.config import load_config
+    from autoglm_jax.quant import QuantRule, abstract_bytes
+    cfg = load_config(preset).with_dtypes("bfloat16", "bfloat16")
+    pruned = cfg.replace(text=uniform_pruned_config(
+        cfg.text, PruneConfig(flops_reduction=flops_reduction)))
+    int8 = QuantConfig(weights="int8", rules=())
+    int4 = QuantConfig(weights="int4", group_size=32, rules=(QuantRule("lm_head", "int8"),))
+    pct = f"{flops_reduction:.0%}-pruned"
+    variants = [("float", cfg, None), ("int8, lm_head float (QuantConfig default)", cfg,
+                                       QuantConfig()),
+                ("int8", cfg, int8), ("int4", cfg, int4), (pct, pruned, None),
+                (f"{pct} + int8", pruned, int8)]
+    if cfg.vision is not None or getattr(cfg, "audio", None) is not None:
+        variants.insert(3, ("int8, every stack", cfg, int8.replace(scope="all")))
+        variants.append((f"{pct} + int8, every stack", pruned, int8.replace(scope="all")))
+    base = abstract_bytes(cfg)
+    rows = []
+    for name, c, q in variants:
+        b = abstract_bytes(c if q is None else c.replace(text=c.text.replace(quant=q)))
+        rows.append({"model": name, "bytes": b, "share": b / base})
+    return {"preset": preset, "bf16_bytes": base, "rows": rows}
+
+
 def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     """Teacher (float), int8 QAT, int4 QAT, pruned + distilled, pruned + distilled + int8 QAT,
     on the synthetic tasks `o.tasks`; writes report.{md,json,png} to o.out_dir.
 
-    Fairness: the teacher trains `teacher_steps` (the students' starting point), then
-    `student_budget` more float steps; every student trains at most `student_budget` steps
-    from the starting point, distilled from the final teacher."""
+    Every student starts from the teacher and is distilled from it. A float control row
+    trains the teacher with the QAT recipe, quantization left out: the extra training alone,
+    so a student that beats the teacher is not read as compression helping."""
     from autoglm_jax.compress import decoder_flops
     from autoglm_jax.quant import QuantRule, weight_bytes
-    from autoglm_jax.training.loop import run_pretrain
+    from autoglm_jax.training.loop import run_distill, run_pretrain
     t_start = time.perf_counter()
     out = Path(o.out_dir)
     if out.exists() and any(out.glob("*/checkpoints")):
@@ -358,12 +385,8 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     int4 = QuantConfig(weights="int4", group_size=32, rules=(QuantRule("lm_head", "int8"),))
     media = any(t in MEDIA_TASKS for t in o.tasks)  # a composite: its encoders can be int8
 
-    _log(f"report: teacher ({o.preset}) {o.teacher_steps} + {o.student_budget} steps")
-    base_r = _train_recipe(o, out / "teacher-base", o.teacher_steps, o.lr, 0)
-    base = run_pretrain(base_r).model
-    bdir = Path(base_r.run_dir) / "model"
-    teacher_r = _train_recipe(o, out / "teacher", o.student_budget, o.lr / 3, 5,
-                              model={"init_from": str(bdir)})
+    _log(f"report: teacher ({o.preset}) {o.teacher_steps} steps")
+    teacher_r = _train_recipe(o, out / "teacher", o.teacher_steps, o.lr, 0)
     teacher = run_pretrain(teacher_r).model
     tokenizer = teacher.tokenizer
     held = _train_recipe(o, out / "eval", 1, 1e-3, 99)
@@ -371,28 +394,35 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     tdir = Path(teacher_r.run_dir) / "model"
     distill = {"teacher": str(tdir), "alpha": 0.7, "temperature": 2.0}
 
+    def student(name: str, init: Path, seed: int) -> CompressRecipe:
+        return _train_recipe(o, out / name, o.qat_steps, o.lr / 6, seed,
+                             model={"init_from": str(init)}, distill=distill)
+
     def qat(name: str, quant: QuantConfig, init: Path, seed: int) -> tuple[Path, ag.Model]:
         _log(f"report: {name}: QAT {o.qat_steps} steps from {init}")
-        r = _train_recipe(o, out / name, o.qat_steps, o.lr / 6, seed,
-                          model={"init_from": str(init)}, distill=distill)
+        r = student(name, init, seed)
         res = run_qat(CompressRecipe.of(r, quant=quant), teacher=teacher)
         exported = run_export(res.run_dir / "model", quant.weights,
                               recipe=CompressRecipe.of(r, quant=quant))
         return exported, res.model
 
     rows_spec: list[tuple[str, Path, ag.Model | None]] = [("teacher (float)", tdir, None)]
-    d8, q8 = qat("qat-int8", int8, bdir, 1)
+    _log(f"report: float control: the QAT recipe without quantization, {o.qat_steps} steps")
+    control = run_distill(student("control", tdir, 8), teacher=teacher)
+    rows_spec.append(("teacher + QAT recipe in float (control)",
+                      control.run_dir / "model", None))
+    d8, q8 = qat("qat-int8", int8, tdir, 1)
     rows_spec.append(("int8 QAT", d8, q8))
     if media:
-        d8a, q8a = qat("qat-int8-all", int8_all, bdir, 6)
+        d8a, q8a = qat("qat-int8-all", int8_all, tdir, 6)
         rows_spec.append(("int8 QAT, every stack", d8a, q8a))
-    d4, q4 = qat("qat-int4", int4, bdir, 2)
+    d4, q4 = qat("qat-int4", int4, tdir, 2)
     rows_spec.append(("int4 QAT", d4, q4))
 
     _log(f"report: prune {o.flops_reduction:.0%} + distill {o.recover_steps} steps")
     pr = _train_recipe(o, out / "pruned", o.recover_steps, o.lr, 3, distill=distill)
     pr = CompressRecipe.of(pr, prune=PruneConfig(flops_reduction=o.flops_reduction))
-    pres = run_prune(pr, model=base, recover=True, teacher=teacher)
+    pres = run_prune(pr, model=teacher, recover=True)
     pdir = pres.recovered.run_dir / "model"
     rows_spec.append((f"{o.flops_reduction:.0%}-pruned + distilled", pdir, None))
     dp8, qp8 = qat("pruned-int8", int8, pdir, 4)
@@ -423,7 +453,7 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
             row["qat_forward_accuracy"] = qe["seq_accuracy"]
             row["qat_forward_loss"] = qe["ce"]
         rows.append(row)
-    result = {"options": {**dataclasses.asdict(o), "student_budget": o.student_budget},
+    result = {"options": dataclasses.asdict(o),
               "rows": rows,
               "prune": {"target": o.flops_reduction, "achieved": pres.report.reduction},
               "teacher_bf16_bytes": teacher_bf16,
@@ -434,9 +464,12 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
               "date": time.strftime("%Y-%m-%d")}
     first = rows[0]
 
+    control = rows[1]
+
     def goal(row: dict[str, Any]) -> dict[str, Any]:
         gap = 100 * (first["accuracy"] - row["accuracy"])
         return {"model": row["model"], "accuracy_gap_points": gap,
+                "gap_to_control_points": 100 * (control["accuracy"] - row["accuracy"]),
                 "weight_share": row["weight_share"],
                 "met": bool(gap <= 1.2 and row["weight_share"] <= 0.35)}
 
@@ -444,6 +477,8 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     # composite, every stack
     result["goals"] = [goal(r) for r in rows if "pruned + distilled + int8" in r["model"]]
     result["goal"] = result["goals"][-1]
+    if o.project_to:
+        result["projection"] = projected_bytes(o.project_to, o.flops_reduction)
     (out / "report.json").write_text(json.dumps(result, indent=2))
     (out / "report.md").write_text(report_markdown(result))
     _chart(result, out / "report.png")
@@ -495,9 +530,10 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"Compression table ({r['date']}, {r['machine']}; {r['seconds']:.0f} s). Task: the "
         f"synthetic **{kind}** task ({', '.join(o['tasks'])}; `training/synthetic.py`). "
         f"Teacher: the `{o['preset']}` preset ({o['init']} init) trained {o['teacher_steps']} "
-        f"steps (the students' starting point), then {o['student_budget']} more; each student "
-        f"trains at most {o['student_budget']} steps from the starting point, distilled from "
-        f"the final teacher, so none has had more training than the teacher. Batches: "
+        f"steps. Every student starts from the teacher and is distilled from it (alpha 0.7, "
+        f"T 2); the float control row is the teacher trained with the QAT recipe (same steps, "
+        f"learning rate and distillation) but no quantization, the extra training alone. "
+        f"Batches: "
         f"{o['batch_size']} x {o['seq_len']} tokens. QAT: {o['qat_steps']} steps; pruned: "
         f"{r['prune']['achieved']:.1%} of decoder FLOPs removed (target "
         f"{r['prune']['target']:.0%}), then {o['recover_steps']} distillation steps, then "
@@ -528,10 +564,17 @@ def report_markdown(r: dict[str, Any]) -> str:
     for k in stacks:
         a, b = first["stack_bytes"][k], last["stack_bytes"].get(k, 0)
         lines.append(f"| {k} | {a:,} | {b:,} ({b / max(a, 1):.2f}x) |")
+    proj = r.get("projection")
+    if proj:
+        lines += ["", f"The same recipes at `{proj['preset']}`'s shapes (`jax.eval_shape`, bf16 "
+                  f"load, no training; float = {proj['bf16_bytes']:,} bytes):", "",
+                  "| variant | bytes | / float bf16 |", "|---|---|---|"]
+        lines += [f"| {p['model']} | {p['bytes']:,} | {p['share']:.3f} |" for p in proj["rows"]]
     lines += ["", "Goal (pruned + distilled + int8 QAT within 1.2 accuracy points of the teacher "
               "at <= 35% of its bf16 weight bytes):", ""]
     for g in r.get("goals", [r["goal"]]):
-        lines.append(f"- {g['model']}: gap {g['accuracy_gap_points']:+.2f} points, "
+        lines.append(f"- {g['model']}: gap {g['accuracy_gap_points']:+.2f} points "
+                     f"({g['gap_to_control_points']:+.2f} to the float control), "
                      f"{g['weight_share']:.1%} of the bytes: "
                      f"**{'met' if g['met'] else 'not met'}**.")
     return "\n".join(lines) + "\n"

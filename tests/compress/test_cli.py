@@ -149,6 +149,19 @@ def test_export_int4_with_the_recipe_rules(tmp_path, teacher_dir, capsys):
     assert "int4" in str(e.value.code)
 
 
+def test_export_scope_all_quantizes_the_encoders_of_a_composite(tmp_path):
+    src = tmp_path / "mm"
+    ag.save(ag.init("tiny-mm", seed=0, init="fan_in"), src)
+    out = tmp_path / "mm-int8"
+    main(["export", "--qat-checkpoint", str(src), "--format", "int8", "--scope", "all",
+          "--out", str(out)])
+    small = ag.load(out)
+    assert small.config.text.quant == QuantConfig(weights="int8", scope="all")
+    assert small.params["visual"]["patch_embed"]["kernel"].dtype == jnp.int8
+    assert small.params["fusion"]["blocks_0"]["q_proj"]["kernel"].dtype == jnp.int8
+    assert small.params["language_model"]["lm_head"]["kernel"].dtype == jnp.float32
+
+
 def test_prune_writes_a_smaller_loadable_model(tmp_path, teacher_dir):
     run = tmp_path / "prune"
     main(["prune", "--recipe", str(RECIPES / "prune-35.toml"), "--run-dir", str(run),

@@ -134,3 +134,12 @@ def test_plans_and_configs_are_checked(model):
     imp = measure_importance(model, [np.zeros((1, 4), np.int32)])
     with pytest.raises(ValueError, match="cannot remove 50%"):
         plan_pruning(text, imp, PruneConfig(0.5, prune_heads=False))
+
+
+def test_uniform_widths_need_no_calibration(model, importance):
+    from autoglm_jax.compress import uniform_pruned_config
+    cfg = PruneConfig(flops_reduction=0.35)
+    want = pruned_text_config(model.config.text, plan_pruning(model.config.text, importance, cfg))
+    assert uniform_pruned_config(model.config.text, cfg) == want
+    with pytest.raises(ValueError, match="uniform"):
+        uniform_pruned_config(model.config.text, cfg.replace(allocation="global"))

@@ -15,7 +15,7 @@ def test_report_on_the_image_task(tmp_path):
     o = ReportOptions(out_dir=str(tmp_path / "r"), preset="tiny-mm", tasks=("image",),
                       docs=str(docs),
                       teacher_steps=3, qat_steps=2, recover_steps=2, seq_len=48, batch_size=4,
-                      eval_batches=2, decode_prompts=2, decode_tokens=4)
+                      eval_batches=2, decode_prompts=2, decode_tokens=4, project_to="tiny-mm")
     r = run_report(o)
     out = tmp_path / "r"
     assert json.loads((out / "report.json").read_text())["rows"] == r["rows"]
@@ -23,7 +23,8 @@ def test_report_on_the_image_task(tmp_path):
     assert "synthetic **multimodal** task (image" in md
     assert (out / "report.png").stat().st_size > 1000
     names = [row["model"] for row in r["rows"]]
-    assert names == ["teacher (float)", "int8 QAT", "int8 QAT, every stack", "int4 QAT",
+    assert names == ["teacher (float)", "teacher + QAT recipe in float (control)", "int8 QAT",
+                     "int8 QAT, every stack", "int4 QAT",
                      "35%-pruned + distilled", "35%-pruned + distilled + int8 QAT",
                      "35%-pruned + distilled + int8 QAT, every stack"]
     for row in r["rows"]:
@@ -33,7 +34,8 @@ def test_report_on_the_image_task(tmp_path):
         if "qat_forward_accuracy" in row:  # export changes storage, not numbers
             assert row["qat_forward_accuracy"] == row["accuracy"], row["model"]
             assert abs(row["qat_forward_loss"] - row["loss"]) <= 1e-5 * row["loss"], row["model"]
-    t, q8, q8a, q4, p, pq, pqa = r["rows"]
+    t, c, q8, q8a, q4, p, pq, pqa = r["rows"]
+    assert c["weight_bytes"] == t["weight_bytes"] and "qat_forward_accuracy" not in c
     assert q4["weight_bytes"] < q8["weight_bytes"] < t["weight_bytes"]
     assert q8a["weight_bytes"] < q8["weight_bytes"]
     assert pqa["weight_bytes"] < pq["weight_bytes"] < p["weight_bytes"] < t["weight_bytes"]
@@ -41,9 +43,11 @@ def test_report_on_the_image_task(tmp_path):
     assert q8a["stack_bytes"]["visual"] < q8["stack_bytes"]["visual"]
     assert abs(r["prune"]["achieved"] - 0.35) <= 0.02
     assert r["eval_answers"] == 8
-    # the students branched off before the teacher's last student_budget steps
-    assert r["options"]["student_budget"] == 4
     assert [g["model"] for g in r["goals"]] == [pq["model"], pqa["model"]]
+    proj = {p["model"]: p["share"] for p in r["projection"]["rows"]}
+    assert proj["float"] == 1.0
+    assert proj["35%-pruned + int8, every stack"] < proj["35%-pruned + int8"] < proj["int8"]
+    assert "`tiny-mm`'s shapes" in md
     assert r["goal"]["weight_share"] == pqa["weight_share"]
     assert md.count("not met") + md.count("**met**") == 2
     # published into the docs file, after what was there; a second publish replaces it

@@ -81,3 +81,12 @@ def test_loaded_weights_bytes(tmp_path):
                   f"bf16, whole model {b['total'] / b['bf16']:.4f} of bf16")
             assert b["quantized_bf16"] == 2 * 2 * (256 * 256 * 2 + 256 * 128 * 2 + 3 * 256 * 512)
             assert ratio <= limit
+
+
+def test_abstract_bytes_equal_the_loaded_params(tmp_path, tiny):
+    from autoglm_jax.quant import abstract_bytes, tree_bytes
+    small = export_quantized(tiny, QuantConfig(weights="int4", group_size=32))
+    ag.save(small, tmp_path / "q")
+    loaded = ag.load(tmp_path / "q", dtype=jnp.bfloat16)
+    assert abstract_bytes(loaded.config) == tree_bytes(loaded.params)
+    assert abstract_bytes(ag.load(tmp_path / "q").config) == tree_bytes(small.params)
