@@ -40,6 +40,7 @@ class MultimodalInputs:
     image_grid_thw: np.ndarray | None = None  # i32[n, 3]
     image_ordinal: np.ndarray | None = None  # i32[L] index into the image embeddings, or -1
     audio_features: np.ndarray | None = None  # f32[W, mels, 3000]
+    audio_frames: np.ndarray | None = None  # i32[W] real mel frames of each window
     content_hash: bytes = b""
     image_embeds: Array | None = None  # [n_image_tokens, D], set at first admission
 
@@ -127,13 +128,15 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
     if audios:
         from autoglm_jax.processing.audio import load_audio
         a = config.audio
-        feats = [load_audio(src, max_seconds=a.max_audio_seconds, n_mels=a.num_mel_bins)
-                 for src in audios]
-        mm.audio_features = np.concatenate(feats, axis=0)
+        loaded = [load_audio(src, max_seconds=a.max_audio_seconds, n_mels=a.num_mel_bins,
+                             return_frames=True) for src in audios]
+        mm.audio_features = np.concatenate([f for f, _ in loaded], axis=0)
+        mm.audio_frames = np.concatenate([n for _, n in loaded]).astype(np.int32)
         if mm.audio_features.shape[0] > a.max_windows:
             raise ValueError(f"the audio spans {mm.audio_features.shape[0]} 30 s windows; the "
                              f"model takes at most {a.max_windows}")
         digest.update(mm.audio_features.tobytes())
+        digest.update(mm.audio_frames.tobytes())
     if mrope:
         mm.positions, mm.rope_delta = mrope_positions(config, ids, grid)
     mm.content_hash = digest.digest() if (images or audios) else b""
@@ -209,10 +212,12 @@ class EncoderCache:
             config, most = self.config, self.config.audio.max_windows
 
             @jax.jit
-            def fn(params: Any, feats: Array) -> Any:
+            def fn(params: Any, feats: Array, frames: Array) -> Any:
                 model = AutoGLM(config)
                 memory = model.apply({"params": params}, 1, feats, max_audio_per_row=most,
-                                     method="encode_memory")
+                                     audio_frames=frames, method="encode_memory")
                 return model.apply({"params": params}, memory, method="memory_kv")
             self._audio[windows] = fn
-        return fn(self.params, jnp.asarray(mm.audio_features))
+        frames = (mm.audio_frames if mm.audio_frames is not None
+                  else np.full((windows,), mm.audio_features.shape[-1], np.int32))
+        return fn(self.params, jnp.asarray(mm.audio_features), jnp.asarray(frames))

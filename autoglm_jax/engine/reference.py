@@ -51,9 +51,11 @@ def _forward(module: Any, vocab: int) -> Any:
 
 def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_tokens: int,
                             pixel_values: Any = None, image_grid_thw: Any = None,
-                            input_features: Any = None, pad_to: int = 64) -> list[int]:
-    """Greedy decoding of a glm4v / autoglm model with its images and audio, recomputing the
-    full forward (vision tower, audio encoder, M-RoPE positions) for every token. Inputs are
+                            input_features: Any = None, pad_to: int = 64,
+                            audio_frames: Any = None) -> list[int]:
+    """Greedy decoding of a glm4v / autoglm model with its images and audio (audio_frames:
+    the real mel frames per window, as `prepare` gives them), recomputing the full forward
+    (vision tower, audio encoder, M-RoPE positions) for every token. Inputs are
     right-padded to a multiple of `pad_to` (invisible to earlier positions under causal
     attention) so the jitted forward compiles once per length bucket."""
     from autoglm_jax.engine.multimodal import mrope_positions
@@ -73,6 +75,7 @@ def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_token
         logits = fwd(model.params, jnp.asarray(x), jnp.asarray(positions),
                      None if pixel_values is None else jnp.asarray(pixel_values),
                      None if input_features is None else jnp.asarray(input_features),
+                     None if audio_frames is None else jnp.asarray(audio_frames),
                      jnp.int32(n - 1), grid)
         token = int(np.asarray(logits).argmax())
         out.append(token)
@@ -84,12 +87,12 @@ def _mm_forward(module: Any, vocab: int) -> Any:
     key = ("mm", id(module))
     if key not in _CACHE:
         def f(params: Any, x: jax.Array, positions: jax.Array, pixel_values: Any,
-              input_features: Any, last: jax.Array, grid: Any) -> jax.Array:
+              input_features: Any, audio_frames: Any, last: jax.Array, grid: Any) -> jax.Array:
             kwargs: dict[str, Any] = {}
             if pixel_values is not None:
                 kwargs.update(pixel_values=pixel_values, image_grid_thw=grid)
             if input_features is not None:
-                kwargs["input_features"] = input_features
+                kwargs.update(input_features=input_features, audio_frames=audio_frames)
             logits = module.apply({"params": params}, x, positions, **kwargs)
             return logits[0, last, :vocab]
         _CACHE[key] = jax.jit(f, static_argnames=("grid",))

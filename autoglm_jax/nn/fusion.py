@@ -105,9 +105,11 @@ def _slots_per_row(rows: Any, num_inputs: int, num_rows: int, given: int | None)
     return given if given is not None else num_inputs
 
 
-def place_in_rows(encoded: Array, rows: Any, num_rows: int, slots: int) -> tuple[Array, Array]:
+def place_in_rows(encoded: Array, rows: Any, num_rows: int, slots: int,
+                  input_valid: Array | None = None) -> tuple[Array, Array]:
     """Inputs to rows: encoded [A, L, D] and rows i32[A] (-1: unused) -> tokens [R, W*L, D]
     and valid bool[R, W*L] with W = slots; each row's inputs in order, then padding.
+    input_valid bool[A, L]: which tokens of each input are real (default all).
     Jit-friendly (rows may be traced); inputs past a row's `slots` are dropped."""
     a, length, d = encoded.shape
     rows = jnp.asarray(rows, jnp.int32)
@@ -121,7 +123,17 @@ def place_in_rows(encoded: Array, rows: Any, num_rows: int, slots: int) -> tuple
     tokens = jnp.take(encoded, source.reshape(-1), axis=0)                   # [R*W, L, D]
     tokens = jnp.where(filled.reshape(-1)[:, None, None], tokens, jnp.zeros((), encoded.dtype))
     valid = jnp.repeat(filled, length, axis=1)                               # [R, W*L]
+    if input_valid is not None:
+        valid = valid & jnp.take(input_valid, source.reshape(-1), axis=0).reshape(valid.shape)
     return tokens.reshape(num_rows, slots * length, d), valid
+
+
+def audio_slot_valid(frames: Array, num_slots: int, stack: int) -> Array:
+    """bool[A, num_slots]: memory slots of each audio window that hold real audio, from
+    frames i32[A], the real mel frames of each window (`processing.audio.window_frames`).
+    Whisper's stride-2 conv makes ceil(frames / 2) real positions; a slot stacks `stack`."""
+    positions = -(-jnp.asarray(frames, jnp.int32) // 2)
+    return jnp.arange(num_slots)[None, :] * stack < positions[:, None]
 
 
 def stack_frames(x: Array, n: int) -> Array:
@@ -279,8 +291,10 @@ class CgaFusion(nn.Module):
     def memory(self, num_rows: int, audio_hidden: Array | None = None, audio_rows: Any = None,
                vit_hidden: Array | None = None, vit_rows: Any = None, *,
                max_audio_per_row: int | None = None,
-               max_vit_per_row: int | None = None) -> Memory:
-        """Project encoder outputs and lay them out per batch row (see `place_in_rows`)."""
+               max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
+        """Project encoder outputs and lay them out per batch row (see `place_in_rows`).
+        audio_frames i32[A]: real mel frames of each audio window; the slots past them (the
+        window's padding) are not attended. None: every slot of a window is."""
         parts = []
         for name, hidden, rows, most in ((AUDIO, audio_hidden, audio_rows, max_audio_per_row),
                                          (VIT, vit_hidden, vit_rows, max_vit_per_row)):
@@ -292,7 +306,10 @@ class CgaFusion(nn.Module):
             limit = self.config.audio.max_windows if name == AUDIO else None
             slots = slots_per_row(rows, hidden.shape[0], num_rows, most, limit,
                                   "audio windows" if name == AUDIO else "ViT images")
-            placed, valid = place_in_rows(tokens, rows, num_rows, slots)
+            input_valid = (audio_slot_valid(audio_frames, tokens.shape[1],
+                                            self.config.fusion.audio_stack)
+                           if name == AUDIO and audio_frames is not None else None)
+            placed, valid = place_in_rows(tokens, rows, num_rows, slots, input_valid)
             index = self.config.modalities.index(name)
             parts.append((placed, valid, np.full((placed.shape[1],), index, np.int32)))
         if not parts:

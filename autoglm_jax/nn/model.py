@@ -173,8 +173,9 @@ class AutoGLM(Glm4vModel):
     def encode_memory(self, num_rows: int, input_features: Array | None = None,
                       audio_rows: Any = None, vit_pixel_values: Array | None = None,
                       vit_rows: Any = None, *, max_audio_per_row: int | None = None,
-                      max_vit_per_row: int | None = None) -> Memory:
-        """Run the encoders and projectors: a Memory with `num_rows` rows."""
+                      max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
+        """Run the encoders and projectors: a Memory with `num_rows` rows. audio_frames
+        i32[A]: real mel frames per audio window (None: the whole window is attended)."""
         c = self.config
         audio_hidden = vit_hidden = None
         if input_features is not None:
@@ -187,7 +188,7 @@ class AutoGLM(Glm4vModel):
             vit_hidden = self.vit_encoder(vit_pixel_values)[0]
         return self.fusion.memory(num_rows, audio_hidden, audio_rows, vit_hidden, vit_rows,
                                   max_audio_per_row=max_audio_per_row,
-                                  max_vit_per_row=max_vit_per_row)
+                                  max_vit_per_row=max_vit_per_row, audio_frames=audio_frames)
 
     def memory_kv(self, memory: Memory) -> MemoryKV:
         return self.fusion.memory_kv(memory)
@@ -197,19 +198,23 @@ class AutoGLM(Glm4vModel):
                  input_features: Array | None = None, vit_pixel_values: Array | None = None, *,
                  audio_rows: Any = None, vit_rows: Any = None,
                  max_audio_per_row: int | None = None, max_vit_per_row: int | None = None,
+                 audio_frames: Any = None,
                  memory: MemoryKV | None = None, memory_rows: Array | None = None,
                  attention_mask: Array | None = None, inputs_embeds: Array | None = None,
                  segment_ids: Array | None = None, attention: AttentionBackend | None = None,
                  kv_caches: Any = None, logits_indices: Array | None = None,
                  return_hidden: bool = False) -> Any:
         """Logits f32[B, T, V]. Audio/ViT inputs (or a precomputed `memory`) feed the CGA
-        blocks; without them the model is exactly its base decoder. `memory_rows` i32[B, T]
+        blocks; without them the model is exactly its base decoder. `audio_frames` i32[A]
+        (real mel frames per audio window, `processing.audio.window_frames`) keeps the blocks
+        off each window's padding. `memory_rows` i32[B, T]
         maps each token to a memory row (flat token batches of several requests)."""
         if memory is None and (input_features is not None or vit_pixel_values is not None):
             ref = input_ids if input_ids is not None else inputs_embeds
             memory = self.memory_kv(self.encode_memory(
                 ref.shape[0], input_features, audio_rows, vit_pixel_values, vit_rows,
-                max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row))
+                max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row,
+                audio_frames=audio_frames))
         hook = None
         if memory is not None:
             fusion_cfg = self.config.fusion
@@ -331,12 +336,12 @@ def encode_memory(config: ModelConfig, params: Any, num_rows: int,
                   input_features: Array | None = None, audio_rows: Any = None,
                   vit_pixel_values: Array | None = None, vit_rows: Any = None, *,
                   max_audio_per_row: int | None = None,
-                  max_vit_per_row: int | None = None) -> Memory:
+                  max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
     """Encoders + projectors of an autoglm model (params: the whole model's tree)."""
     return AutoGLM(config).apply(
         {"params": params}, num_rows, input_features, audio_rows, vit_pixel_values, vit_rows,
         max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row,
-        method="encode_memory")
+        audio_frames=audio_frames, method="encode_memory")
 
 
 def memory_kv(config: ModelConfig, params: Any, memory: Memory) -> MemoryKV:

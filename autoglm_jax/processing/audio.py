@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
@@ -294,10 +294,19 @@ def num_windows(num_samples: int) -> int:
     return max(1, -(-num_samples // N_SAMPLES))
 
 
+def window_frames(num_samples: int) -> np.ndarray:
+    """i32[W]: mel frames of real audio in each 30 s window of a 16 kHz waveform of
+    `num_samples` (the rest of the window is padding): ceil(samples / HOP_LENGTH), as the
+    frame-level attention mask of transformers' WhisperFeatureExtractor counts them."""
+    left = num_samples - np.arange(num_windows(num_samples)) * N_SAMPLES
+    return np.clip(-(-left // HOP_LENGTH), 1, N_FRAMES).astype(np.int32)
+
+
 def log_mel_windows(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE, n_mels: int = 80,
-                    max_seconds: float | None = None) -> np.ndarray:
+                    max_seconds: float | None = None, return_frames: bool = False) -> Any:
     """f32[W, n_mels, 3000]: the waveform resampled to 16 kHz, split into consecutive 30 s
     windows (the last zero-padded), each turned into features by `log_mel_spectrogram`.
+    return_frames: (features, `window_frames`), the real frames of each window.
 
     `max_seconds` (e.g. `AudioConfig.max_audio_seconds`) rejects longer audio with an AudioError.
     """
@@ -313,19 +322,22 @@ def log_mel_windows(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE, n_me
     if sampling_rate != SAMPLE_RATE:
         x = resample(x, sampling_rate, SAMPLE_RATE)
     w = num_windows(x.shape[0])
-    return np.stack([log_mel_spectrogram(x[i * N_SAMPLES:(i + 1) * N_SAMPLES], SAMPLE_RATE, n_mels)
-                     for i in range(w)])
+    feats = np.stack([log_mel_spectrogram(x[i * N_SAMPLES:(i + 1) * N_SAMPLES], SAMPLE_RATE,
+                                          n_mels) for i in range(w)])
+    return (feats, window_frames(x.shape[0])) if return_frames else feats
 
 
-def load_audio(source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80) -> np.ndarray:
+def load_audio(source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80,
+               return_frames: bool = False) -> Any:
     """A WAV file (path, bytes or binary file object) -> Whisper features f32[W, n_mels, 3000]:
     read, mixed to mono, resampled to 16 kHz, split into 30 s windows (W = ceil(seconds / 30)).
+    return_frames: (features, i32[W] real mel frames per window).
 
     Raises AudioError for unreadable files and for clips longer than `max_seconds`.
     """
     waveform, rate = read_wav(source)
     try:
-        return log_mel_windows(waveform, rate, n_mels, max_seconds)
+        return log_mel_windows(waveform, rate, n_mels, max_seconds, return_frames)
     except AudioError as e:
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<audio>"
         raise AudioError(f"{name}: {e}") from None
@@ -333,4 +345,4 @@ def load_audio(source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80
 
 __all__ = ["AudioError", "CHUNK_SECONDS", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES",
            "SAMPLE_RATE", "load_audio", "log_mel_spectrogram", "log_mel_windows",
-           "mel_filter_bank", "num_windows", "read_wav", "resample"]
+           "mel_filter_bank", "num_windows", "read_wav", "resample", "window_frames"]

@@ -323,7 +323,7 @@ def shift_media(feats: Mapping[str, np.ndarray], seq_len: int, where: str,
             raise DataError(f"{where}: the example is {len(ids)} tokens and data.seq_len "
                             f"{seq_len} would cut {total - kept} of its {total} image tokens; "
                             "raise data.seq_len")
-    for k in ("pixel_values", "image_grid_thw", "audio_features"):
+    for k in ("pixel_values", "image_grid_thw", "audio_features", "audio_frames"):
         if k in feats:
             out[k] = feats[k]
     return out

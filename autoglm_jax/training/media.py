@@ -22,8 +22,9 @@ image of a dataset has one size, every batch has the same grid tuple and the ste
 once; batches with different image sizes compile once per distinct tuple (bucket your data
 by image size). The splice (`splice_embeddings`) consumes image embeddings in row-major order
 and ignores the padding ones. Audio: `input_features` f32[batch_size * max_audio_windows,
-mels, 3000], row r's windows at r * max_audio_windows + j, and `audio_rows` i32[...] (r, or
--1 for a padding window, which the CGA blocks mask out).
+mels, 3000], row r's windows at r * max_audio_windows + j, `audio_rows` i32[...] (r, or
+-1 for a padding window, which the CGA blocks mask out) and `audio_frames` i32[...] (real mel
+frames of each window, 0 for padding ones: the CGA blocks attend only to the clip itself).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class MultimodalProcessor:
                 raise DataError(f"{where}: the audio spans {feats.shape[0]} 30 s windows; "
                                 f"data.max_audio_windows is {self.max_audio_windows}")
             out["audio_features"] = feats
+            out["audio_frames"] = np.asarray(mm.audio_frames, np.int32)
         if self.mrope:
             out["positions"] = (np.asarray(mm.positions, np.int32) if mm is not None
                                 and mm.positions is not None
@@ -153,6 +155,7 @@ def make_collate(batch_size: int, *, images: bool, audio: bool, max_images: int 
             w = max_audio_windows
             feats = np.zeros((batch_size * w, num_mel_bins, num_frames), np.float32)
             rows = np.full((batch_size * w,), -1, np.int32)
+            frames = np.zeros((batch_size * w,), np.int32)  # padding windows: no real frames
             for r, e in enumerate(examples):
                 a = e.get("audio_features")
                 if a is not None:
@@ -161,7 +164,9 @@ def make_collate(batch_size: int, *, images: bool, audio: bool, max_images: int 
                                          f"holds {w} per row (data.max_audio_windows)")
                     feats[r * w:r * w + len(a)] = a
                     rows[r * w:r * w + len(a)] = r
+                    frames[r * w:r * w + len(a)] = e.get("audio_frames", num_frames)
             out["input_features"], out["audio_rows"] = feats, rows
+            out["audio_frames"] = frames
         return out
 
     return collate

@@ -36,7 +36,7 @@ from autoglm_jax.training.recipe import DistillRecipe, OptimRecipe
 
 Array = jax.Array
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
-MEDIA_KEYS = ("pixel_values", "input_features", "audio_rows")
+MEDIA_KEYS = ("pixel_values", "input_features", "audio_rows", "audio_frames")
 STATIC_KEYS = ("image_grid_thw",)
 CGA_PATTERNS = ("fusion/*",)
 
@@ -245,7 +245,8 @@ def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None
                                  "holds input_features)")
             b = batch["inputs"].shape[0]
             kw.update(input_features=batch["input_features"], audio_rows=batch["audio_rows"],
-                      max_audio_per_row=batch["input_features"].shape[0] // b)
+                      max_audio_per_row=batch["input_features"].shape[0] // b,
+                      audio_frames=batch.get("audio_frames"))
     return kw
 
 

@@ -143,7 +143,8 @@ def test_engine_int8_composite_matches_dense_greedy_with_image_and_audio(mm, sco
                                                    ignore_eos=True))[0]
     want = dense_greedy_multimodal(small, ids, 8, pixel_values=mm_inputs.pixel_values,
                                    image_grid_thw=mm_inputs.image_grid_thw,
-                                   input_features=mm_inputs.audio_features)
+                                   input_features=mm_inputs.audio_features,
+                                   audio_frames=mm_inputs.audio_frames)
     assert list(out.outputs[0].token_ids) == want
 
 

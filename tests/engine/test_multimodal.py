@@ -27,7 +27,7 @@ def _wav(freq, seconds=2.0, rate=16000):
 
 @pytest.fixture(scope="module")
 def model():
-    m = ag.init("tiny-mm", seed=0)
+    m = ag.init("tiny-mm", seed=0, init="fan_in")  # fan-in: the media visibly matter
 
     def open_gates(path, x):  # trained-like gates, so audio changes the output
         name = "/".join(str(getattr(k, "key", k)) for k in path)
@@ -62,7 +62,8 @@ def test_images_audio_and_text_equal_dense_greedy(model):
         ids, mm = engine.prepare_prompt(prompt)
         ref = dense_greedy_multimodal(model, ids, 5, pixel_values=mm.pixel_values,
                                       image_grid_thw=mm.image_grid_thw,
-                                      input_features=mm.audio_features)
+                                      input_features=mm.audio_features,
+                                      audio_frames=mm.audio_frames)
         assert out.token_ids == ref
     assert engine.stats()["free_pages"] == engine.stats()["num_pages"]
     # The media matter: without the audio the same text decodes differently.

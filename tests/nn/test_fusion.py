@@ -263,3 +263,38 @@ def test_one_adam_step_moves_the_gates_and_audio_changes_logits(params):
     np.testing.assert_allclose(swapped, logits[::-1], atol=1e-5)
     _, _, loss1, _ = step(fusion1, state1)  # the loss at fusion1 (same compiled step)
     assert float(loss1) < float(loss0)
+
+
+def test_audio_frames_keep_the_blocks_off_the_window_padding(params):
+    """A clip of 8 of the window's 24 frames fills 4 of its 12 Whisper positions, so 1 of the
+    3 stacked memory slots; what the other slots hold cannot change the output."""
+    from autoglm_jax.nn.fusion import Memory, audio_slot_valid
+    from autoglm_jax.processing.audio import window_frames
+    np.testing.assert_array_equal(window_frames(16_000), [100])           # 1 s: 100 frames
+    np.testing.assert_array_equal(window_frames(45 * 16_000), [3000, 1500])
+    np.testing.assert_array_equal(window_frames(1), [1])
+    np.testing.assert_array_equal(audio_slot_valid(jnp.array([8, 9, 24, 0]), 3, 4),
+                                  [[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    p = set_alphas(params, 1.0)
+    ids, feats = ids_batch(), audio(2)
+    frames = jnp.array([8, 24], jnp.int32)
+    encode_frames = jax.jit(lambda p, f, n: MODEL.apply(
+        {"params": p}, 2, f, audio_frames=n, method="encode_memory"))
+    memory = encode_frames(p, feats, frames)
+    np.testing.assert_array_equal(memory.valid, [[1, 0, 0], [1, 1, 1]])
+    noise = jnp.asarray(np.random.default_rng(5).standard_normal(memory.tokens.shape),
+                        memory.tokens.dtype)
+    scrambled = Memory(jnp.where(memory.valid[..., None], memory.tokens, noise), memory.valid,
+                       memory.modality)
+    run = jax.jit(lambda p, ids, m: MODEL.apply({"params": p}, ids, memory=m))
+    a = run(p, ids, compute_memory_kv(CFG, p, memory))
+    b = run(p, ids, compute_memory_kv(CFG, p, scrambled))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and the frames do change what row 0 attends to (the full window differs)
+    full = run(p, ids, compute_memory_kv(CFG, p, encode(CFG, p, 2, feats)))
+    assert np.abs(np.asarray(full)[0] - np.asarray(a)[0]).max() > 1e-4
+    np.testing.assert_allclose(np.asarray(full)[1], np.asarray(a)[1], atol=1e-5)
+    # the forward takes the frames too: same as the precomputed memory
+    direct = jax.jit(lambda p, ids, f, n: MODEL.apply({"params": p}, ids, input_features=f,
+                                                      audio_frames=n))(p, ids, feats, frames)
+    np.testing.assert_allclose(np.asarray(direct), np.asarray(a), atol=1e-5)

@@ -214,9 +214,12 @@ def test_training_examples_are_prepared_like_serving_requests(mm, tok, proc):
                 batch["pixel_values"][image_i * 36:(image_i + 1) * 36], mmi.pixel_values)
             image_i += 1
             assert batch["audio_rows"][row] == -1
+            assert batch["audio_frames"][row] == 0  # a padding window: nothing to attend
         else:
             assert batch["audio_rows"][row] == row
             np.testing.assert_array_equal(batch["input_features"][row], mmi.audio_features[0])
+            assert batch["audio_frames"][row] == mmi.audio_frames[0]
+            assert 0 < batch["audio_frames"][row] < 300  # the synthetic clips are ~1 s
     assert kinds == {"image", "audio"}
     # padding images after the real ones (zeros, same grid: one compiled shape)
     assert not batch["pixel_values"][image_i * 36:].any()
