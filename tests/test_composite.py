@@ -44,6 +44,20 @@ def test_autoglm_phone_9b_parameters_per_stack():
     assert round((counts["text"] + counts["vision"]) / B, 1) == 10.3
 
 
+def test_mini_mm_parameter_shares_track_autoglm_phone_9b():
+    """The compression report's preset: byte ratios mean what they would at 9B."""
+    def shares(name):
+        cfg = ag.load_config(name)
+        c = count_params_by_stack(cfg)
+        tables = 2 * cfg.text.vocab_size * cfg.text.d_model  # embeddings + untied lm_head
+        return {"layers": (c["text"] - tables - cfg.text.d_model) / c["total"],
+                "tables": tables / c["total"], "vision": c["vision"] / c["total"],
+                "fusion": (c["cga"] + c["projectors"]) / c["total"]}
+    mini, big = shares("mini-mm"), shares("autoglm-phone-9b")
+    for key, tol in (("layers", 0.03), ("tables", 0.03), ("vision", 0.01), ("fusion", 0.01)):
+        assert abs(mini[key] - big[key]) <= tol, (key, mini[key], big[key])
+
+
 def test_tiny_mm_counts_match_the_config_formulas():
     cfg = ag.load_config("tiny-mm")
     counts = count_params_by_stack(cfg)

@@ -239,8 +239,8 @@ class ReportOptions:
     """Teacher architecture (a preset name); mini-mm's parameter shares mirror the 9B's."""
     tasks: tuple[str, ...] = ("image",)
     """Synthetic tasks (training/synthetic.py; image and audio need a glm4v/autoglm preset).
-    Not audio by default: a from-scratch mini-mm does not learn it in this budget (see
-    docs/compression.md)."""
+    Not audio by default: an audio step costs ~20x an image step on CPU (16 Whisper
+    windows of 3,000 frames per batch; see docs/compression.md)."""
     init: str = "fan_in"
     """Random init of the teacher (`ag.init`): fan_in suits small models trained from scratch."""
     teacher_steps: int = 3000
@@ -545,10 +545,11 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"over {r['eval_answers']} held-out questions ({o['eval_batches']} batches, data seed "
         f"99); token acc. = per answer token; loss = CE on answer tokens; float32 forward of "
         f"the saved (exported) checkpoints. Weight bytes: params as loaded with "
-        f"`dtype=bfloat16` (integer kernels stay integer; scales, embeddings, norms and the "
+        f"`dtype=bfloat16` (integer kernels stay integer; scales, embeddings, norms and float "
         f"encoders bf16). Decode: `Engine.generate`, greedy, {o['decode_prompts']} held-out "
         f"questions (with their media) x {o['decode_tokens']} tokens, bf16, after a warm-up "
-        f"batch.", "",
+        f"batch" + (" (re-measured in a separate quiet pass over the saved rows)"
+                    if r.get("decode_remeasured") else "") + ".", "",
         "| model | accuracy | token acc. | loss | weight bytes | / teacher bf16 "
         "| KV bytes/token | decode tok/s |",
         "|---|---|---|---|---|---|---|---|"]
@@ -589,7 +590,7 @@ def _chart(r: dict[str, Any], path: Path) -> None:
         _log("report: matplotlib not installed; no chart")
         return
     rows = r["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
         ax.scatter(100 * row["weight_share"], 100 * row["accuracy"], s=60)
         ax.annotate(row["model"], (100 * row["weight_share"], 100 * row["accuracy"]),
@@ -600,7 +601,9 @@ def _chart(r: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("weight bytes, % of the teacher's bf16 bytes")
     ax.set_ylabel("answers right, %")
     kind = "multimodal" if any(t in MEDIA_TASKS for t in r["options"]["tasks"]) else "text"
-    ax.set_title(f"Compression on the synthetic {kind} task (goal: upper left of the dashes)")
+    ax.set_title(f"Compression on the synthetic {kind} task\n(goal: upper left of the dashes)",
+                 fontsize=10)
+    ax.set_xlim(0, 135)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
