@@ -14,7 +14,8 @@ from typing import Annotated, Literal, Sequence
 import tyro
 
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
-from autoglm_jax.training.compress import ReportOptions, load_compress_recipe
+from autoglm_jax.training.compress import load_compress_recipe
+from autoglm_jax.training.report import ReportOptions, run_report
 from autoglm_jax.training.recipe import TrainRecipe
 
 
@@ -109,8 +110,9 @@ class Export:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """Build the compression table (teacher, int8 QAT, int4 QAT, pruned + distilled, pruned +
-    distilled + int8 QAT) on the synthetic text tasks: report.md, report.json, report.png."""
+    """Build the compression table (teacher, float control, int8 QAT, int4 QAT, pruned +
+    distilled, pruned + distilled + int8 QAT; int8 of every stack for a composite) on the
+    synthetic image task: report.md, report.json, report.png (--docs: into that file too)."""
 
     opts: Annotated[ReportOptions, tyro.conf.arg(name="")] = ReportOptions()
 
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from autoglm_jax.training import compress as tc
     try:
         if isinstance(cmd, Report):
-            tc.run_report(cmd.opts)
+            run_report(cmd.opts)
             return
         if isinstance(cmd, Export):
             if not cmd.qat_checkpoint:

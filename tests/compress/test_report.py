@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autoglm_jax.training.compress import ReportOptions, publish_report, run_report
+from autoglm_jax.training.report import ReportOptions, publish_report, run_report
 
 
 @pytest.mark.slow
