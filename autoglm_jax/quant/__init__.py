@@ -12,11 +12,11 @@ from autoglm_jax.quant.export import (abstract_bytes, export_quantized, quantize
 from autoglm_jax.quant.formats import (Layout, dequantize, layout_for, pack_int4, quantize,
                                        tree_bytes, unpack_int4)
 from autoglm_jax.quant.qat import FakeQuant, fake_quant, fake_quant_policy, qat_model, qat_module
-from autoglm_jax.quant.quantized import QuantizedWeights, decoder_path
+from autoglm_jax.quant.quantized import QuantizedWeights, QuantPolicy, decoder_path
 
 __all__ = [
-    "abstract_bytes", "FakeQuant", "Layout", "PruneConfig", "QuantConfig", "QuantRule", "QuantizedWeights",
-    "decoder_path", "dequantize", "export_quantized", "fake_quant", "fake_quant_policy",
-    "layout_for", "pack_int4", "qat_model", "qat_module", "quantize", "quantized_config",
-    "tree_bytes", "unpack_int4", "weight_bytes",
+    "FakeQuant", "Layout", "PruneConfig", "QuantConfig", "QuantPolicy", "QuantRule",
+    "QuantizedWeights", "abstract_bytes", "decoder_path", "dequantize", "export_quantized",
+    "fake_quant", "fake_quant_policy", "layout_for", "pack_int4", "qat_model", "qat_module",
+    "quantize", "quantized_config", "tree_bytes", "unpack_int4", "weight_bytes",
 ]

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
-from autoglm_jax.nn.layers import Einsum, EinsumPolicy
+from autoglm_jax.nn.layers import Einsum
 from autoglm_jax.quant.formats import dequantize, quantize, tree_bytes
-from autoglm_jax.quant.quantized import decoder_path, einsum_layout
+from autoglm_jax.quant.quantized import QuantPolicy, decoder_path
 
 Array = jax.Array
 
@@ -31,15 +31,12 @@ _COLLECTION = "quantized"
 
 
 @dataclasses.dataclass(frozen=True)
-class _Exporter(EinsumPolicy):
+class _Exporter(QuantPolicy):
     """Runs the float model once and records each selected Einsum's quantized weight."""
-
-    config: QuantConfig
-    decoder_path: tuple[str, ...]
 
     def einsum(self, module: Einsum, x: Array) -> Array:
         kernel = module.float_kernel()
-        layout = einsum_layout(self.config, module, self.decoder_path)
+        layout = self.layout(module)
         if layout is None:
             return module.product(x, kernel)
         q, scale = quantize(kernel, layout, self.config.weight_clip, module.param_dtype)

@@ -28,10 +28,9 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
-from autoglm_jax.nn.layers import DotGeneral, Einsum, EinsumPolicy
+from autoglm_jax.nn.layers import DotGeneral, Einsum
 from autoglm_jax.quant.formats import Layout, clip_mask, dequantize, quantize
-from autoglm_jax.quant.quantized import (check_plain_dot_general, decoder_path, einsum_layout,
-                                         quantize_input)
+from autoglm_jax.quant.quantized import QuantPolicy, decoder_path, quantize_input
 
 Array = jax.Array
 
@@ -60,25 +59,13 @@ fake_quant.defvjp(_fq_fwd, _fq_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
-class FakeQuant(EinsumPolicy):
-    """The QAT policy: float params, fake-quantized in the forward pass.
-
-    config        which Einsums, which format (QuantConfig)
-    decoder_path  the GLM decoder's module path (`decoder_path(model_config)`); Einsums
-                  outside it (encoders, fusion) stay float, as export leaves them
-    inner         an optional plain dot_general for the product
-    """
-
-    config: QuantConfig
-    decoder_path: tuple[str, ...] = ()
-    inner: DotGeneral | None = None
-
-    def __post_init__(self) -> None:
-        check_plain_dot_general(self.inner)
+class FakeQuant(QuantPolicy):
+    """The QAT policy: float params, fake-quantized in the forward pass (the Einsums the
+    QuantConfig selects, as export will store them)."""
 
     def einsum(self, module: Einsum, x: Array) -> Array:
         kernel = module.float_kernel()
-        layout = einsum_layout(self.config, module, self.decoder_path)
+        layout = self.layout(module)
         if layout is None:
             return module.product(x, kernel, self.inner)
         w = fake_quant(kernel, layout, self.config.weight_clip, module.param_dtype)

@@ -69,12 +69,14 @@ def check_plain_dot_general(inner: Any) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedWeights(EinsumPolicy):
-    """Stored integer weights (a compressed checkpoint's decoder).
+class QuantPolicy(EinsumPolicy):
+    """What the quantization policies (QAT, export, stored weights) share.
 
-    config        the QuantConfig the checkpoint was exported with
-    decoder_path  the decoder's module path (rules match paths relative to it)
-    inner         an optional plain dot_general for the (dequantized) product
+    config        which Einsums, which format (QuantConfig)
+    decoder_path  the GLM decoder's module path (`decoder_path(model_config)`): rules match
+                  decoder paths relative to it; Einsums outside it (encoders, fusion) are
+                  quantized only with config.scope "all"
+    inner         an optional plain dot_general for the product
     """
 
     config: QuantConfig
@@ -84,8 +86,17 @@ class QuantizedWeights(EinsumPolicy):
     def __post_init__(self) -> None:
         check_plain_dot_general(self.inner)
 
+    def layout(self, module: Einsum) -> Layout | None:
+        """The Layout of `module`'s kernel, or None when it stays float."""
+        return einsum_layout(self.config, module, self.decoder_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeights(QuantPolicy):
+    """Stored integer weights (a compressed checkpoint), dequantized inside the matmul."""
+
     def einsum(self, module: Einsum, x: Array) -> Array:
-        layout = einsum_layout(self.config, module, self.decoder_path)
+        layout = self.layout(module)
         if layout is None:
             return module.product(x, module.float_kernel(), self.inner)
         init_q = init_s = nn.initializers.zeros  # flax shape-checks stored params with it
