@@ -19,15 +19,21 @@ def dense_greedy(model: Any, prompt: Sequence[int], max_new_tokens: int,
     Inputs are right-padded to a multiple of `pad_to` to bound compilations (causal attention
     makes the padding invisible to earlier positions)."""
     fwd = _forward(model.module, model.config.text.vocab_size)
+    return _greedy(prompt, max_new_tokens, stop_ids, pad_to,
+                   lambda x, ids: fwd(model.params, jnp.asarray(x), jnp.int32(len(ids) - 1)))
+
+
+def _greedy(prompt: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int], pad_to: int,
+            last_logits: Any) -> list[int]:
+    """The greedy loop: `last_logits(x, ids)` gives the logits after `ids`, with x i32[1, L]
+    those ids right-padded to a multiple of `pad_to`."""
     ids = list(prompt)
     out: list[int] = []
     for _ in range(max_new_tokens):
         n = len(ids)
-        length = -(-n // pad_to) * pad_to
-        x = np.zeros((1, length), np.int32)
+        x = np.zeros((1, -(-n // pad_to) * pad_to), np.int32)
         x[0, :n] = ids
-        logits = fwd(model.params, jnp.asarray(x), jnp.int32(n - 1))
-        token = int(np.asarray(logits).argmax())
+        token = int(np.asarray(last_logits(x, ids)).argmax())
         out.append(token)
         ids.append(token)
         if token in stop_ids:
@@ -63,24 +69,17 @@ def dense_greedy_multimodal(model: Any, prompt_ids: Sequence[int], max_new_token
     config = model.config
     grid = None if image_grid_thw is None else tuple(map(tuple, np.asarray(image_grid_thw)))
     fwd = _mm_forward(model.module, config.text.vocab_size)
-    ids = list(prompt_ids)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
+    media = [None if a is None else jnp.asarray(a)  # on the device once, not per token
+             for a in (pixel_values, input_features, audio_frames)]
+
+    def last_logits(x: np.ndarray, ids: list[int]) -> Any:
         n = len(ids)
-        length = -(-n // pad_to) * pad_to
-        x = np.zeros((1, length), np.int32)
-        x[0, :n] = ids
-        positions = np.zeros((3, 1, length), np.int32)
+        positions = np.zeros((3, 1, x.shape[1]), np.int32)
         positions[:, 0, :n] = mrope_positions(config, ids, image_grid_thw)[0]
-        logits = fwd(model.params, jnp.asarray(x), jnp.asarray(positions),
-                     None if pixel_values is None else jnp.asarray(pixel_values),
-                     None if input_features is None else jnp.asarray(input_features),
-                     None if audio_frames is None else jnp.asarray(audio_frames),
-                     jnp.int32(n - 1), grid)
-        token = int(np.asarray(logits).argmax())
-        out.append(token)
-        ids.append(token)
-    return out
+        return fwd(model.params, jnp.asarray(x), jnp.asarray(positions), *media,
+                   jnp.int32(n - 1), grid)
+
+    return _greedy(prompt_ids, max_new_tokens, (), pad_to, last_logits)
 
 
 def _mm_forward(module: Any, vocab: int) -> Any:
