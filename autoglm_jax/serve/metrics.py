@@ -39,6 +39,30 @@ def _fmt(v: float) -> str:
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
+# The engine thread's stats snapshot, exported as is: (name, type, help, stats key, default).
+ENGINE_METRICS: tuple[tuple[str, str, str, str, float], ...] = (
+    ("vllm:num_requests_running", "gauge", "Requests in the running batch.", "num_running", 0),
+    ("vllm:num_requests_waiting", "gauge", "Requests waiting for a slot.", "num_waiting", 0),
+    ("vllm:kv_cache_usage_perc", "gauge", "Fraction of KV pages in use (1 = full).",
+     "kv_cache_usage", 0.0),
+    ("autoglm:kv_cache_free_pages", "gauge",
+     "KV pages free or holding evictable cached prefixes.", "free_pages", 0),
+    ("autoglm:kv_cache_pages", "gauge", "KV pages in the pool.", "num_pages", 0),
+    ("vllm:prefix_cache_queries_total", "counter",
+     "Prompt tokens looked up in the prefix cache.", "prefix_cache_queries", 0),
+    ("vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
+     "prefix_cache_hits", 0),
+    ("autoglm:prefix_cache_hit_rate", "gauge",
+     "prefix_cache_hits / prefix_cache_queries since start.", "prefix_cache_hit_rate", 0.0),
+    ("vllm:num_preemptions_total", "counter", "Requests preempted (recomputed).",
+     "num_preemptions", 0),
+    ("autoglm:xla_compilations", "gauge",
+     "Distinct step shapes compiled since start (warm-up included).", "compilations", 0),
+    ("autoglm:engine_pending_requests", "gauge",
+     "Requests accepted by the server and not yet handed to the engine.", "pending", 0),
+)
+
+
 class ServerMetrics:
     """Counters and histograms (written by the engine thread, read by /metrics)."""
 
@@ -89,42 +113,12 @@ class ServerMetrics:
                 samples.append((f'_bucket{{{label},le="{_fmt(bound)}"}}', running))
             samples.append((f"_sum{{{label}}}", h.sum))
             samples.append((f"_count{{{label}}}", h.count))
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} histogram")
-            for s, v in samples:
-                lines.append(f"{name}{s} {_fmt(v)}")
+            metric(name, "histogram", help_, samples)
 
         s = engine_stats or {}
         with self._lock:
-            metric("vllm:num_requests_running", "gauge", "Requests in the running batch.",
-                   [(f"{{{label}}}", s.get("num_running", 0))])
-            metric("vllm:num_requests_waiting", "gauge", "Requests waiting for a slot.",
-                   [(f"{{{label}}}", s.get("num_waiting", 0))])
-            metric("vllm:kv_cache_usage_perc", "gauge",
-                   "Fraction of KV pages in use (1 = full).",
-                   [(f"{{{label}}}", s.get("kv_cache_usage", 0.0))])
-            metric("autoglm:kv_cache_free_pages", "gauge",
-                   "KV pages free or holding evictable cached prefixes.",
-                   [(f"{{{label}}}", s.get("free_pages", 0))])
-            metric("autoglm:kv_cache_pages", "gauge", "KV pages in the pool.",
-                   [(f"{{{label}}}", s.get("num_pages", 0))])
-            metric("vllm:prefix_cache_queries_total", "counter",
-                   "Prompt tokens looked up in the prefix cache.",
-                   [(f"{{{label}}}", s.get("prefix_cache_queries", 0))])
-            metric("vllm:prefix_cache_hits_total", "counter",
-                   "Prompt tokens found in the prefix cache.",
-                   [(f"{{{label}}}", s.get("prefix_cache_hits", 0))])
-            metric("autoglm:prefix_cache_hit_rate", "gauge",
-                   "prefix_cache_hits / prefix_cache_queries since start.",
-                   [(f"{{{label}}}", s.get("prefix_cache_hit_rate", 0.0))])
-            metric("vllm:num_preemptions_total", "counter", "Requests preempted (recomputed).",
-                   [(f"{{{label}}}", s.get("num_preemptions", 0))])
-            metric("autoglm:xla_compilations", "gauge",
-                   "Distinct step shapes compiled since start (warm-up included).",
-                   [(f"{{{label}}}", s.get("compilations", 0))])
-            metric("autoglm:engine_pending_requests", "gauge",
-                   "Requests accepted by the server and not yet handed to the engine.",
-                   [(f"{{{label}}}", s.get("pending", 0))])
+            for name, kind, help_, key, default in ENGINE_METRICS:
+                metric(name, kind, help_, [(f"{{{label}}}", s.get(key, default))])
             metric("vllm:prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
                    [(f"{{{label}}}", self.prompt_tokens)])
             metric("vllm:generation_tokens_total", "counter",
