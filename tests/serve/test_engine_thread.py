@@ -60,11 +60,13 @@ class FakeEngine:
         for rid in list(self.running):
             r = self.reqs[rid]
             k = len(r["out"])
-            token = self.script[k] if self.script else 65 + k
+            token = self.script[k] if self.script else 65 + k % 26  # "A".."Z", then again
             r["out"].append(token)
             piece = r["detok"].push(token)
             r["text"] += piece
-            limit = min(r["params"].max_tokens, len(self.script or [0] * 10**6))
+            limit = r["params"].max_tokens
+            if self.script:
+                limit = min(limit, len(self.script))
             done = len(r["out"]) >= limit
             if done:
                 r["finished"] = "length"
@@ -140,7 +142,9 @@ def test_events_arrive_in_order_and_requests_are_released(thread):
 
 def test_abort_reaches_the_engine(thread):
     async def run():
-        h = _handle(asyncio.get_running_loop(), 1, 10_000)
+        # endless: it must still be running when the abort arrives, however long the
+        # event loop waits for the GIL
+        h = _handle(asyncio.get_running_loop(), 1, 10**9)
         thread.submit(h)
         await asyncio.wait_for(h.queue.get(), 10)
         thread.abort(h)
