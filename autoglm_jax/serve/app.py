@@ -163,23 +163,22 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
         return _json_error(500, f"internal server error ({type(e).__name__}); the server "
                                 "logged the details")
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def parse(request: Request, schema: Any) -> Any:
+        """The JSON body validated as `schema`; an OpenAI-shaped 400 otherwise."""
         body = await _json_body(request)
         try:
-            req = proto.ChatCompletionRequest.model_validate(body)
+            return schema.model_validate(body)
         except ValidationError as e:
             raise proto.validation_error(e) from None
-        return await serving.chat(request, req)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await serving.chat(request, await parse(request, proto.ChatCompletionRequest))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = await _json_body(request)
-        try:
-            req = proto.CompletionRequest.model_validate(body)
-        except ValidationError as e:
-            raise proto.validation_error(e) from None
-        return await serving.completions(request, req)
+        return await serving.completions(request, await parse(request,
+                                                                proto.CompletionRequest))
 
     def card() -> dict[str, Any]:
         return proto.model_card(config.model_name, config.model, started,
