@@ -8,7 +8,7 @@ import pytest
 
 import autoglm_jax as ag
 from autoglm_jax.checkpoint.safetensors_io import SafetensorsFile, save_file
-from hf_fixtures import CASES, save_hf_model
+from tests.hf_fixtures import CASES, save_hf_model
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,12 @@ def test_generate_cli_rejects_unknown_model_and_bad_jsonl(tmp_path):
 
 
 def test_bench_cli_tiny(tmp_path):
-    from autoglm_jax.engine.bench import BenchArgs, run_bench
-    from autoglm_jax.engine.commands import ModelArgs
+    from infer.bench import BenchArgs, run_bench
+    from infer.flags import EngineFlags, ModelFlags
 
-    res = run_bench(BenchArgs(model=ModelArgs(model="tiny"), num_requests=6, prompt_len=24,
-                              output_len=6, max_num_seqs=8, max_num_batched_tokens=64,
+    res = run_bench(BenchArgs(model=ModelFlags(model="tiny"), num_requests=6, prompt_len=24,
+                              output_len=6,
+                              engine=EngineFlags(max_num_seqs=8, max_num_batched_tokens=64),
                               baseline_requests=2, static_batch_size=3, static_batches=1,
                               hf_baseline=True, out_dir=tmp_path))
     assert res["continuous"]["output_tokens"] == 36
@@ -51,15 +52,17 @@ def test_chat_streams_two_turns_and_refuses_media_for_text_models(tmp_path):
     import io
     from pathlib import Path
 
-    from autoglm_jax.engine.commands import (ChatArgs, EngineArgs, ModelArgs, SamplingArgs,
-                                             run_chat)
+    from infer.flags import EngineFlags, ModelFlags
+    from infer.generate import ChatArgs, SamplingArgs, run_chat
 
     out = io.StringIO()
-    args = ChatArgs(model=ModelArgs(model="tiny"), engine=EngineArgs(max_model_len=256,
-                                                                     num_pages=32),
+    args = ChatArgs(model=ModelFlags(model="tiny"),
+                    engine=EngineFlags(max_model_len=256, num_gpu_blocks_override=32,
+                                       max_num_batched_tokens=64),
                     sampling=SamplingArgs(max_tokens=4))
-    run_chat(args, stdin=io.StringIO("hello\nagain\n\n"), out=out)
+    run_chat(args, stdin=io.StringIO("hello\nagain\n\n"), out=out, log=io.StringIO())
     assert out.getvalue().count("> ") == 3  # two answered turns, then the empty line ends it
     with pytest.raises(SystemExit, match="does not take images"):
-        run_chat(ChatArgs(image=(Path(tmp_path / "x.png"),), model=ModelArgs(model="tiny")),
-                 stdin=io.StringIO(""), out=io.StringIO())
+        run_chat(ChatArgs(image=(Path(tmp_path / "x.png"),), model=ModelFlags(model="tiny"),
+                          engine=EngineFlags(max_model_len=256, max_num_batched_tokens=64)),
+                 stdin=io.StringIO(""), out=io.StringIO(), log=io.StringIO())

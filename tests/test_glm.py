@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import autoglm_jax as ag
-from hf_fixtures import CASES, hf_logits, save_hf_model
+from tests.hf_fixtures import CASES, hf_logits, save_hf_model
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c.name for c in CASES])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import tyro
 
@@ -126,6 +126,17 @@ def _peek_recipe(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _say_where(model_dir: Any, what: str, export: str | None = None) -> None:
+    """The last lines of a run: where the model is and the command that runs it."""
+    print(f"{what}: {model_dir}")
+    if export is not None:
+        recipe = f" --recipe {export}" if export else ""
+        print(f"export it:  python -m train export --qat-checkpoint {model_dir}{recipe}")
+    else:
+        print(f"chat with it:  python -m infer chat --model {model_dir}")
+    sys.stdout.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from autoglm_jax.config import ConfigError
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -157,25 +168,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         if isinstance(cmd, Export):
             if not cmd.qat_checkpoint:
                 raise ConfigError("export needs --qat-checkpoint DIR")
-            tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out,
-                          scope=cmd.scope)
+            out = tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out,
+                                scope=cmd.scope)
+            _say_where(out, "the compressed model")
             return
         recipe = cmd.cfg.validate()
         if isinstance(cmd, Qat):
             q = quant.replace(**dataclasses.asdict(cmd.quant))
             q.validate("--quant")
-            tc.run_qat(tc.CompressRecipe.of(recipe, quant=q), resume=cmd.resume)
+            result = tc.run_qat(tc.CompressRecipe.of(recipe, quant=q), resume=cmd.resume)
+            _say_where(result.run_dir / "model", "the QAT model (float weights)", export=path)
         elif isinstance(cmd, Prune):
-            tc.run_prune(tc.CompressRecipe.of(recipe, prune=cmd.prune), out_dir=cmd.out,
-                         recover=cmd.recover)
+            pruned = tc.run_prune(tc.CompressRecipe.of(recipe, prune=cmd.prune),
+                                  out_dir=cmd.out, recover=cmd.recover)
+            out = (pruned.recovered.run_dir / "model" if pruned.recovered is not None
+                   and recipe.checkpoint.export else pruned.out_dir)
+            _say_where(out, "the pruned model")
         else:
             if loaded is not None and loaded.quant is not None:
                 raise ConfigError(f"{path} has a [quant] table: run it with `python -m train "
                                   "qat` (pretrain/distill would train a float model)")
-            if isinstance(cmd, Distill):
-                run_distill(recipe, resume=cmd.resume)
-            else:
-                run_pretrain(recipe, resume=cmd.resume)
+            run = run_distill if isinstance(cmd, Distill) else run_pretrain
+            result = run(recipe, resume=cmd.resume)
+            if recipe.checkpoint.export:
+                _say_where(result.run_dir / "model", "the trained model")
     except (ConfigError, DataError, NonFiniteError, FileExistsError, FileNotFoundError,
             NotImplementedError) as e:
         sys.exit(f"error: {e}")

@@ -15,7 +15,7 @@ import itertools
 import sys
 import time
 import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,32 +32,61 @@ from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Sta
 Prompt = str | Sequence[int] | dict
 
 
+DEFAULT_MAX_MODEL_LEN = 8192  # the cap on a model's own context when max_model_len is None
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Engine settings (vLLM's names)."""
+    """Engine settings. The field docs are also the CLI's help: `python -m infer` derives its
+    engine flags from this class (with vLLM's names: `page_size` is `--block-size`,
+    `num_pages` is `--num-gpu-blocks-override`)."""
 
     max_num_seqs: int = 64
+    """Sequences decoded together."""
     max_num_batched_tokens: int = 2048
+    """Token budget of one engine step (decode tokens and prefill chunks together)."""
     page_size: int = 16
-    max_model_len: int = 8192
+    """Tokens per KV page."""
+    max_model_len: int | None = None
+    """Prompt plus completion tokens per request (default: the model's maximum, at most 8192)."""
     enable_prefix_caching: bool = True
+    """Reuse KV pages of shared prompt prefixes."""
     enable_chunked_prefill: bool = True
-    kv_cache_dtype: str = "auto"  # auto (the model's compute dtype) | bfloat16 | float32 | int8
-    num_pages: int | None = None  # default: from kv_cache_memory_bytes
+    """Split long prompts across steps."""
+    kv_cache_dtype: Literal["auto", "bfloat16", "float32", "float16", "int8"] = "auto"
+    """KV page storage: auto is the model's compute dtype (float32 on CPU); int8 halves
+    bfloat16's bytes (per-token, per-head scales)."""
+    num_pages: int | None = None
+    """KV pages to allocate (default: from kv_cache_memory_bytes, at most what max_num_seqs
+    full-length sequences need)."""
     kv_cache_memory_bytes: int = 2 * 2**30
-    attention_backend: str = "auto"  # auto | xla | pallas
-    scheduling_policy: str = "fcfs"  # fcfs | priority
-    max_waiting_requests: int | None = None  # bounded waiting queue
-    max_queue_wait: float | None = None  # seconds a request may wait before failing
+    """Memory for the KV pages when num_pages is not given."""
+    attention_backend: Literal["auto", "xla", "pallas"] = "auto"
+    """Attention implementation (auto: Pallas on GPU, XLA elsewhere)."""
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    """fcfs, or priority (lower values run first)."""
+    max_waiting_requests: int | None = None
+    """Requests that may wait for a slot; more are refused (default: unbounded)."""
+    max_queue_wait: float | None = None
+    """Seconds a request may wait for a slot before it fails (default: forever)."""
     max_logprobs: int = 20
+    """Most top logprobs a request may ask for."""
     seed: int = 0
+    """Seed of the random seeds given to requests without one."""
 
     def validate(self) -> None:
         def bad(field: str, why: str) -> None:
             raise ValueError(f"EngineConfig.{field}: {why}")
-        for f in ("max_num_seqs", "max_num_batched_tokens", "page_size", "max_model_len"):
-            if getattr(self, f) < 1:
+        for f in ("max_num_seqs", "max_num_batched_tokens", "page_size", "max_model_len",
+                  "num_pages", "kv_cache_memory_bytes"):
+            if getattr(self, f) is not None and getattr(self, f) < 1:
                 bad(f, f"must be positive, got {getattr(self, f)}")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            bad("max_waiting_requests", f"must be >= 0, got {self.max_waiting_requests}")
+        if self.max_queue_wait is not None and self.max_queue_wait <= 0:
+            bad("max_queue_wait", f"must be positive, got {self.max_queue_wait}")
+        if self.max_logprobs < 0:
+            bad("max_logprobs", f"must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_dtype not in ("auto", "bfloat16", "float32", "float16", "int8"):
             bad("kv_cache_dtype", f"must be auto, bfloat16, float32, float16 or int8, "
                                   f"got {self.kv_cache_dtype!r}")
@@ -65,7 +94,8 @@ class EngineConfig:
             bad("attention_backend", f"must be auto, xla or pallas, got {self.attention_backend!r}")
         if self.scheduling_policy not in ("fcfs", "priority"):
             bad("scheduling_policy", f"must be fcfs or priority, got {self.scheduling_policy!r}")
-        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+        if (not self.enable_chunked_prefill and self.max_model_len is not None
+                and self.max_num_batched_tokens < self.max_model_len):
             bad("max_num_batched_tokens", "without chunked prefill it must be at least "
                                           "max_model_len so every prompt fits in one step")
 
@@ -88,9 +118,14 @@ class _Track:
 
 class Engine:
     def __init__(self, model: Any, config: EngineConfig | None = None, mesh: Any = None):
-        self.config = config = config or EngineConfig()
+        config = config or EngineConfig()
         config.validate()
         text = model.config.text
+        if config.max_model_len is None:
+            config = dataclasses.replace(config, max_model_len=min(
+                text.max_position_embeddings, DEFAULT_MAX_MODEL_LEN))
+            config.validate()
+        self.config = config
         self.model = model
         self.tokenizer = model.tokenizer
         self.mesh = mesh if mesh is not None else getattr(model, "mesh", None)
@@ -142,6 +177,28 @@ class Engine:
         self._counter = itertools.count()
         self.num_generated_tokens = 0
         self.num_steps = 0
+        self._compilations_at_warmup = 0
+
+    def warmup(self, progress: Callable[[int, int, int, float], None] | None = None,
+               workers: int = 0) -> int:
+        """Compile every program a text request can meet, before the first request: the step
+        of each token bucket (`workers` compiles at a time, 0: one per core), the penalty
+        priming and the CGA memory reset. Image steps compile when first met.
+        `progress(k, n, bucket, seconds)` reports each step shape. Returns the compilations
+        done; with the persistent compilation cache on, a restart reads them from disk."""
+        if self.has_unfinished():
+            raise RuntimeError("warmup() runs before any request is added")
+        before = self._compilations()
+        self.runner.compile_steps(workers=workers, progress=progress)
+        self.runner.compile_prime()
+        if self.runner.memory is not None:
+            self.runner.set_memory(0, None)
+        self._compilations_at_warmup = self._compilations()
+        return self._compilations_at_warmup - before
+
+    def _compilations(self) -> int:
+        return self.runner.num_compilations + (
+            self.encoders.num_compilations if self.encoders is not None else 0)
 
     # Requests.
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -353,9 +410,10 @@ class Engine:
     # Offline and streaming front ends.
     def generate(self, prompts: Prompt | Sequence[Prompt],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
+                 on_finished: Callable[[], None] | None = None) -> list[RequestOutput]:
         """Run a batch to completion (like vLLM's LLM.generate). Outputs keep prompt order; a
-        request with n > 1 gets n completions in `outputs`."""
+        request with n > 1 gets n completions in `outputs`. `on_finished()` is called as each
+        completion finishes (for progress displays)."""
         if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         params_list = (list(params) if isinstance(params, (list, tuple))
@@ -369,17 +427,10 @@ class Engine:
                 sub = dataclasses.replace(p, n=1, seed=None if p.seed is None else p.seed + j)
                 ids.append(self.add_request(prompt, sub))
             groups.append(ids)
-        total = sum(len(g) for g in groups)
-        done = 0
         while self.has_unfinished():
             for d in self.step():
-                if d.finished:
-                    done += 1
-                    if use_tqdm:
-                        print(f"\rgenerate: {done}/{total} requests, "
-                              f"{self.num_generated_tokens} tokens", end="", file=sys.stderr)
-        if use_tqdm:
-            print(file=sys.stderr)
+                if d.finished and on_finished is not None:
+                    on_finished()
         results = []
         for ids in groups:
             outs = [self.output(i) for i in ids]
@@ -412,8 +463,8 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         a = self.allocator
         return {
-            "compilations": self.runner.num_compilations + (
-                self.encoders.num_compilations if self.encoders is not None else 0),
+            "compilations": self._compilations(),
+            "compilations_after_warmup": self._compilations() - self._compilations_at_warmup,
             "num_pages": a.num_pages - 1,
             "free_pages": a.num_free,
             "kv_cache_usage": a.usage,

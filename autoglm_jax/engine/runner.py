@@ -7,9 +7,11 @@ the penalty state are donated to every step.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import functools
-from typing import Any, Sequence
+import os
+import time
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -110,14 +112,67 @@ class ModelRunner:
         self.penalties = PenaltyState(jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
                                       jnp.zeros((max_num_seqs, vocab_size), bool))
         self.memory: MemoryPool | None = None
+        self.max_prompt_len = max_pages_per_seq * page_size
         self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
         self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
         self._set_memory = jax.jit(self._set_memory_impl, donate_argnums=(0,))
-        self.shapes_compiled: set[tuple[str, int]] = set()
+        # One AOT executable per step shape: (tokens bucket, image rows bucket or None).
+        self._executables: dict[tuple[int, int | None], Any] = {}
+        self.shapes_compiled: set[tuple[Any, ...]] = set()
 
     @property
     def num_compilations(self) -> int:
         return len(self.shapes_compiled)
+
+    # Compilation. Steps run AOT-compiled executables, one per shape, so that `compile_steps`
+    # can build them all before serving (in parallel: XLA compiles outside the GIL) and a
+    # shape met later is compiled exactly once, visibly.
+    def _dummy_inputs(self, tokens: int) -> StepInputs:
+        """An all-padding step of the given shape (no sequence: nothing is written or read)."""
+        s = self.max_num_seqs
+        sampling = SamplingArrays.build([], [], [], s)
+        attention = PagedAttention(np.full((tokens,), -1, np.int32), np.zeros((s,), np.int32),
+                                   np.zeros((s, self.max_pages_per_seq), np.int32),
+                                   np.zeros((s + 1,), np.int32), np.zeros((1,), np.int32),
+                                   impl=self.attention_impl, interpret=self.interpret)
+        mm_index = np.full((tokens,), -1, np.int32) if self.multimodal else None
+        return StepInputs(np.zeros((tokens,), np.int32),
+                          np.zeros((3, tokens) if self.mrope else (tokens,), np.int32),
+                          attention, np.zeros((s,), np.int32), np.zeros((s,), np.int32),
+                          np.zeros((s,), bool), sampling, None, mm_index,
+                          np.full((tokens,), -1, np.int32) if self.memory is not None else None)
+
+    def _lower(self, x: StepInputs) -> Any:
+        return self._step.lower(self.params, self.caches, self.penalties, x, self.memory)
+
+    def compile_steps(self, buckets: Sequence[int] | None = None, workers: int = 0,
+                      progress: Callable[[int, int, int, float], None] | None = None) -> int:
+        """Compile the text step executables of the token `buckets` (default: all) not
+        compiled yet, `workers` at a time (0: one per CPU core). Steps with image rows compile
+        when first met. `progress(k, n, bucket, seconds)` is called as each finishes.
+        Returns how many were compiled."""
+        todo = [t for t in dict.fromkeys(self.buckets if buckets is None else buckets)
+                if (t, None) not in self._executables]
+        if not todo:
+            return 0
+        start = time.perf_counter()
+        # Tracing holds the GIL, so lower one by one; the XLA compiles then overlap.
+        lowered = [(t, self._lower(self._dummy_inputs(t))) for t in todo]
+        workers = workers or os.cpu_count() or 1
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
+            futures = {pool.submit(low.compile): t for t, low in lowered}
+            for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
+                t = futures[fut]
+                self._executables[(t, None)] = fut.result()
+                self.shapes_compiled.add(("step", t, None))
+                if progress is not None:
+                    progress(k, len(todo), t, time.perf_counter() - start)
+        return len(todo)
+
+    def compile_prime(self) -> None:
+        """Compile the penalty priming program (one shape: prompts padded to max_model_len)."""
+        if ("prime",) not in self.shapes_compiled:
+            self.prime_penalties(0, [], [])
 
     # The jitted functions.
     def _forward(self, params: Any, caches: list[KVCache], x: StepInputs,
@@ -192,12 +247,12 @@ class ModelRunner:
 
     # Host side.
     def prime_penalties(self, slot: int, prompt: Sequence[int], outputs: Sequence[int]) -> None:
-        n = _bucket(max(len(prompt), len(outputs), 1), token_buckets(1 << 30))
+        n = self.max_prompt_len  # one shape: a prompt plus its outputs never pass max_model_len
         p = np.full((n,), -1, np.int32)
         p[:len(prompt)] = prompt
         o = np.full((n,), -1, np.int32)
         o[:len(outputs)] = outputs
-        self.shapes_compiled.add(("prime", n))
+        self.shapes_compiled.add(("prime",))
         self.penalties = self._prime(self.penalties, jnp.int32(slot), p, o)
 
     def execute(self, chunks: Sequence[ScheduledChunk],
@@ -205,10 +260,13 @@ class ModelRunner:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
         for the first len(chunks) sequences."""
         x = self.build_inputs(chunks, sampling)
-        rows = None if x.mm_embeds is None else int(x.mm_embeds.shape[0])
-        self.shapes_compiled.add(("step", int(x.input_ids.shape[0]), rows))
-        out, self.caches, self.penalties = self._step(self.params, self.caches, self.penalties, x,
-                                                      self.memory)
+        shape = (int(x.input_ids.shape[0]),
+                 None if x.mm_embeds is None else int(x.mm_embeds.shape[0]))
+        if shape not in self._executables:  # a shape warm-up did not cover (image rows)
+            self._executables[shape] = self._lower(x).compile()
+            self.shapes_compiled.add(("step", *shape))
+        out, self.caches, self.penalties = self._executables[shape](
+            self.params, self.caches, self.penalties, x, self.memory)
         return tuple(np.asarray(a)[:len(chunks)] for a in out)
 
     def _image_rows(self, chunks: Sequence[ScheduledChunk], t: int

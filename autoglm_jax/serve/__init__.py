@@ -1,7 +1,7 @@
 """The OpenAI-compatible server (the `serve` extra: fastapi, uvicorn).
 
     from autoglm_jax.serve import ServeConfig, run_server
-    run_server(ServeConfig(model="path/to/checkpoint", port=8000))
+    run_server(ag.Engine(ag.load("path/to/checkpoint")), ServeConfig(port=8000))
 
 `ServeConfig` imports nothing outside the standard library; the rest loads on first use, so
 listing the CLI's flags does not need the extra installed.
@@ -17,7 +17,6 @@ _LAZY = {
     "create_app": "autoglm_jax.serve.app",
     "EngineThread": "autoglm_jax.serve.engine_thread",
     "run_server": "autoglm_jax.serve.server",
-    "build_engine": "autoglm_jax.serve.server",
 }
 
 
@@ -28,4 +27,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'autoglm_jax.serve' has no attribute {name!r}")
 
 
-__all__ = ["EngineThread", "ServeConfig", "build_engine", "create_app", "run_server"]
+__all__ = ["EngineThread", "ServeConfig", "create_app", "run_server"]

@@ -1,6 +1,6 @@
 """The FastAPI app: routes, API-key and body-size guards, OpenAI-shaped errors.
 
-    app = create_app(engine, ServeConfig(model="tiny"))   # owns an EngineThread (lifespan)
+    app = create_app(engine, ServeConfig(served_model_name="tiny"))   # owns an EngineThread (lifespan)
     app = create_app(engine_thread, config)                # a thread you start and stop
 
 Every error, including bad JSON, unknown routes and anything unexpected, is answered as
@@ -98,9 +98,37 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad_request(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}")
+    _check_json(body, "", 0)
     return body
+
+
+MAX_JSON_DEPTH = 64  # no OpenAI request needs more; deeper bodies only exhaust the stack
+
+
+def _check_json(value: Any, path: str, depth: int) -> None:
+    """Refuse what valid JSON can carry but no request field can use: nesting deeper than
+    MAX_JSON_DEPTH and strings with lone UTF-16 surrogates (text that is not Unicode)."""
+    if depth > MAX_JSON_DEPTH:
+        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
+                          path or None)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise bad_request(f"a string holds a lone UTF-16 surrogate ({e.object[e.start]!r}"
+                              f" at character {e.start}); send valid Unicode text",
+                              path or None) from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_json(k, path, depth + 1)
+            _check_json(v, f"{path}.{k}" if path else str(k), depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_json(v, f"{path}[{i}]", depth + 1)
 
 
 def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
@@ -181,7 +209,7 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
                                                                 proto.CompletionRequest))
 
     def card() -> dict[str, Any]:
-        return proto.model_card(config.model_name, config.model, started,
+        return proto.model_card(config.model_name, config.model_name, started,
                                 serving.max_model_len)
 
     @app.get("/v1/models")

@@ -25,10 +25,8 @@ import threading
 import time
 from typing import Any, Sequence
 
-import numpy as np
 
 from autoglm_jax.engine.engine import Engine
-from autoglm_jax.engine.runner import token_buckets
 from autoglm_jax.engine.sampling import SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError
 from autoglm_jax.serve.metrics import ServerMetrics
@@ -151,8 +149,13 @@ class EngineThread:
         try:
             if self.do_warmup:
                 t0 = time.monotonic()
-                n = warmup(self.engine)
-                log.info("warm-up: %d step shapes compiled in %.1f s", n,
+
+                def progress(k: int, n: int, bucket: int, seconds: float) -> None:
+                    log.info("compiling: step shape %d of %d (%d tokens), %.1f s", k, n, bucket,
+                             seconds)
+
+                n = self.engine.warmup(progress=progress)
+                log.info("warm-up: %d programs compiled or read from the cache in %.1f s", n,
                          time.monotonic() - t0)
             self._baseline = self.engine.stats()
             self._snapshot()
@@ -346,43 +349,3 @@ class EngineThread:
 def _deliver(items: list[tuple[RequestHandle, tuple]]) -> None:
     for handle, event in items:
         handle.queue.put_nowait(event)
-
-
-# ----------------------------------------------------------------------------------------
-# Warm-up.
-
-
-def warmup(engine: Engine, seed: int = 0) -> int:
-    """Run throw-away requests that reach every step shape the engine can compile: each token
-    bucket (one batch of prompts adding up to it) and each penalty-state bucket (a prompt of
-    each power-of-two length up to max_model_len - 1). Returns the compilations done."""
-    cfg = engine.config
-    vocab = engine.model.config.text.vocab_size
-    tok = engine.tokenizer
-    special = getattr(tok, "special_token_id_set", frozenset()) if tok is not None else ()
-    # Ordinary tokens only: special ones (image placeholders...) mean something to the engine.
-    pool = np.asarray([i for i in range(min(vocab, len(tok) if tok is not None else vocab))
-                       if i not in special])
-    longest = cfg.max_model_len - 1
-    rng = np.random.default_rng(seed)
-
-    def prompt(n: int) -> list[int]:  # random ids: no prefix-cache hits change the shapes
-        return rng.choice(pool, n).tolist()
-
-    params = SamplingParams(max_tokens=2, temperature=0.8, top_p=0.9, repetition_penalty=1.05,
-                            ignore_eos=True, logprobs=1)
-    before = engine.stats()["compilations"]
-    for bucket in token_buckets(cfg.max_num_batched_tokens):
-        pieces, left = [], bucket
-        while left > 0 and len(pieces) < cfg.max_num_seqs:
-            pieces.append(min(left, longest))
-            left -= pieces[-1]
-        engine.generate([prompt(n) for n in pieces], params)
-    n = 16
-    while n < longest:
-        if n > cfg.max_num_batched_tokens:
-            engine.generate([prompt(n)], params)
-        n *= 2
-    if longest > cfg.max_num_batched_tokens:
-        engine.generate([prompt(longest)], dataclasses.replace(params, max_tokens=1))
-    return engine.stats()["compilations"] - before

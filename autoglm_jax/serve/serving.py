@@ -91,6 +91,7 @@ class OpenAIServing:
         self.model_name = config.model_name
         self.max_model_len = engine.config.max_model_len
         self.max_logprobs = engine.config.max_logprobs
+        self.scheduling_policy = engine.config.scheduling_policy
         self.vocab_size = engine.model.config.text.vocab_size
         self.modalities = engine_modalities(engine)
         self._token_cache: dict[int, tuple[str, list[int]]] = {}
@@ -108,7 +109,7 @@ class OpenAIServing:
                               "stream_options")
         if req.logit_bias:
             raise bad_request("logit_bias is not supported by this server", "logit_bias")
-        if req.priority != 0 and self.config.scheduling_policy != "priority":
+        if req.priority != 0 and self.scheduling_policy != "priority":
             raise bad_request("priority needs a server started with --scheduling-policy "
                               "priority", "priority")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])

@@ -199,16 +199,18 @@ def plot_losses(records: Iterable[Mapping[str, Any]], path: str | Path,
         import matplotlib.pyplot as plt
     except ImportError:
         return _plot_pillow(series, path)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for k, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if any(p[1] > 0 for pts in series.values() for p in pts):
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend()
+    # One panel per series: the total and its terms (ce equals loss when pretraining) would
+    # otherwise draw on top of each other.
+    n = max(1, len(series))
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.2 * n + 0.6), dpi=100, sharex=True,
+                             squeeze=False)
+    for ax, (k, pts) in zip(axes[:, 0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C0")
+        ax.set_ylabel(k)
+        if all(p[1] > 0 for p in pts):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

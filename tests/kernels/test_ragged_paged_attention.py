@@ -409,7 +409,7 @@ def test_lowers_to_triton(num_tokens, num_seqs, head_dim, kv_dtype):
 # ----- benchmark smoke test -----------------------------------------------------------------
 
 def test_bench_quick_writes_json(tmp_path):
-    from autoglm_jax.kernels.bench import BenchAttentionArgs, run_bench_attention
+    from infer.bench_attention import BenchAttentionArgs, run_bench_attention
 
     args = BenchAttentionArgs(quick=True, batch_sizes=(2,), context_lens=(48,), dtypes=("int8",),
                               out_dir=tmp_path)

@@ -1,5 +1,5 @@
-"""Live servers and helpers for the serve tests: `python -m autoglm_jax.serve.server --model
-tiny` in a subprocess on 127.0.0.1 with a free port (streaming needs a real socket; in-process
+"""Live servers and helpers for the serve tests: `python -m infer serve --model tiny` in a
+subprocess on 127.0.0.1 with a free port (streaming needs a real socket; in-process
 test clients buffer whole responses), media builders and an SSE parser.
 
 Both servers use the same engine shapes, so the JAX compilation cache (kept in .pytest_cache)
@@ -96,16 +96,22 @@ class LiveServer:
 
 
 def start_server(directory: Path, cache_dir: str, *extra: str) -> LiveServer:
+    """The tests' server: tiny model, API key, small body limit, small engine shapes."""
+    return launch_server(directory, ["serve", "--model", MODEL, "--api-key", API_KEY,
+                                     "--max-request-body-bytes", str(MAX_BODY), *ENGINE_FLAGS,
+                                     *extra], cache_dir)
+
+
+def launch_server(directory: Path, argv: list[str], cache_dir: str) -> LiveServer:
+    """`python -m infer <argv>` on a free port, healthy (or a RuntimeError with its log)."""
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "server.log"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
     env.pop("XLA_FLAGS", None)  # one CPU device is enough for the server
     for attempt in range(3):
         port = _free_port()
-        cmd = [sys.executable, "-m", "autoglm_jax.serve.server", "--model", MODEL,
-               "--port", str(port), "--api-key", API_KEY, "--compilation-cache-dir", cache_dir,
-               "--max-request-body-bytes", str(MAX_BODY), "--uvicorn-log-level", "warning",
-               *ENGINE_FLAGS, *extra]
+        cmd = [sys.executable, "-m", "infer", *argv, "--port", str(port),
+               "--compilation-cache-dir", cache_dir, "--uvicorn-log-level", "warning"]
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     cwd=Path(__file__).resolve().parents[2])

@@ -15,33 +15,57 @@ from .helpers import MODEL
 tyro = pytest.importorskip("tyro")
 
 
+def _parse_serve(argv):
+    from infer.serve import ServeArgs
+    return tyro.cli(ServeArgs, args=argv, config=(tyro.conf.OmitArgPrefixes,))
+
+
 def test_vllm_flag_names_parse():
-    cfg = tyro.cli(ServeConfig, args=[
+    from autoglm_jax.engine import EngineConfig
+    from infer.flags import EngineFlags, ModelFlags
+
+    args = _parse_serve([
         "--model", "/ckpt", "--served-model-name", "autoglm-phone-9b", "--host", "0.0.0.0",
         "--port", "9000", "--tensor-parallel-size", "2", "--max-model-len", "4096",
         "--max-num-batched-tokens", "1024", "--max-num-seqs", "32", "--enable-chunked-prefill",
         "--no-enable-prefix-caching", "--kv-cache-dtype", "int8", "--api-key", "k",
         "--allowed-local-media-path", "/data", "--scheduling-policy", "priority",
-        "--block-size", "32", "--max-waiting-requests", "100", "--max-queue-wait", "2.5"])
-    assert cfg == ServeConfig(
-        model="/ckpt", served_model_name="autoglm-phone-9b", host="0.0.0.0", port=9000,
-        tensor_parallel_size=2, max_model_len=4096, max_num_batched_tokens=1024,
-        max_num_seqs=32, enable_chunked_prefill=True, enable_prefix_caching=False,
-        kv_cache_dtype="int8", api_key="k", allowed_local_media_path="/data",
-        scheduling_policy="priority", block_size=32, max_waiting_requests=100,
-        max_queue_wait=2.5)
-    assert cfg.model_name == "autoglm-phone-9b"
-    defaults = ServeConfig(model="m")
-    assert (defaults.host, defaults.port, defaults.model_name) == ("127.0.0.1", 8000, "m")
+        "--block-size", "32", "--max-waiting-requests", "100", "--max-queue-wait", "2.5",
+        "--num-gpu-blocks-override", "77"])
+    assert args.server == ServeConfig(
+        served_model_name="autoglm-phone-9b", host="0.0.0.0", port=9000, api_key="k",
+        allowed_local_media_path="/data")
+    assert args.model == ModelFlags(model="/ckpt", tensor_parallel_size=2)
+    assert args.engine.engine_config() == EngineConfig(
+        max_model_len=4096, max_num_batched_tokens=1024, max_num_seqs=32,
+        enable_chunked_prefill=True, enable_prefix_caching=False, kv_cache_dtype="int8",
+        scheduling_policy="priority", page_size=32, max_waiting_requests=100,
+        max_queue_wait=2.5, num_pages=77)
+    assert args.server.model_name == "autoglm-phone-9b"
+    defaults = ServeConfig()
+    assert (defaults.host, defaults.port) == ("127.0.0.1", 8000)
+    # Every command parses the same engine flags to the same defaults: EngineConfig's.
+    assert EngineFlags().engine_config() == EngineConfig()
 
 
 @pytest.mark.parametrize("change,flag", [
-    ({"port": 0}, "--port"), ({"port": 70000}, "--port"), ({"max_num_seqs": 0}, "--max-num-seqs"),
-    ({"max_model_len": 0}, "--max-model-len"), ({"max_queue_wait": 0.0}, "--max-queue-wait"),
-    ({"api_key": ""}, "--api-key"), ({"max_waiting_requests": -1}, "--max-waiting-requests")])
+    ({"port": 0}, "--port"), ({"port": 70000}, "--port"), ({"api_key": ""}, "--api-key")])
 def test_validation_names_the_flag(change, flag):
     with pytest.raises(ValueError, match=flag):
-        ServeConfig(model="m", **change).validate()
+        ServeConfig(**change).validate()
+
+
+@pytest.mark.parametrize("change,flag", [
+    ({"max_num_seqs": 0}, "--max-num-seqs"), ({"max_model_len": 0}, "--max-model-len"),
+    ({"max_queue_wait": 0.0}, "--max-queue-wait"), ({"block_size": 0}, "--block-size"),
+    ({"max_waiting_requests": -1}, "--max-waiting-requests"),
+    ({"num_gpu_blocks_override": 0}, "--num-gpu-blocks-override")])
+def test_engine_flag_validation_names_the_flag(change, flag):
+    import dataclasses
+
+    from infer.flags import EngineFlags
+    with pytest.raises(SystemExit, match=flag):
+        dataclasses.replace(EngineFlags(), **change).engine_config()
 
 
 def test_prometheus_text_histograms_are_cumulative():

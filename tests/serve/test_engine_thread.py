@@ -27,7 +27,8 @@ class FakeEngine:
     def __init__(self, tokenizer, max_running=2, max_waiting=1, script=None):
         self.tokenizer = tokenizer
         self.script = script  # token ids every request generates, decoded like the engine
-        self.config = types.SimpleNamespace(max_model_len=512, max_logprobs=5)
+        self.config = types.SimpleNamespace(max_model_len=512, max_logprobs=5,
+                                            scheduling_policy="fcfs")
         self.model = types.SimpleNamespace(config=types.SimpleNamespace(
             text=types.SimpleNamespace(vocab_size=523)))
         self.max_running, self.max_waiting = max_running, max_waiting
@@ -200,7 +201,7 @@ def test_engine_failure_fails_requests_and_health(tokenizer):
     engine = FakeEngine(tokenizer)
     thread = EngineThread(engine, warmup=False)
     thread.start()
-    app = create_app(thread, ServeConfig(model="fake"))
+    app = create_app(thread, ServeConfig(served_model_name="fake"))
 
     async def run():
         transport = httpx.ASGITransport(app=app)
@@ -231,7 +232,7 @@ def test_failure_mid_stream_is_an_error_event_then_done(tokenizer):
     engine = FakeEngine(tokenizer)
     thread = EngineThread(engine, warmup=False)
     thread.start()
-    app = create_app(thread, ServeConfig(model="fake"))
+    app = create_app(thread, ServeConfig(served_model_name="fake"))
     engine.explode_at_step = 3  # three steps stream a token each, the fourth fails
 
     async def run():
@@ -255,7 +256,7 @@ def test_failure_mid_stream_is_an_error_event_then_done(tokenizer):
 def _app_over(engine):
     thread = EngineThread(engine, warmup=False)
     thread.start()
-    return thread, create_app(thread, ServeConfig(model="fake"))
+    return thread, create_app(thread, ServeConfig(served_model_name="fake"))
 
 
 async def _post(app, body):

@@ -10,6 +10,7 @@ import zlib
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from .helpers import (API_KEY, MAX_BODY, MAX_MODEL_LEN, MODEL, data_url, is_openai_error,
                       png_bytes, wav_bytes)
@@ -195,6 +196,16 @@ def catalogue(media_dir):
         ("oversized chunked body", "POST", CHAT,
          {"content": iter([b'{"model": "tiny", "pad": "'] + [b"x" * 65536] * 20 + [b'"}'])},
          413, None, "larger than"),
+        ("arrays nested 5000 deep", "POST", CHAT, {"content": "[" * 5000 + "]" * 5000},
+         400, None, "nests deeper"),
+        ("objects nested 5000 deep in a field", "POST", CHAT,
+         {"content": '{"model": "tiny", "messages": ' + '{"a": ' * 5000 + "1" + "}" * 5001},
+         400, None, "nests deeper"),
+        ("lone surrogate in chat content", "POST", CHAT,
+         {"content": '{"messages": [{"role": "user", "content": "hi \\ud800"}]}'},
+         400, "messages[0].content", "surrogate"),
+        ("lone surrogate in a completions prompt", "POST", COMP,
+         {"content": '{"prompt": "\\udfff x", "max_tokens": 2}'}, 400, "prompt", "surrogate"),
         ("unknown route", "GET", "/v1/engines", {}, 404, None, "Not found"),
         ("wrong method", "GET", CHAT, {}, 405, None, ""),
         ("unknown model card", "GET", "/v1/models/other", {}, 404, "model", "other"),
@@ -249,3 +260,34 @@ def test_stream_error_shape_when_refused_before_streaming(server):
     r = server.post(CHAT, {"model": MODEL, "messages": HI, "stream": True, "max_tokens": -1})
     assert r.status_code == 400 and is_openai_error(r.json(), 400)
     assert r.headers["content-type"].startswith("application/json")
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(st.characters(codec=None), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8)
+FIELDS = ["model", "messages", "prompt", "max_tokens", "temperature", "stop", "n", "stream",
+          "logprobs", "top_logprobs", "seed", "stream_options", "tools", "response_format"]
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "x"]),
+                                 "content": JSON})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from([CHAT, COMP]),
+       body=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=5)
+       | st.fixed_dictionaries({"messages": st.lists(MESSAGE, max_size=2),
+                                "max_tokens": st.integers(-2, 3)})
+       | JSON)
+def test_any_json_body_gets_an_answer_or_a_4xx(server, path, body):
+    """Generated JSON values, strings (lone surrogates included) and field types: never a 500,
+    always OpenAI's error shape, and the server stays healthy."""
+    if isinstance(body, dict) and "max_tokens" not in body:
+        body["max_tokens"] = 2  # a generated request that is valid should finish quickly
+    r = httpx.post(f"{server.url}{path}", headers=server.headers, timeout=60,
+                   content=json.dumps(body).encode())
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert is_openai_error(r.json(), r.status_code), r.text
+    assert httpx.get(f"{server.url}/health").status_code == 200

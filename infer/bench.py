@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from autoglm_jax.engine.commands import ModelArgs, load_model
-from autoglm_jax.engine.engine import Engine, EngineConfig
-from autoglm_jax.engine.sampling import SamplingParams
+from autoglm_jax.engine import Engine, SamplingParams
+from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +28,8 @@ class BenchArgs:
     """Benchmark the engine (continuous batching) against one-at-a-time, static batches and
     Hugging Face generate."""
 
-    model: ModelArgs = ModelArgs(model="small")
+    model: ModelFlags = ModelFlags(model="small")
+    engine: EngineFlags = EngineFlags()
     num_requests: int = 64
     """Requests in the continuous-batching run."""
     request_rate: float | None = None
@@ -38,10 +38,6 @@ class BenchArgs:
     """Prompt tokens per request (random ids)."""
     output_len: int = 256
     """Output tokens per request (EOS ignored)."""
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 1024
-    page_size: int = 16
-    kv_cache_dtype: str = "auto"
     baseline_requests: int = 4
     """Requests for the one-at-a-time baseline (its throughput does not depend on the count)."""
     static_batch_size: int = 8
@@ -110,7 +106,7 @@ def _hf_baseline(model: Any, prompts: list[list[int]], output_len: int,
     with tempfile.TemporaryDirectory() as tmp:
         ag.export_hf(model, tmp)
         spec = {"dir": tmp, "prompts": prompts, "output_len": output_len, "batch": batch}
-        script = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_generate.py"
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_generate.py"
         proc = subprocess.run([sys.executable, str(script)], input=json.dumps(spec),
                               capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -119,25 +115,24 @@ def _hf_baseline(model: Any, prompts: list[list[int]], output_len: int,
 
 
 def run_bench(args: BenchArgs) -> dict[str, Any]:
-    model = load_model(args.model)
+    flags = args.engine
+    if flags.max_model_len is None:  # room for the workload, not the model's whole context
+        flags = dataclasses.replace(flags, max_model_len=args.prompt_len + args.output_len
+                                    + flags.block_size)
+    engine = build_engine(args.model, flags)
+    model = engine.model
     text = model.config.text
-    max_len = args.prompt_len + args.output_len + args.page_size
-    cfg = EngineConfig(max_num_seqs=args.max_num_seqs,
-                       max_num_batched_tokens=args.max_num_batched_tokens,
-                       page_size=args.page_size, max_model_len=max_len,
-                       kv_cache_dtype=args.kv_cache_dtype, enable_prefix_caching=True)
-    engine = Engine(model, cfg, mesh=model.mesh)
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     vocab = text.vocab_size
     print(f"bench: {args.model.model} ({model.num_params / 1e6:.1f}M params), "
           f"{args.num_requests} requests x {args.prompt_len} prompt / {args.output_len} output "
           f"tokens, backend {engine.attention_impl}", file=sys.stderr)
-    # Warm-up compiles the token buckets the runs will use; its prompts differ from the timed
-    # ones so the prefix cache cannot flatter anything.
+    compile_s = warm_up(engine)
+    # A throw-away batch first (its prompts differ from the timed ones, so the prefix cache
+    # cannot flatter anything): first-run effects stay out of the timings.
     warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-    engine.generate(_prompts(args.max_num_seqs, args.prompt_len, vocab, 999), warm)
-    engine.generate(_prompts(1, args.prompt_len, vocab, 998), warm)
-    results: dict[str, Any] = {
+    engine.generate(_prompts(flags.max_num_seqs, args.prompt_len, vocab, 999), warm)
+    results: dict[str, Any] = {"compile_s": compile_s,
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()} "
         f"{os.cpu_count()} cpus", "backend": engine.attention_impl, "args": _jsonable(args)}
     print("bench: continuous batching ...", file=sys.stderr)

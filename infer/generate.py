@@ -1,4 +1,4 @@
-"""What `python -m infer generate` and `python -m infer chat` do (the CLI only parses flags)."""
+"""`python -m infer generate` (offline batch) and `python -m infer chat` (interactive)."""
 
 from __future__ import annotations
 
@@ -9,44 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from autoglm_jax.engine.engine import Engine, EngineConfig
-from autoglm_jax.engine.sampling import SamplingParams
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelArgs:
-    model: str = "tiny"
-    """A checkpoint directory (Hugging Face or `ag.save`), or a preset name (`tiny`, ...) for a
-    smoke run with RANDOM weights."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Parameter and compute dtype."""
-    tensor_parallel_size: int = 1
-    """Devices for tensor parallelism (2 on the 2x RTX 4090 rig)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineArgs:
-    max_model_len: int = 4096
-    """Longest prompt + output, in tokens."""
-    max_num_batched_tokens: int = 512
-    """Token budget of one engine step (decode tokens + prefill chunks)."""
-    max_num_seqs: int = 32
-    """Sequences decoded together."""
-    page_size: int = 16
-    """Tokens per KV page."""
-    kv_cache_dtype: Literal["auto", "bfloat16", "float32", "int8"] = "auto"
-    """KV cache storage; int8 halves it (per-token, per-head scales)."""
-    enable_prefix_caching: bool = True
-    """Reuse KV pages of shared prompt prefixes."""
-    num_pages: int | None = None
-    """KV pages to allocate (default: sized from max_num_seqs * max_model_len, capped at 2 GiB)."""
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(max_num_seqs=self.max_num_seqs,
-                            max_num_batched_tokens=self.max_num_batched_tokens,
-                            page_size=self.page_size, max_model_len=self.max_model_len,
-                            enable_prefix_caching=self.enable_prefix_caching,
-                            kv_cache_dtype=self.kv_cache_dtype, num_pages=self.num_pages)
+from autoglm_jax.engine import SamplingParams
+from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
+from infer.progress import Progress, print_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +22,11 @@ class SamplingArgs:
     """0 is greedy."""
     top_p: float = 1.0
     top_k: int = 0
-    seed: int | None = None
-    """Per-request seed: the same seed gives the same text."""
+    """0: disabled. (Each request's random seed comes from --seed, the engine's.)"""
 
     def params(self) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+                              top_p=self.top_p, top_k=self.top_k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +41,8 @@ class GenerateArgs:
     """Write results as JSONL here (default: print them)."""
     chat: bool = False
     """Wrap each text prompt as a user message and render the chat template."""
-    model: ModelArgs = ModelArgs()
-    engine: EngineArgs = EngineArgs()
+    model: ModelFlags = ModelFlags()
+    engine: EngineFlags = EngineFlags()
     sampling: SamplingArgs = SamplingArgs()
 
 
@@ -94,34 +58,9 @@ class ChatArgs:
     """WAV files for the first turn (models with an audio encoder)."""
     enable_thinking: bool = False
     """Let the model think (<think>...</think>) before answering."""
-    model: ModelArgs = ModelArgs()
-    engine: EngineArgs = EngineArgs()
+    model: ModelFlags = ModelFlags()
+    engine: EngineFlags = EngineFlags()
     sampling: SamplingArgs = SamplingArgs(max_tokens=256)
-
-
-def load_model(args: ModelArgs, log: TextIO = sys.stderr) -> Any:
-    """A checkpoint directory, or a preset with random weights (announced as a smoke run)."""
-    import jax.numpy as jnp
-
-    import autoglm_jax as ag
-    from autoglm_jax.config import preset_names
-
-    mesh = ag.make_mesh(tensor=args.tensor_parallel_size) if args.tensor_parallel_size > 1 else None
-    dtype = jnp.dtype(args.dtype)
-    if Path(args.model).is_dir():
-        print(f"loading {args.model} ({args.dtype})", file=log)
-        return ag.load(args.model, dtype=dtype, mesh=mesh)
-    if args.model not in preset_names():
-        raise SystemExit(f"--model {args.model!r}: not a directory and not a preset "
-                         f"(presets: {', '.join(preset_names())})")
-    print(f"SMOKE RUN: preset {args.model!r} with RANDOM weights; the text is meaningless. "
-          "Pass --model DIR for a real checkpoint.", file=log)
-    model = ag.init(args.model, dtype=dtype, mesh=mesh)
-    from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
-    tokenizer = Tokenizer.from_dir(TINY_TOKENIZER_DIR)
-    if model.config.text.vocab_size >= tokenizer.vocab_size:
-        model = dataclasses.replace(model, tokenizer=tokenizer)
-    return model
 
 
 def _read_prompts(args: GenerateArgs) -> list[Any]:
@@ -152,15 +91,19 @@ def _read_prompts(args: GenerateArgs) -> list[Any]:
     return prompts
 
 
-def run_generate(args: GenerateArgs, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
-    model = load_model(args.model)
-    engine = Engine(model, args.engine.engine_config(), mesh=model.mesh)
+def run_generate(args: GenerateArgs, out: TextIO = sys.stdout,
+                 log: TextIO = sys.stderr) -> list[dict[str, Any]]:
+    """Results go to `out` (JSONL) or --output; progress and the final table to `log`."""
     prompts = _read_prompts(args)
+    engine = build_engine(args.model, args.engine)
+    compile_s = warm_up(engine, log)
+    progress = Progress(log, "generate", total=len(prompts), unit="requests")
     start = time.perf_counter()
-    results = engine.generate(prompts, args.sampling.params(), use_tqdm=True)
+    results = engine.generate(prompts, args.sampling.params(), on_finished=progress.advance)
     elapsed = time.perf_counter() - start
-    rows = [{"prompt": p if isinstance(p, str) else p, "text": r.text, "token_ids": r.token_ids,
-             "finish_reason": r.finish_reason} for p, r in zip(prompts, results)]
+    progress.close()
+    rows = [{"prompt": p, "text": r.text, "token_ids": r.outputs[0].token_ids,
+             "finish_reason": r.outputs[0].finish_reason} for p, r in zip(prompts, results)]
     if args.output is not None:
         with open(args.output, "w", encoding="utf-8") as f:
             for row in rows:
@@ -168,21 +111,33 @@ def run_generate(args: GenerateArgs, out: TextIO = sys.stdout) -> list[dict[str,
     else:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False), file=out)
-    tokens = sum(len(r.token_ids) for r in results)
-    print(f"{len(results)} requests, {tokens} tokens in {elapsed:.2f} s "
-          f"({tokens / max(elapsed, 1e-9):.1f} tokens/s); stats: {engine.stats()}", file=sys.stderr)
+    tokens = sum(len(row["token_ids"]) for row in rows)
+    stats = engine.stats()
+    print_table(log, [
+        ("requests", len(results)), ("output tokens", tokens),
+        ("compile (before generating)", f"{compile_s:.1f} s"),
+        ("generate", f"{elapsed:.2f} s"),
+        ("throughput", f"{tokens / max(elapsed, 1e-9):.1f} output tokens/s"),
+        ("compilations while generating", stats["compilations_after_warmup"]),
+        ("engine steps", stats["num_steps"]),
+        ("prefix cache hit rate", f"{stats['prefix_cache_hit_rate']:.2f}"),
+        ("attention backend", stats["attention_backend"]),
+    ] + ([("written to", str(args.output))] if args.output is not None else []))
     return rows
 
 
-def run_chat(args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
-    model = load_model(args.model)
+def run_chat(args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
+             log: TextIO = sys.stderr) -> None:
+    engine = build_engine(args.model, args.engine)
+    model = engine.model
     if model.tokenizer is None:
         raise SystemExit("chat needs a checkpoint with a tokenizer")
     if (args.image and model.config.model_type in ("glm", "glm4")) or (
             args.audio and getattr(model.config, "audio", None) is None):
         raise SystemExit(f"model type {model.config.model_type!r} does not take "
                          f"{'images' if args.image else 'audio'}")
-    engine = Engine(model, args.engine.engine_config(), mesh=model.mesh)
+    compile_s = warm_up(engine, log)
+    print(f"ready (compiling took {compile_s:.1f} s)", file=log, flush=True)
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
