@@ -27,3 +27,21 @@ def test_public_api():
                  "ModelConfig", "TextConfig"):
         assert hasattr(ag, name), name
     assert set(ag.__all__) <= set(dir(ag))
+
+
+def test_test_folders_cannot_shadow_installed_packages():
+    """tests/ is one package: its folders are `tests.kernels`, `tests.engine`, ..., never a
+    top-level `kernels` that would hide PyPI's (transformers imports that one)."""
+    import importlib.util
+    import sys
+
+    here = __import__("pathlib").Path(__file__).resolve().parent
+    assert (here / "__init__.py").exists()
+    assert __name__ == "tests.test_package"
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        if path.startswith(str(here)):
+            assert name == "tests" or name.startswith("tests."), (name, path)
+    spec = importlib.util.find_spec("kernels")
+    if spec is not None:  # installed with transformers
+        assert not str(spec.origin).startswith(str(here)), spec.origin
