@@ -33,28 +33,40 @@ class ReasoningParser:
     """Text in, (reasoning, content) increments out."""
 
     def __init__(self, in_reasoning: bool = False, start: str = THINK_START,
-                 end: str = THINK_END):
+                 end: str = THINK_END, drop_stray_tags: bool = False):
+        """drop_stray_tags: a tag that does not switch state (`</think>` before any
+        `<think>`, either tag after the answer began) is removed instead of passed on as
+        text; for tags that are special tokens under skip_special_tokens, which the client
+        asked not to see."""
         self.start, self.end = start, end
         self.state = "reasoning" if in_reasoning else "before"
+        self.drop_stray_tags = drop_stray_tags
         self._held = ""
+
+    def _tags(self) -> tuple[str | None, list[str]]:
+        """(the tag that switches state here, stray tags to drop here)."""
+        if self.state == "before":
+            return self.start, [self.end]
+        if self.state == "reasoning":
+            return self.end, [self.start]
+        return None, [self.start, self.end]
 
     def feed(self, text: str) -> tuple[str, str]:
         buf = self._held + text
         reasoning, content = [], []
         while buf:
-            if self.state == "after":
-                content.append(buf)
-                buf = ""
-                break
-            tag = self.start if self.state == "before" else self.end
-            out = content if self.state == "before" else reasoning
-            idx = buf.find(tag)
-            if idx >= 0:
+            out = reasoning if self.state == "reasoning" else content
+            switch, stray = self._tags()
+            looked = ([switch] if switch else []) + (stray if self.drop_stray_tags else [])
+            found = [(buf.find(t), t) for t in looked if buf.find(t) >= 0]
+            if found:
+                idx, tag = min(found)
                 out.append(buf[:idx])
                 buf = buf[idx + len(tag):]
-                self.state = "reasoning" if self.state == "before" else "after"
+                if tag == switch:
+                    self.state = "reasoning" if self.state == "before" else "after"
                 continue
-            keep = _partial_suffix(buf, tag)
+            keep = max((_partial_suffix(buf, t) for t in looked), default=0)
             out.append(buf[:len(buf) - keep])
             buf = buf[len(buf) - keep:]
             break
@@ -132,7 +144,6 @@ def reasoning_stream(tokenizer: Any, prompt_text: str, prompt_ids: Sequence[int]
                      skip_special_tokens: bool) -> ReasoningStream:
     """The pipeline for one choice of a chat request with thinking on."""
     in_reasoning = prompt_text.rstrip().endswith(THINK_START)
-    parser = ReasoningParser(in_reasoning=in_reasoning)
     injector = None
     if skip_special_tokens:
         special = getattr(tokenizer, "special_token_id_set", frozenset())
@@ -143,4 +154,6 @@ def reasoning_stream(tokenizer: Any, prompt_text: str, prompt_ids: Sequence[int]
                 tags[tid] = tag
         if tags:
             injector = TagInjector(tokenizer, tags, prompt_ids, skip_special_tokens)
+    # Injected tags exist only to split the text: one that splits nothing must not show.
+    parser = ReasoningParser(in_reasoning=in_reasoning, drop_stray_tags=injector is not None)
     return ReasoningStream(parser, injector)

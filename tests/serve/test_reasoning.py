@@ -89,3 +89,27 @@ def test_tag_injector_drops_tags_past_a_stop_truncation(tokenizer):
 def test_non_special_tags_need_no_injector(tokenizer):
     stream = reasoning_stream(tokenizer, "x", None, skip_special_tokens=False)
     assert stream.injector is None  # decoded text keeps the tags: the parser alone suffices
+
+
+@pytest.mark.parametrize("holdback", [0, 3])
+@pytest.mark.parametrize("prompt,expected", [
+    ("<|assistant|>\n", (" answer", "abfinal")),  # </think> with no <think>: dropped
+    ("<|assistant|>\n<think>", ("ab", "final answer")),  # the same tokens inside reasoning
+])
+def test_stray_special_tags_never_reach_the_text(tokenizer, holdback, prompt, expected):
+    """Under skip_special_tokens the tags are put back only to split the text: a tag that
+    splits nothing (an end without a start, a second start) is dropped, streamed or not."""
+    think, end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
+    ids = (tokenizer.encode("ab") + [end] + tokenizer.encode("final") + [think]
+           + tokenizer.encode(" answer"))
+    whole = reasoning_stream(tokenizer, prompt, None, skip_special_tokens=True).split(
+        tokenizer.decode(ids, skip_special_tokens=True), ids)
+    stream = reasoning_stream(tokenizer, prompt, None, skip_special_tokens=True)
+    r = c = ""
+    for token_ids, text in _engine_like_deltas(tokenizer, ids, True, holdback):
+        dr, dc = stream.feed(text, token_ids)
+        r, c = r + dr, c + dc
+    dr, dc = stream.finish()
+    assert (r + dr, c + dc) == whole == expected
+    for tag in ("<think>", "</think>"):
+        assert tag not in r + c
