@@ -23,7 +23,13 @@ Rules = Mapping[str, str | tuple[str, ...] | None]
 
 _TENSOR = {"heads": "tensor", "kv_heads": "tensor", "mlp": "tensor", "vocab": "tensor"}
 
+_AUTO = {"batch": ("data", "fsdp"), "embed": "fsdp", **_TENSOR}
+
 RULES: dict[str, Rules] = {
+    # The default: every mesh axis larger than 1 splits what its name says (data and fsdp the
+    # batch, fsdp the weights along `embed`, tensor the heads, MLP neurons and vocabulary);
+    # an axis of size 1 splits nothing, so on a tensor-only mesh this is "tp".
+    "auto": _AUTO,
     # Tensor parallel (the 2x RTX 4090 rig: tensor=2): attention split by head, MLP by neuron.
     "tp": {"batch": ("data", "fsdp"), **_TENSOR},
     # Fully sharded data parallel: weights split along `embed` over fsdp, plus tensor rules.

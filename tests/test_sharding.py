@@ -82,3 +82,19 @@ def test_indivisible_dims_are_replicated():
         jax.sharding.PartitionSpec(None, None, None)
     assert spec_for(("embed", "heads", "head_dim"), (64, 8, 8), mesh, RULES["tp"]) == \
         jax.sharding.PartitionSpec(None, "tensor", None)
+
+
+@pytest.mark.parametrize("shape", [dict(tensor=2, fsdp=2), dict(tensor=4), dict(fsdp=4)])
+def test_default_rules_follow_the_mesh(tmp_path_factory, shape):
+    """ag.load(dir, mesh=mesh) without rules: every mesh axis of size > 1 splits the weights
+    (fsdp along embed, tensor by head, neuron and vocab), so each of the 4 devices holds about
+    a quarter of them."""
+    path = tmp_path_factory.getbasetemp() / "default_rules_ckpt"
+    if not path.exists():
+        ag.save(ag.init(_cfg(), seed=0), path)
+    m = ag.load(path, mesh=ag.make_mesh(**shape))
+    total = sum(x.nbytes for x in jax.tree.leaves(m.params))
+    per_dev = ag.per_device_bytes(m.params)
+    assert len(per_dev) == 4
+    for nbytes in per_dev.values():  # norms and biases stay whole: a little over a quarter
+        assert nbytes <= 0.3 * total, (shape, nbytes, total)

@@ -42,7 +42,7 @@ class Model:
     module: nn.Module
     tokenizer: Any | None = None
     mesh: Mesh | None = None
-    rules: str = "tp"
+    rules: str = "auto"
     source: str | None = None
     random_init: bool = False
 
@@ -77,14 +77,15 @@ def _load_tokenizer(directory: Path) -> Any | None:
 
 
 def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None,
-         rules: str = "tp", load_tokenizer: bool = True, *,
+         rules: str = "auto", load_tokenizer: bool = True, *,
          audio_encoder: str | os.PathLike | None = None,
          vit_encoder: str | os.PathLike | None = None, fusion: Any = None,
          seed: int = 0) -> Model:
     """Load a Hugging Face checkpoint directory or one written by `ag.save`.
 
     dtype sets both the parameter and the compute dtype (float32 or bfloat16). With a mesh,
-    each tensor is placed straight into its sharding under `rules` ("tp", "fsdp", "dp"), one
+    each tensor is placed straight into its sharding under `rules` ("auto": every mesh axis
+    larger than 1 splits what its name says; or "tp", "fsdp", "dp"), one
     tensor at a time. Never falls back to random weights: any problem raises an error that
     names the file and key.
 
@@ -139,7 +140,7 @@ INIT_SCHEMES = ("hf", "fan_in")
 
 
 def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh | None = None,
-         rules: str = "tp", tokenizer: Any | None = None, init: str = "hf") -> Model:
+         rules: str = "auto", tokenizer: Any | None = None, init: str = "hf") -> Model:
     """A model with RANDOM weights (smoke runs, tests, benchmarks, training from scratch).
     `random_init` is set.
 

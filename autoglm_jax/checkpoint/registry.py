@@ -158,7 +158,7 @@ def compose_autoglm(base: ModelConfig, base_params: Any, *,
                     audio: tuple[ModelConfig, Any] | None = None,
                     vit: tuple[ModelConfig, Any] | None = None,
                     fusion: FusionConfig | None = None, seed: int = 0,
-                    mesh: Any = None, rules: str = "tp",
+                    mesh: Any = None, rules: str = "auto",
                     audio_token_id: int | None = None) -> tuple[ModelConfig, Any]:
     """An autoglm config and params from a base (glm4v, or glm/glm4 text) model and encoder
     models ((config, params) of model_type whisper / vit). The CGA fusion weights are fresh

@@ -226,23 +226,26 @@ def _plot_pillow(series: dict[str, list[tuple[int, float]]], path: Path) -> Path
     except ImportError:
         print("loss plot skipped: neither matplotlib nor Pillow is installed", file=sys.stderr)
         return None
-    w, h, m = 700, 400, 40
-    img = Image.new("RGB", (w, h), "white")
+    # One panel per series, as with matplotlib.
+    w, panel, m = 700, 200, 40
+    n = max(1, len(series))
+    img = Image.new("RGB", (w, panel * n + m // 2), "white")
     draw = ImageDraw.Draw(img)
-    draw.rectangle([m, m // 2, w - m // 2, h - m], outline="black")
     pts = [p for v in series.values() for p in v]
-    if pts:
-        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-        sx = (w - 1.5 * m) / max(x1 - x0, 1)
-        sy = (h - 1.5 * m) / max(y1 - y0, 1e-12)
-        for i, (k, v) in enumerate(series.items()):
-            colour = _COLOURS[i % len(_COLOURS)]
-            xy = [(m + (s - x0) * sx, h - m - (y - y0) * sy) for s, y in v]
-            if len(xy) > 1:
-                draw.line(xy, fill=colour, width=2)
-            draw.text((m + 10, m // 2 + 5 + 12 * i), k, fill=colour)
-        draw.text((m, h - m + 5), f"step {x0}..{x1}   loss {y0:.3g}..{y1:.3g}", fill="black")
+    x0 = min((p[0] for p in pts), default=0)
+    x1 = max((p[0] for p in pts), default=1)
+    sx = (w - 1.5 * m) / max(x1 - x0, 1)
+    for i, (k, v) in enumerate(series.items()):
+        top, bottom = i * panel + m // 2, (i + 1) * panel - m // 2
+        draw.rectangle([m, top, w - m // 2, bottom], outline="black")
+        y0, y1 = min(p[1] for p in v), max(p[1] for p in v)
+        sy = (bottom - top - m // 2) / max(y1 - y0, 1e-12)
+        colour = _COLOURS[i % len(_COLOURS)]
+        xy = [(m + (s - x0) * sx, bottom - (y - y0) * sy) for s, y in v]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        draw.text((m + 10, top + 5), f"{k}: {y0:.3g}..{y1:.3g}", fill=colour)
+    draw.text((m, panel * n - m // 2 + 5), f"step {x0}..{x1}", fill="black")
     img.save(path)
     return path
 

@@ -286,26 +286,27 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     result["goal"] = result["goals"][-1]
     if o.project_to:
         result["projection"] = projected_bytes(o.project_to, o.flops_reduction)
+    markdown = report_markdown(result)
     (out / "report.json").write_text(json.dumps(result, indent=2))
-    (out / "report.md").write_text(report_markdown(result))
+    (out / "report.md").write_text(markdown)
     _chart(result, out / "report.png")
     _log(f"report: wrote {out}/report.md, report.json, report.png in {result['seconds']:.0f} s")
-    if o.docs:
-        publish_report(out, o.docs)
+    if o.docs:  # straight from this run's figures: nothing is read back from disk
+        _publish(markdown, out / "report.png", o.docs)
     return result
 
 
 DOCS_BEGIN, DOCS_END = "<!-- compression-report:begin -->", "<!-- compression-report:end -->"
 
 
-def publish_report(report_dir: str | Path, docs: str | Path) -> Path:
-    """Put `report_dir`'s report.md into the markdown file `docs` between the DOCS_BEGIN /
-    DOCS_END markers (a new section at the end if they are absent) and copy report.png beside
-    it as compression-report.png. The file is replaced atomically."""
+def _publish(table: str, chart: Path, docs: str | Path) -> Path:
+    """Put this run's table into the markdown file `docs` between the DOCS_BEGIN / DOCS_END
+    markers (a new section at the end if they are absent) and copy its chart beside it as
+    compression-report.png. The file is replaced atomically. Only run_report calls this, with
+    the figures it has just measured: there is no way to publish edited numbers."""
     import os
     import shutil
-    src, path = Path(report_dir), Path(docs)
-    table = (src / "report.md").read_text()
+    path = Path(docs)
     block = (f"{DOCS_BEGIN}\n{table}\n![compression chart](compression-report.png)\n"
              f"{DOCS_END}")
     text = path.read_text() if path.exists() else ""
@@ -318,9 +319,9 @@ def publish_report(report_dir: str | Path, docs: str | Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-    if (src / "report.png").exists():
-        shutil.copyfile(src / "report.png", path.parent / "compression-report.png")
-    _log(f"report: published {src}/report.md into {path}")
+    if chart.exists():
+        shutil.copyfile(chart, path.parent / "compression-report.png")
+    _log(f"report: published the table into {path}")
     return path
 
 
@@ -355,8 +356,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"`dtype=bfloat16` (integer kernels stay integer; scales, embeddings, norms and float "
         f"encoders bf16). Decode: `Engine.generate`, greedy, {o['decode_prompts']} held-out "
         f"questions (with their media) x {o['decode_tokens']} tokens, bf16, after a warm-up "
-        f"batch" + (" (re-measured in a separate quiet pass over the saved rows)"
-                    if r.get("decode_remeasured") else "") + ".", "",
+        f"batch.", "",
         "| model | accuracy | token acc. | loss | weight bytes | / teacher bf16 "
         "| KV bytes/token | decode tok/s |",
         "|---|---|---|---|---|---|---|---|"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autoglm_jax.training.report import ReportOptions, publish_report, run_report
+from autoglm_jax.training.report import ReportOptions, _publish, run_report
 
 
 @pytest.mark.slow
@@ -54,9 +54,27 @@ def test_report_on_the_image_task(tmp_path):
     text = docs.read_text()
     assert text.startswith("# Benchmarks\n\nearlier text\n") and md in text
     assert (docs.parent / "compression-report.png").exists()
-    (out / "report.md").write_text("new table\n")
-    publish_report(out, docs)
-    text = docs.read_text()
-    assert "new table" in text and md not in text and text.count("compression-report:begin") == 1
+    _publish(md, out / "report.png", docs)  # publishing again replaces the block
+    assert docs.read_text() == text and text.count("compression-report:begin") == 1
     with pytest.raises(FileExistsError):
         run_report(o)
+
+
+def test_report_figures_come_only_from_the_run():
+    """The report code reads no file (no report.json, report.md or hand-edited figures can
+    flow into the docs), and only run_report publishes."""
+    import ast
+    import inspect
+
+    import autoglm_jax.training.report as report
+
+    tree = ast.parse(inspect.getsource(report))
+    reads = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and (
+        (isinstance(n.func, ast.Attribute) and n.func.attr in ("read_text", "read_bytes", "load",
+                                                               "loads"))
+        or (isinstance(n.func, ast.Name) and n.func.id == "open"))]
+    assert not reads, [ast.unparse(n) for n in reads]
+    callers = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+               and any(isinstance(n, ast.Name) and n.id == "_publish" for n in ast.walk(f))]
+    assert callers == ["run_report"]
+    assert "remeasured" not in inspect.getsource(report)

@@ -136,10 +136,12 @@ def _png_size(path):
 
 def test_loss_png_with_matplotlib_and_with_pillow(tmp_path, monkeypatch):
     records = [{"step": i, "loss": 5.0 / i, "ce": 4.0 / i} for i in range(1, 30)]
-    assert _png_size(M.plot_losses(records, tmp_path / "a.png")) == (700, 400)
+    # One panel per series (loss and ce would otherwise draw over each other).
+    assert _png_size(M.plot_losses(records, tmp_path / "a.png")) == (700, 500)
+    assert _png_size(M.plot_losses(records[:3], tmp_path / "c.png", keys=("loss",))) == (700, 280)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails: Pillow draws it
     out = M.plot_losses(records, tmp_path / "b.png")
-    assert _png_size(out) == (700, 400)
+    assert _png_size(out) == (700, 420)
     from PIL import Image
     img = np.asarray(Image.open(out).convert("RGB"))
     assert (img != 255).any(axis=-1).mean() > 0.01  # something was drawn
