@@ -92,3 +92,49 @@ def test_no_config_and_not_a_dir(tmp_path):
         ag.load(tmp_path / "nope")
     with pytest.raises(ag.CheckpointError, match="no config.json"):
         ag.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("native") / "good"
+    ag.save(ag.init("tiny", seed=0), path)
+    return path
+
+
+def _largest_data_file(params_dir):
+    files = [p for p in params_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _truncate(path, size=100):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda d: _truncate(_largest_data_file(d / "params")),
+     r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete"),
+    (lambda d: _largest_data_file(d / "params").unlink(),
+     r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete"),
+    (lambda d: _truncate(d / "params" / "_METADATA", 50),
+     r"cannot read parameter\(s\) embed_tokens/embedding"),
+    (lambda d: (d / "autoglm_config.json").write_text(
+        (d / "autoglm_config.json").read_text().replace('"ffw_dim": 46', '"ffw_dim": 47')),
+     r"parameter layers_0/mlp/down_proj/kernel: stored shape \(46, 72\), but "
+     r"autoglm_config.json says \(47, 72\)"),
+])
+def test_damaged_native_checkpoint_names_directory_and_parameter(native_dir, tmp_path, capfd,
+                                                                 damage, expected):
+    """Truncated or deleted Orbax files and shape edits raise CheckpointError naming the
+    directory and the parameter, with nothing else printed (no TensorStore dump, no
+    'Exception ignored in coroutine')."""
+    bad = tmp_path / "bad"
+    shutil.copytree(native_dir, bad)
+    assert '"ffw_dim": 46' in (bad / "autoglm_config.json").read_text()
+    damage(bad)
+    capfd.readouterr()
+    with pytest.raises(ag.CheckpointError, match=expected) as info:
+        ag.load(bad)
+    assert str(bad / "params") in str(info.value) and "TensorStore({" not in str(info.value)
+    out, err = capfd.readouterr()
+    assert "Exception ignored" not in err + out and "Traceback" not in err + out, err[-2000:]

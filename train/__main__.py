@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Sequence
 
 import tyro
 
+from autoglm_jax.checkpoint import CheckpointError
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.training.compress import load_compress_recipe
 from autoglm_jax.training.report import ReportOptions, run_report
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = run(recipe, resume=cmd.resume)
             if recipe.checkpoint.export:
                 _say_where(result.run_dir / "model", "the trained model")
-    except (ConfigError, DataError, NonFiniteError, FileExistsError, FileNotFoundError,
+    except (ConfigError, CheckpointError, DataError, NonFiniteError, FileExistsError, FileNotFoundError,
             NotImplementedError) as e:
         sys.exit(f"error: {e}")
 

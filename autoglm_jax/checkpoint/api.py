@@ -7,10 +7,14 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -218,6 +222,9 @@ def save(model: Model, out_dir: str | os.PathLike) -> Path:
 
 
 def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtype: str) -> Any:
+    """Restore params/ (Orbax) into `expected`'s shapes. The stored tree is checked against
+    the config first (names and shapes), and a read that fails is traced to the parameters
+    whose data cannot be read, so every error names the directory and the parameter."""
     import orbax.checkpoint as ocp
 
     if not path.exists():
@@ -234,8 +241,95 @@ def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtyp
         abstract = jax.tree.map(lambda x: target(x, None), expected)
     else:
         abstract = jax.tree.map(target, expected, unboxed_shardings)
+    path = path.absolute()  # Orbax wants absolute paths
+    with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
+        _check_stored_tree(ckptr, path, abstract)
+        try:
+            return ckptr.restore(path, abstract)
+        except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exceptions
+            raise CheckpointError(_unreadable(path, abstract, e)) from None
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {"/".join(str(getattr(k, "key", k)) for k in p): leaf
+            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_stored_tree(ckptr: Any, path: Path, abstract: Any) -> None:
+    """Parameter names and shapes stored in `path` against what the config expects."""
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            return ckptr.restore(path.absolute(), abstract)  # Orbax wants absolute paths
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise CheckpointError(f"{path}: cannot restore params: {e}") from None
+        meta = ckptr.metadata(path)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: the checkpoint's metadata cannot be read "
+                              f"({_first_line(e)}); the checkpoint is damaged or incomplete"
+                              ) from None
+    tree = getattr(meta, "item_metadata", meta)
+    stored = _flat(getattr(tree, "tree", tree))
+    if not stored:  # no tree metadata (_METADATA lost): the restore itself will tell
+        return
+    wanted = _flat(abstract)
+    config = path.parent / NATIVE_CONFIG
+    problems = [f"missing parameter {k}" for k in wanted if k not in stored]
+    problems += [f"unexpected parameter {k}" for k in stored if k not in wanted]
+    for k, want in wanted.items():
+        got = getattr(stored.get(k), "shape", None)
+        if got is not None and tuple(got) != tuple(want.shape):
+            problems.append(f"parameter {k}: stored shape {tuple(got)}, but {config.name} "
+                            f"says {tuple(want.shape)}")
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more"
+                                           if len(problems) > 8 else "")
+        raise CheckpointError(f"{path}: does not match {config}: {shown}")
+
+
+def _unreadable(path: Path, abstract: Any, error: Exception) -> str:
+    """Which parameters cannot be read: each is restored alone (only on this error path)."""
+    import orbax.checkpoint as ocp
+
+    bad = []
+    flat = _flat(abstract)
+    with ocp.PyTreeCheckpointer() as one:
+        for name, leaf in flat.items():
+            item: dict[str, Any] = {}
+            node = item
+            keys = name.split("/")
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = leaf
+            restore_args = jax.tree.map(
+                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
+                                               dtype=x.dtype), item)
+            try:
+                one.restore(path, args=ocp.args.PyTreeRestore(
+                    item=item, restore_args=restore_args, partial_restore=True))
+            except Exception:  # noqa: BLE001
+                bad.append(name)
+    names = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+    what = f"parameter(s) {names}" if bad else "its parameters"
+    return (f"{path}: cannot read {what}: the data files are damaged or incomplete "
+            f"({_first_line(error)})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.split(" See full TensorStore details")[0][:300]
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Any:
+    """Orbax and TensorStore report a failed read at length on top of the exception (log
+    records, 'Exception ignored in coroutine' from abandoned reads); the CheckpointError says
+    what matters, so they are muted while restoring."""
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    hook = sys.unraisablehook
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()  # the abandoned reads' coroutines report when collected: do it now
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        sys.unraisablehook = hook

@@ -116,6 +116,39 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, step: int, like: st.TrainSta
     return out["state"], out["data"], out["meta"]
 
 
+def _differences(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)]
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        old, new = list(old), list(new)
+    return [] if old == new else [f"{prefix}: checkpoint {old!r}, now {new!r}"]
+
+
+def _check_resume(mngr: ocp.CheckpointManager, step: int, recipe: TrainRecipe,
+                  model_config: dict[str, Any]) -> None:
+    """A resumed run must train the same model on the same data: compare the run's recipe with
+    the one the checkpoint was written under. Optimizer and distillation changes are allowed
+    (with a warning); model or data changes are refused, listing the fields."""
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001
+        raise ag.CheckpointError(f"{mngr.directory}/{step}: cannot read the checkpoint's recipe "
+                              f"(meta): {str(e).splitlines()[0][:300]}") from None
+    old, new = meta.get("recipe", {}), recipe.to_dict()
+    refused = (_differences(old.get("model"), new.get("model"), "model")
+               + _differences(old.get("data"), new.get("data"), "data")
+               + _differences(meta.get("model_config"), model_config, "model config"))
+    if refused:
+        raise ConfigError(f"--resume: {mngr.directory}/{step} was written by a run with another "
+                          "model or data recipe; resume it with the same one, or start a new "
+                          "run_dir. Differences: " + "; ".join(refused))
+    changed = (_differences(old.get("optim"), new.get("optim"), "optim")
+               + _differences(old.get("distill"), new.get("distill"), "distill"))
+    if changed:
+        log("warning: resuming with changed settings: " + "; ".join(changed))
+
+
 def _flops_line(mesh: Any, recipe: TrainRecipe, n_params: int, n_train: int,
                 teacher_params: int) -> str:
     tokens = recipe.data.batch_size * recipe.data.seq_len * recipe.optim.grad_accum
@@ -187,7 +220,12 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
     history: list[dict[str, Any]] = []
     try:
         if latest is not None:
-            state, data_state, _ = restore_checkpoint(mngr, latest, state, shardings)
+            _check_resume(mngr, latest, recipe, student.config.to_dict())
+            try:
+                state, data_state, _ = restore_checkpoint(mngr, latest, state, shardings)
+            except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise bare errors
+                raise ag.CheckpointError(f"{mngr.directory}/{latest}: cannot resume from this "
+                                      f"checkpoint: {str(e).splitlines()[0][:300]}") from None
             it.set_state(data_state)
             start = latest
             log(f"resumed from {mngr.directory}/{latest}")

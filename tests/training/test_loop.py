@@ -155,3 +155,22 @@ def test_progress_lines_on_a_pipe():
     lines = out.getvalue().splitlines()
     assert 5 <= len(lines) <= 12 and lines[-1].startswith("step 20/20 [")
     assert "tok/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
+
+
+def test_resume_refuses_a_changed_model_or_data_recipe(tmp_path, capsys):
+    """--resume compares the run's recipe with the checkpoint's: model or data changes are
+    refused with the differing fields; an optimizer change goes on with a warning."""
+    from autoglm_jax.config import ConfigError
+
+    run = tmp_path / "run"
+    run_pretrain(_recipe(run, steps=4))
+    with pytest.raises(ConfigError, match=r"model\.ffw_dim: checkpoint None, now 64.*"
+                                          r"model config\.text\.ffw_dim"):
+        run_pretrain(_recipe(run, steps=8, model={"ffw_dim": 64}), resume=True)
+    with pytest.raises(ConfigError, match=r"data\.seq_len: checkpoint 32, now 48"):
+        run_pretrain(_recipe(run, steps=8, data={"seq_len": 48}), resume=True)
+    capsys.readouterr()
+    resumed = run_pretrain(_recipe(run, steps=6, optim={"lr": 1e-3}), resume=True)
+    assert resumed.start_step == 4
+    assert "warning: resuming with changed settings: optim.lr: checkpoint 0.003, now 0.001" \
+        in capsys.readouterr().err
