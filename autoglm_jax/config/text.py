@@ -93,7 +93,7 @@ class TextConfig:
 
     @property
     def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
+        return int(self.head_dim * self.partial_rotary_factor + 1e-9)  # as transformers' int()
 
     @property
     def sandwich_norm(self) -> bool:
@@ -183,8 +183,18 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
                           f"got {cfg['hidden_act']!r}")
     heads = cfg["num_attention_heads"]
     if model_type == "glm4v":
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        # Glm4vTextAttention derives its head size itself (hidden_size // heads); a head_dim in
+        # config.json reaches only the rotary embedding, which rotates
+        # int(head_dim * partial_rotary_factor) of each head's dimensions.
+        head_dim = cfg["hidden_size"] // heads
         rope = _rope_fields(cfg, source, default_partial=1.0)
+        rotary = int((cfg.get("head_dim") or head_dim) * rope["partial_rotary_factor"])
+        if not 0 < rotary <= head_dim or rotary % 2:
+            raise ConfigError(f"{source}: fields `head_dim` and `partial_rotary_factor` give a "
+                              f"rotary size of {rotary}, which must be even and at most the "
+                              f"attention head size hidden_size // num_attention_heads = "
+                              f"{head_dim}")
+        rope["partial_rotary_factor"] = rotary / head_dim
         variant, bias = "glm4", True
         if rope["mrope_section"] is None:
             rope["mrope_section"] = (8, 12, 12)  # Glm4vTextRotaryEmbedding's default

@@ -25,23 +25,26 @@ IMAGE, BEGIN, END, VIDEO_BEGIN, VIDEO_END, VIDEO, PAD = 505, 501, 502, 503, 504,
 PROCESSOR = ImageProcessorConfig(min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 2 * 12)
 
 
-def hf_glm4v(seed: int = 0):
+def hf_glm4v(seed: int = 0, text: dict | None = None, vision: dict | None = None, **top):
     """A tiny random Glm4vForConditionalGeneration with O(1) weights (norms around 1, biases
-    non-zero) so a 1e-4 tolerance means something. Special ids are the tiny tokenizer's."""
+    non-zero) so a 1e-4 tolerance means something. Special ids are the tiny tokenizer's;
+    `text`, `vision` and `top` override config fields."""
     from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 
     torch.manual_seed(seed)
     cfg = Glm4vConfig(
-        text_config=dict(vocab_size=530, hidden_size=48, intermediate_size=40,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         pad_token_id=PAD,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "partial_rotary_factor": 0.5,
-                                          "mrope_section": [1, 1, 1]}),
-        vision_config=dict(depth=2, hidden_size=24, num_heads=2, out_hidden_size=48,
-                           intermediate_size=20, image_size=56, attention_bias=True),
+        text_config={**dict(vocab_size=530, hidden_size=48, intermediate_size=40,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            pad_token_id=PAD,
+                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                             "partial_rotary_factor": 0.5,
+                                             "mrope_section": [1, 1, 1]}), **(text or {})},
+        vision_config={**dict(depth=2, hidden_size=24, num_heads=2, out_hidden_size=48,
+                              intermediate_size=20, image_size=56, attention_bias=True),
+                       **(vision or {})},
         image_token_id=IMAGE, image_start_token_id=BEGIN, image_end_token_id=END,
-        video_start_token_id=VIDEO_BEGIN, video_end_token_id=VIDEO_END, video_token_id=VIDEO)
+        video_start_token_id=VIDEO_BEGIN, video_end_token_id=VIDEO_END, video_token_id=VIDEO,
+        **top)
     model = Glm4vForConditionalGeneration(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -117,6 +120,32 @@ def test_two_images_of_different_sizes_match_transformers(case):
     # The images matter: without them (image tokens keep their own embedding) logits change.
     plain = np.asarray(m.module.apply({"params": m.params}, ids))
     assert np.abs(plain - ref).max() > 1e-2
+
+
+def test_every_field_the_modeling_code_reads(tmp_path):
+    """Non-default values of the fields transformers' glm4v code reads, including one it
+    overrides: Glm4vTextAttention derives head size hidden_size // heads (12 here) and ignores
+    config.json's head_dim, which only the rotary embedding reads (8 * 0.75 = 6 rotated)."""
+    model = hf_glm4v(
+        seed=1,
+        text=dict(head_dim=8, rms_norm_eps=1e-3, num_key_value_heads=1, num_hidden_layers=3,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                   "partial_rotary_factor": 0.75, "mrope_section": [1, 1, 1]}),
+        vision=dict(depth=3, rms_norm_eps=1e-2, attention_bias=False, num_heads=3,
+                    intermediate_size=28),
+        tie_word_embeddings=False)
+    model.save_pretrained(tmp_path)
+    cfg = ag.load_config(tmp_path)
+    assert (cfg.text.head_dim, cfg.text.rotary_dim, cfg.text.num_layers) == (12, 6, 3)
+    assert (cfg.text.rms_norm_eps, cfg.vision.rms_norm_eps) == (1e-3, 1e-2)
+    m = ag.load(tmp_path)
+    tok = Tokenizer.from_dir(TOKENIZER_DIR)
+    proc = process_images(images(3)[:1], PROCESSOR)
+    ids = prompt_ids(tok, [None, "tap the button"], proc.image_grid_thw)[None]
+    ref = hf_logits(model, ids, proc.pixel_values, proc.image_grid_thw)
+    out = np.asarray(m.module.apply({"params": m.params}, ids, pixel_values=proc.pixel_values,
+                                    image_grid_thw=proc.image_grid_thw))
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
 
 
 def test_left_padded_batch_matches_transformers_under_jit(case):
