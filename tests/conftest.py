@@ -7,17 +7,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Many tests compile the same small programs (the same tiny model under the engine, the same
-# train step in several recipes): a compilation cache shared by the test processes compiles
-# each once. Programs compiling in under half a second are not worth the disk round trip.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # Slow tests first: xdist then starts the longest one at once on one worker while the
+    # other works through the rest, instead of leaving it for last on an otherwise idle run.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if os.environ.get("AUTOGLM_SKIP_SLOW"):
         skip = pytest.mark.skip(reason="AUTOGLM_SKIP_SLOW set")
         for item in items:
