@@ -86,6 +86,32 @@ def test_last_hidden_state_matches_transformers(hf_whisper, converted, encoder_f
     assert err < 1e-4, err
 
 
+def test_every_field_the_encoder_reads(tmp_path):
+    """Non-default values of every field WhisperEncoder reads: sizes, 16 mel bins, 20 source
+    positions (40 frames), and scale_embedding=True, which the encoder stores but never applies
+    (its embed_scale is unused in forward), so it must not change our output either."""
+    torch.manual_seed(3)
+    config = tf.WhisperConfig(**{**TINY_HF, "d_model": 40, "encoder_layers": 3,
+                                 "encoder_attention_heads": 5, "decoder_attention_heads": 5,
+                                 "encoder_ffn_dim": 31,
+                                 "num_mel_bins": 16, "max_source_positions": 20,
+                                 "scale_embedding": True, "activation_function": "gelu"})
+    model = _perturbed(tf.WhisperForConditionalGeneration(config))
+    model.save_pretrained(tmp_path)
+    cfg = audio_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ffw_dim) == (40, 3, 5, 31)
+    assert (cfg.num_mel_bins, cfg.max_source_positions, cfg.num_frames) == (16, 20, 40)
+    from safetensors.numpy import load_file
+    state = load_file(str(tmp_path / "model.safetensors"))
+    params = params_from_state_dict(whisper_keys.hf_tensor_maps(cfg), state)
+    x = np.random.default_rng(1).standard_normal((2, 16, 40)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.model.encoder(torch.from_numpy(x)).last_hidden_state.numpy()
+    out = np.asarray(WhisperEncoder(cfg).apply({"params": params}, x))
+    assert out.shape == ref.shape == (2, 20, 40)
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
 def test_tensor_maps_cover_checkpoint_and_round_trip(hf_whisper, converted):
     _, state, _ = hf_whisper
     _, maps, params = converted

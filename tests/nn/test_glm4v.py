@@ -61,11 +61,11 @@ def images(seed: int = 0) -> list[np.ndarray]:
             for shape in ((60, 90, 3), (100, 50, 3), (70, 45, 3))]
 
 
-def prompt_ids(tok: Tokenizer, parts: list, grid: np.ndarray) -> np.ndarray:
+def prompt_ids(tok: Tokenizer, parts: list, grid: np.ndarray, merge_size: int = 2) -> np.ndarray:
     """Chat template -> token ids -> one `<|image|>` per vision token."""
     content = [{"type": "image"} if p is None else {"type": "text", "text": p} for p in parts]
     ids = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=True)
-    return expand_image_placeholders(ids, grid, IMAGE, image_start_token_id=BEGIN,
+    return expand_image_placeholders(ids, grid, IMAGE, merge_size, image_start_token_id=BEGIN,
                                      image_end_token_id=END)
 
 
@@ -142,6 +142,31 @@ def test_every_field_the_modeling_code_reads(tmp_path):
     tok = Tokenizer.from_dir(TOKENIZER_DIR)
     proc = process_images(images(3)[:1], PROCESSOR)
     ids = prompt_ids(tok, [None, "tap the button"], proc.image_grid_thw)[None]
+    ref = hf_logits(model, ids, proc.pixel_values, proc.image_grid_thw)
+    out = np.asarray(m.module.apply({"params": m.params}, ids, pixel_values=proc.pixel_values,
+                                    image_grid_thw=proc.image_grid_thw))
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
+def test_every_vision_size_field(tmp_path):
+    """The vision tower's size fields at non-default values: 7-pixel patches, 3 frames per
+    temporal patch, 3x3 merging, a 42-pixel position table (6x6, interpolated to each image's
+    grid), a tower width unlike the decoder's. Our processor follows the same sizes."""
+    model = hf_glm4v(seed=2, vision=dict(patch_size=7, temporal_patch_size=3,
+                                         spatial_merge_size=3, image_size=42, hidden_size=36,
+                                         num_heads=3))
+    model.save_pretrained(tmp_path)
+    cfg = ag.load_config(tmp_path).vision
+    assert (cfg.patch_size, cfg.temporal_patch_size, cfg.spatial_merge_size) == (7, 3, 3)
+    assert (cfg.image_size, cfg.d_model) == (42, 36)
+    m = ag.load(tmp_path)
+    unit = 21 * 21 * 3  # one merged token: (7 * 3)^2 pixels, times 3 frames
+    proc = process_images(images(4)[:2], ImageProcessorConfig(
+        min_pixels=unit * 2, max_pixels=unit * 12, patch_size=7, temporal_patch_size=3,
+        merge_size=3))
+    assert proc.pixel_values.shape[1] == 3 * 3 * 7 * 7
+    tok = Tokenizer.from_dir(TOKENIZER_DIR)
+    ids = prompt_ids(tok, [None, "and", None], proc.image_grid_thw, merge_size=3)[None]
     ref = hf_logits(model, ids, proc.pixel_values, proc.image_grid_thw)
     out = np.asarray(m.module.apply({"params": m.params}, ids, pixel_values=proc.pixel_values,
                                     image_grid_thw=proc.image_grid_thw))

@@ -69,6 +69,37 @@ def test_hidden_state_and_pooler_match_transformers(hf_vit):
         assert pooled is None and ref.pooler_output is None
 
 
+def test_every_field_the_modeling_code_reads(tmp_path):
+    """Non-default values of every field ViTModel reads: one channel, no q/k/v bias, LayerNorm
+    eps 1e-3 (visible at these activations), a pooler narrower than the model."""
+    torch.manual_seed(4)
+    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=19, image_size=(20, 16), patch_size=(5, 4),
+                          num_channels=1, qkv_bias=False, layer_norm_eps=1e-3,
+                          pooler_output_size=12, hidden_act="gelu", pooler_act="tanh")
+    model = tf.ViTModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+            elif p.ndim >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+    model.save_pretrained(tmp_path)
+    cfg = vit_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
+    assert (cfg.num_channels, cfg.qkv_bias, cfg.layer_norm_eps) == (1, False, 1e-3)
+    assert (cfg.image_size, cfg.patch_size, cfg.pooler_width) == ((20, 16), (5, 4), 12)
+    from safetensors.numpy import load_file
+    params = params_from_state_dict(vit_keys.hf_tensor_maps(cfg),
+                                    load_file(str(tmp_path / "model.safetensors")))
+    x = np.random.default_rng(2).standard_normal((2, 1, 20, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    hidden, pooled = ViTEncoder(cfg).apply({"params": params}, x)
+    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=1e-4,
+                               rtol=0)
+    np.testing.assert_allclose(np.asarray(pooled), ref.pooler_output.numpy(), atol=1e-4, rtol=0)
+
+
 def test_tensor_maps_cover_checkpoint_and_round_trip(hf_vit):
     _, state, cfg = hf_vit
     maps = vit_keys.hf_tensor_maps(cfg)
