@@ -15,6 +15,7 @@ import tyro
 
 from autoglm_jax.checkpoint import CheckpointError
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
+from autoglm_jax.distributed import DistributedConfig, initialize, is_primary
 from autoglm_jax.training.compress import load_compress_recipe
 from autoglm_jax.training.report import ReportOptions, run_report
 from autoglm_jax.training.recipe import TrainRecipe
@@ -29,6 +30,7 @@ class Pretrain:
     """TOML recipe (configs/recipes/*.toml); its values are the defaults of the options below."""
     resume: bool = False
     """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
+    distributed: DistributedConfig = DistributedConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Distill:
     """TOML recipe (configs/recipes/*.toml); its values are the defaults of the options below."""
     resume: bool = False
     """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
+    distributed: DistributedConfig = DistributedConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Qat:
     """TOML recipe (configs/recipes/qat-*.toml); its values are the defaults of the options below."""
     resume: bool = False
     """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
+    distributed: DistributedConfig = DistributedConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +132,10 @@ def _peek_recipe(argv: Sequence[str]) -> str | None:
 
 
 def _say_where(model_dir: Any, what: str, export: str | None = None) -> None:
-    """The last lines of a run: where the model is and the command that runs it."""
+    """The last lines of a run: where the model is and the command that runs it (process 0
+    only, in a multi-process run)."""
+    if not is_primary():
+        return
     print(f"{what}: {model_dir}")
     if export is not None:
         recipe = f" --recipe {export}" if export else ""
@@ -163,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from autoglm_jax.training import DataError, NonFiniteError, run_distill, run_pretrain
     from autoglm_jax.training import compress as tc
     try:
+        if isinstance(cmd, (Pretrain, Distill, Qat)):
+            initialize(cmd.distributed)  # before anything touches a device
         if isinstance(cmd, Report):
             run_report(cmd.opts)
             return

@@ -29,6 +29,7 @@ from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
 from autoglm_jax.checkpoint.registry import get_architecture
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.config import ModelConfig, read_json
+from autoglm_jax.distributed import barrier, is_primary
 
 NATIVE_CONFIG = "autoglm_config.json"
 _INIT_CACHE: dict[Any, Any] = {}
@@ -190,35 +191,53 @@ def save(model: Model, out_dir: str | os.PathLike) -> Path:
     """Write our own format: autoglm_config.json, params/ (Orbax), tokenizer files.
 
     The directory is built beside the target and renamed into place, so an interrupted save
-    never leaves a half-written checkpoint where a good one was.
+    never leaves a half-written checkpoint where a good one was. In a multi-process run every
+    process calls it with the same shared `out_dir`: each writes its own shards of the params
+    into one temporary directory, process 0 writes the host-side files and renames it into
+    place, and all return once it is there.
     """
     import orbax.checkpoint as ocp
 
     out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    primary, shared = is_primary(), jax.process_count() > 1
+    if shared:  # one temporary directory that every process can name
+        tmp = out.with_name(f".{out.name}.tmp-shared")
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)  # a killed run's leftovers
+            tmp.mkdir(parents=True)
+        barrier(f"ag.save:begin:{out}")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", model.params)
             ckptr.wait_until_finished()
-        (tmp / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
-        tok_dir = getattr(model.tokenizer, "source_dir", None)
-        if tok_dir is not None:
-            for name in TOKENIZER_FILES:
-                src = Path(tok_dir) / name
-                if src.exists():
-                    shutil.copy(src, tmp / name)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if primary:
+            _write_host_files(model, tmp)
+            old = None
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier(f"ag.save:end:{out}")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_host_files(model: Model, directory: Path) -> None:
+    (directory / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+    tok_dir = getattr(model.tokenizer, "source_dir", None)
+    if tok_dir is not None:
+        for name in TOKENIZER_FILES:
+            src = Path(tok_dir) / name
+            if src.exists():
+                shutil.copy(src, directory / name)
 
 
 def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtype: str) -> Any:

@@ -4,10 +4,15 @@
     result = run_distill(recipe, resume=True)
 
 Checkpoints (`<run_dir>/checkpoints/<step>/`, Orbax CheckpointManager) hold the TrainState
-(params, optimizer state, step, RNG), the data iterator's state and the recipe + model config.
+(params, optimizer state, step, RNG), each process's data iterator state (Grain's
+`process_<i>-of-<n>.json`) and the recipe + model config.
 Orbax writes each into `<step>.orbax-checkpoint-tmp-*` and renames it when complete, so a run
 killed mid-save leaves the previous checkpoint as the latest; leftovers are removed on start.
 `resume=True` restores the latest and continues exactly (same batches, same updates).
+
+Multi-process (after `autoglm_jax.distributed.initialize`): every process runs this loop on
+its share of each global batch; checkpoints and the exported model are written by all of them
+into the shared run_dir, metrics, TensorBoard, loss.png and messages by process 0 only.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
 import autoglm_jax as ag
 from autoglm_jax.checkpoint.registry import get_architecture
 from autoglm_jax.config import ConfigError
+from autoglm_jax.distributed import is_primary
 from autoglm_jax.training import step as st
 from autoglm_jax.training.data import MediaProcessor, make_dataset
 from autoglm_jax.training.media import processor_for
@@ -47,7 +54,9 @@ class RunResult:
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A message on stderr, from process 0 only (every process would say the same)."""
+    if is_primary():
+        print(msg, file=sys.stderr, flush=True)
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -97,23 +106,52 @@ def _checkpoint_manager(recipe: TrainRecipe) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(recipe.run_dir).absolute() / "checkpoints", options=options)
 
 
-def _save(mngr: ocp.CheckpointManager, step: int, state: st.TrainState, data_state: Any,
+def _save(mngr: ocp.CheckpointManager, step: int, state: st.TrainState, it: Any,
           meta: dict[str, Any]) -> None:
+    # Each process writes its own iterator state (Grain's handler: one file per process).
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
+        data_iterator=grain.checkpoint.CheckpointSave(it),
         meta=ocp.args.JsonSave({**meta, "step": step})), force=True)
 
 
+def _iterator_processes(step_dir: Path) -> int | None:
+    """How many processes wrote the data iterator states of a checkpoint (None: the single
+    JSON state of checkpoints written before per-process states)."""
+    counts = {p.stem.rpartition("-of-")[2] for p in (step_dir / "data_iterator").glob(
+        "process_*-of-*.json")}
+    if not counts:
+        return None
+    if len(counts) > 1 or not next(iter(counts)).isdigit():
+        raise ag.CheckpointError(f"{step_dir}/data_iterator: iterator states of different "
+                                 f"process counts ({sorted(counts)}): the checkpoint is damaged")
+    return int(next(iter(counts)))
+
+
 def restore_checkpoint(mngr: ocp.CheckpointManager, step: int, like: st.TrainState,
-                       shardings: st.TrainState) -> tuple[st.TrainState, Any, dict[str, Any]]:
-    """(state placed in `shardings`, data iterator state, meta) of checkpoint `step`."""
+                       shardings: st.TrainState, it: Any) -> dict[str, Any]:
+    """Restores checkpoint `step`: returns the state placed in `shardings` and sets this
+    process's data iterator `it` to where it was; returns (state, meta)."""
+    step_dir = Path(mngr.directory) / str(step)
+    writers, count = _iterator_processes(step_dir), jax.process_count()
+    if writers is not None and writers != count:
+        raise ConfigError(f"--resume: {step_dir} was written by {writers} process(es), this run "
+                          f"has {count}: each process's data position is saved separately, so "
+                          f"resume with {writers} process(es) (the mesh inside them may change)")
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             like, shardings)
+    data = (ocp.args.JsonRestore() if writers is None
+            else grain.checkpoint.CheckpointRestore(it))
+    name = "data" if writers is None else "data_iterator"
     out = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
-    return out["state"], out["data"], out["meta"]
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore(),
+        **{name: data}))
+    if writers is None:
+        if count > 1:
+            raise ConfigError(f"--resume: {step_dir} holds one data iterator state (a "
+                              "single-process run); resume it with one process")
+        it.set_state(out["data"])
+    return out["state"], out["meta"]
 
 
 def _differences(old: Any, new: Any, prefix: str) -> list[str]:
@@ -165,9 +203,12 @@ def _flops_line(mesh: Any, recipe: TrainRecipe, n_params: int, n_train: int,
 
 def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None = None,
           model: ag.Model | None = None,
-          media_processor: MediaProcessor | None = None) -> RunResult:
+          media_processor: MediaProcessor | None = None,
+          dataset: grain.IterDataset | None = None) -> RunResult:
     """Runs `recipe` (distillation when a teacher is given). `model` replaces the one the
-    recipe describes (tests, notebooks); it must live on the recipe's mesh (or one device)."""
+    recipe describes (tests, notebooks); it must live on the recipe's mesh (or one device).
+    `dataset` replaces the recipe's batches (this process's rows of each global batch, as
+    `make_dataset` yields them)."""
     recipe.validate()
     m = recipe.mesh
     mesh = ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
@@ -183,9 +224,10 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
                           f"{student.config.text.vocab_size}")
     if media_processor is None:
         media_processor = processor_for(student.config, tokenizer, recipe.data)
-    dataset, info = make_dataset(recipe.data, tokenizer, media_processor=media_processor,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
+    made, info = make_dataset(recipe.data, tokenizer, media_processor=media_processor,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+    dataset = made if dataset is None else dataset
     if info.skipped:
         log(f"data: skipped {info.skipped} bad record(s), e.g. {info.skipped_examples[0]}")
     if info.images or info.audio:
@@ -222,11 +264,12 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
         if latest is not None:
             _check_resume(mngr, latest, recipe, student.config.to_dict())
             try:
-                state, data_state, _ = restore_checkpoint(mngr, latest, state, shardings)
+                state, _ = restore_checkpoint(mngr, latest, state, shardings, it)
+            except (ConfigError, ag.CheckpointError):
+                raise
             except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise bare errors
                 raise ag.CheckpointError(f"{mngr.directory}/{latest}: cannot resume from this "
                                       f"checkpoint: {str(e).splitlines()[0][:300]}") from None
-            it.set_state(data_state)
             start = latest
             log(f"resumed from {mngr.directory}/{latest}")
         elif resume:
@@ -235,25 +278,27 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
                         st.count_params(student.params, trainable),
                         st.count_params(t_params) if t_params is not None else 0))
         meta = {"recipe": recipe.to_dict(), "model_config": student.config.to_dict()}
-        writer = MetricsWriter(run_dir, resume_step=start if start else None)
-        progress = Progress(recipe.steps, start, enabled=recipe.progress)
+        writer = MetricsWriter(run_dir, resume_step=start if start else None) if is_primary() \
+            else None
+        progress = Progress(recipe.steps, start, enabled=recipe.progress and is_primary())
         for step in range(start + 1, recipe.steps + 1):
             t0 = time.perf_counter()
             micro, tokens = [], 0
             for _ in range(o.grad_accum):
                 batch = next(it)
-                tokens += int(np.count_nonzero(batch["segment_ids"]))
                 b_shardings = st.batch_shardings(mesh, m.rules, batch)
                 state, metrics = step_fn(state, st.put_batch(batch, b_shardings), t_params)
                 micro.append(metrics)
             micro = jax.device_get(micro)
             finite = all(x["finite"] > 0 for x in micro)
+            tokens = int(sum(x["input_tokens"] for x in micro))  # every process's rows
             record = {k: float(np.mean([x[k] for x in micro])) for k in micro[0]
-                      if k not in ("finite", "tokens")}
+                      if k not in ("finite", "tokens", "input_tokens")}
             record.update(lr=float(np.asarray(schedule(np.int32(step - 1)))), tokens=tokens,
                           finite=finite, step_time=time.perf_counter() - t0)
             history.append({"step": step, **record})
-            if step % recipe.log_every == 0 or step == recipe.steps or not finite:
+            if writer is not None and (step % recipe.log_every == 0 or step == recipe.steps
+                                       or not finite):
                 writer.write(step, record)
             progress.update(step, record["loss"], tokens)
             streak = 0 if finite else streak + 1
@@ -264,7 +309,7 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
                     raise NonFiniteError(f"stopping: {streak} consecutive non-finite steps "
                                          f"(optim.max_nonfinite = {o.max_nonfinite}) at step {step}")
             if step % recipe.checkpoint.every == 0 or step == recipe.steps:
-                _save(mngr, step, state, it.get_state(), meta)
+                _save(mngr, step, state, it, meta)
         mngr.wait_until_finished()
     finally:
         mngr.close()

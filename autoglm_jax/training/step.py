@@ -271,7 +271,8 @@ def make_loss_fn(module: nn.Module, distill: DistillRecipe | None = None,
         mask = batch["loss_mask"].astype(jnp.float32)
         logits, hs = _forward(module, params, batch, bool(layer_map), grid)
         metrics = {"accuracy": losses.token_accuracy(logits, batch["targets"], mask),
-                   "tokens": jnp.sum(mask)}
+                   "tokens": jnp.sum(mask),
+                   "input_tokens": jnp.sum(batch["segment_ids"] != 0)}
         if distill is None:
             loss = losses.cross_entropy(logits, batch["targets"], mask)
             return loss, {**metrics, "ce": loss}

@@ -2,6 +2,7 @@
 the feedback files (metrics.jsonl, TensorBoard events, loss.png, progress)."""
 
 import io
+import json
 import shutil
 import struct
 import sys
@@ -12,7 +13,9 @@ import pytest
 
 import autoglm_jax as ag
 from autoglm_jax.training import NonFiniteError, load_recipe, run_pretrain
+from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 from autoglm_jax.training import metrics as M
+from autoglm_jax.training.data import make_dataset
 from autoglm_jax.training.loop import _checkpoint_manager, restore_checkpoint
 
 from . import np_init
@@ -56,12 +59,16 @@ def test_resume_is_exact_and_skips_an_interrupted_save(tmp_path, one):
     assert [r["step"] for r in records] == list(range(1, 9))
     assert [r["loss"] for r in records] == [h["loss"] for h in full.history]
 
-    # A checkpoint holds the state, the data iterator position and the recipe + model config.
+    # A checkpoint holds the state, each process's data iterator position (Grain's file per
+    # process) and the recipe + model config.
+    saved = json.loads((ckpts / "8" / "data_iterator" / "process_0-of-1.json").read_text())
+    it = iter(make_dataset(recipe.data, Tokenizer.from_dir(TINY_TOKENIZER_DIR))[0])
+    assert it.get_state() != saved
     mngr = _checkpoint_manager(recipe)
-    state, data_state, meta = restore_checkpoint(mngr, 8, resumed.state,
-                                                 jax.tree.map(lambda x: x.sharding, resumed.state))
+    state, meta = restore_checkpoint(mngr, 8, resumed.state,
+                                     jax.tree.map(lambda x: x.sharding, resumed.state), it)
     mngr.close()
-    assert int(state.step) == 8 and data_state and meta["step"] == 8
+    assert int(state.step) == 8 and it.get_state() == saved and meta["step"] == 8
     assert meta["recipe"]["steps"] == 8 and meta["model_config"]["text"]["num_layers"] == 1
     assert state.rng.shape == (2,) and not np.array_equal(state.rng, full.state.rng * 0)
 
