@@ -1,0 +1,1 @@
+"""Tests of the phone agent: actions, the simulated phone, the agent loop."""
