@@ -9,10 +9,8 @@ dropped. A request the engine's full waiting queue refuses is retried after the 
 exception inside the engine marks it dead: every request gets a 503 event and `/health`
 answers 503.
 
-Events on `RequestHandle.queue`, each a tuple:
-    ("delta", index, StreamDelta)                  streamed handles only
-    ("done", index, StreamDelta, RequestOutput)    the last delta and the full output
-    ("error", index, APIError)                     the request failed (the others are aborted)
+Events on `RequestHandle.queue` are the typed `DeltaEvent`, `DoneEvent` and `ErrorEvent` of
+events.py; streaming.py reads them.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from typing import Any, Sequence
 from autoglm_jax.engine.engine import Engine
 from autoglm_jax.engine.sampling import SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError
+from autoglm_jax.serve.events import DeltaEvent, DoneEvent, EngineEvent, ErrorEvent
 from autoglm_jax.serve.metrics import ServerMetrics
 from autoglm_jax.serve.protocol import APIError
 
@@ -63,7 +62,7 @@ class RequestHandle:
         self.subs = list(subs)
         self.loop = loop
         self.stream = stream
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self.arrival = time.monotonic()
         self.num_done = 0  # counted on the loop side as "done" events are read
         self.num_added = 0  # sub-requests the engine has accepted (engine thread only)
@@ -87,7 +86,8 @@ class EngineThread:
         self._pending_adds = 0
         self._live: dict[str, tuple[RequestHandle, SubRequest]] = {}
         self._deferred: list[RequestHandle] = []  # waiting queue was full; retried per step
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, tuple]]] = {}
+        self._outbox: dict[asyncio.AbstractEventLoop,
+                           list[tuple[RequestHandle, EngineEvent]]] = {}
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = False
@@ -225,7 +225,7 @@ class EngineThread:
                 self._add(handle, may_defer=False)
         self._deferred = still
 
-    def _post(self, handle: RequestHandle, event: tuple) -> None:
+    def _post(self, handle: RequestHandle, event: EngineEvent) -> None:
         self._outbox.setdefault(handle.loop, []).append((handle, event))
 
     def _flush(self) -> None:
@@ -273,7 +273,7 @@ class EngineThread:
                 log.exception("add_request failed")
                 error = APIError(500, f"internal error while queueing the request: "
                                       f"{type(e).__name__}")
-            self._post(handle, ("error", None, error))
+            self._post(handle, ErrorEvent(None, error))
         return True
 
     def _drop(self, request_id: str) -> None:
@@ -304,7 +304,7 @@ class EngineThread:
             handles[id(h)] = h
         self._deferred = []
         for h in handles.values():
-            self._post(h, ("error", None, error))
+            self._post(h, ErrorEvent(None, error))
 
     def _on_deltas(self, deltas: Sequence[Any]) -> None:
         now = time.monotonic()
@@ -318,7 +318,7 @@ class EngineThread:
                 sub.num_tokens += len(d.token_ids)
             if not d.finished:
                 if handle.stream:
-                    self._post(handle, ("delta", sub.index, d))
+                    self._post(handle, DeltaEvent(sub.index, d))
                 continue
             out = self.engine.output(d.request_id)
             self.engine.release(d.request_id)
@@ -329,10 +329,10 @@ class EngineThread:
                 self._record(handle, sub, "abort", out)
                 error = (_too_many(f"{d.error}; retry later") if d.error
                          else APIError(503, "the request was aborted"))
-                self._post(handle, ("error", sub.index, error))
+                self._post(handle, ErrorEvent(sub.index, error))
             else:
                 self._record(handle, sub, d.finish_reason or "stop", out)
-                self._post(handle, ("done", sub.index, d, out))
+                self._post(handle, DoneEvent(sub.index, d, out))
 
     def _record(self, handle: RequestHandle, sub: SubRequest, reason: str, out: Any) -> None:
         if self.metrics is None:
@@ -346,6 +346,6 @@ class EngineThread:
                                       now - handle.arrival)
 
 
-def _deliver(items: list[tuple[RequestHandle, tuple]]) -> None:
+def _deliver(items: list[tuple[RequestHandle, EngineEvent]]) -> None:
     for handle, event in items:
         handle.queue.put_nowait(event)

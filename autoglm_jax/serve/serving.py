@@ -1,85 +1,39 @@
-"""Chat and text completions: OpenAI requests in, engine requests out, responses and SSE back.
+"""Chat and text completions, requests in: OpenAI requests checked and turned into engine requests.
 
 Each HTTP request becomes one `RequestHandle` with a sub-request per choice (n, and each prompt
 of a completions batch). Text prompts are rendered and tokenized here, so the prompt length is
 checked before anything is queued; prompts with images or audio go to the engine as a chat
-dict (see media.py). A client that disconnects, before or during its stream, has its
-sub-requests aborted and their KV pages freed.
+dict (see media.py). The answer, streamed or whole, is streaming.py's with the endpoint's
+renderer (renderers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import math
 import re
 import uuid
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, Sequence
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from autoglm_jax.engine.sampling import SamplingParams
 from autoglm_jax.serve import protocol as proto
 from autoglm_jax.serve.config import ServeConfig
 from autoglm_jax.serve.engine_thread import EngineThread, RequestHandle, SubRequest
+from autoglm_jax.serve.logprobs import TokenText
 from autoglm_jax.serve.media import (check_modalities, engine_modalities, has_media_parts,
                                      render_messages)
 from autoglm_jax.serve.protocol import APIError, bad_request
 from autoglm_jax.serve.reasoning import ReasoningStream, reasoning_stream
+from autoglm_jax.serve.renderers import ChatRenderer, CompletionRenderer
+from autoglm_jax.serve.streaming import respond
 
-KEEPALIVE_SECONDS = 15.0
 MAX_CHOICES = 256  # sub-requests per HTTP request (n times the number of prompts)
 _RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "add_generation_prompt", "tools", "tokenize",
                                        "chat_template", "documents", "template_name"})
-
-
-class ClientGone(Exception):
-    """The client disconnected while we waited for the engine."""
-
-
-def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-SSE_DONE = "data: [DONE]\n\n"
-
-
-def _clamp(lp: float) -> float:
-    """JSON has no -inf or NaN; vLLM reports -9999 for impossible tokens."""
-    return -9999.0 if math.isnan(lp) else max(float(lp), -9999.0)
-
-
-async def _until_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _next_event(handle: RequestHandle, watcher: asyncio.Future | None,
-                      timeout: float | None = None) -> tuple | None:
-    """The handle's next event; None on timeout; ClientGone if the watcher fires first."""
-    get = asyncio.ensure_future(handle.queue.get())
-    waits = {get} if watcher is None else {get, watcher}
-    done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if get in done:
-        return get.result()
-    get.cancel()
-    if watcher is not None and watcher in done:
-        raise ClientGone()
-    return None
-
-
-@dataclasses.dataclass
-class _Choice:
-    """Per-choice streaming state."""
-
-    reasoning: ReasoningStream | None = None
-    text_offset: int = 0
-    num_tokens: int = 0
 
 
 class OpenAIServing:
@@ -94,7 +48,7 @@ class OpenAIServing:
         self.scheduling_policy = engine.config.scheduling_policy
         self.vocab_size = engine.model.config.text.vocab_size
         self.modalities = engine_modalities(engine)
-        self._token_cache: dict[int, tuple[str, list[int]]] = {}
+        self.tokens = TokenText(engine.tokenizer)
 
     # ------------------------------------------------------------------------------------
     # Checks shared by both endpoints.
@@ -178,118 +132,6 @@ class OpenAIServing:
         return subs
 
     # ------------------------------------------------------------------------------------
-    # Waiting for the engine.
-
-    async def _collect(self, request: Request, handle: RequestHandle) -> dict[int, tuple]:
-        """All "done" events of a non-streamed request: index -> (last delta, RequestOutput)."""
-        watcher = asyncio.ensure_future(_until_disconnect(request))
-        results: dict[int, tuple] = {}
-        try:
-            while not handle.finished:
-                ev = await _next_event(handle, watcher)
-                if ev[0] == "error":
-                    raise ev[2]
-                if ev[0] == "done":
-                    results[ev[1]] = (ev[2], ev[3])
-                    handle.num_done += 1
-            return results
-        finally:
-            watcher.cancel()
-            if not handle.finished:
-                self.thread.abort(handle)
-
-    async def _first_event(self, request: Request, handle: RequestHandle) -> tuple:
-        """Wait for the first event before sending headers, so that a request refused by the
-        engine (queue full, waited too long) still gets its status code."""
-        watcher = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            ev = await _next_event(handle, watcher)
-            if ev[0] == "error":
-                raise ev[2]
-            return ev
-        except BaseException:
-            self.thread.abort(handle)
-            raise
-        finally:
-            watcher.cancel()
-
-    async def _run(self, request: Request, handle: RequestHandle, stream_fn, full_fn) -> Response:
-        self.thread.submit(handle)
-        try:
-            if handle.stream:
-                first = await self._first_event(request, handle)
-                return self._streaming_response(handle, stream_fn(first))
-            return JSONResponse(full_fn(await self._collect(request, handle)))
-        except ClientGone:
-            return Response(status_code=499)
-
-    async def _events_from(self, handle: RequestHandle, first: tuple) -> AsyncIterator[tuple]:
-        """Events from `first` on; None is a keep-alive tick. Ends after the last "done" or
-        an "error"."""
-        ev = first
-        while True:
-            yield ev
-            if ev is not None and ev[0] == "done":
-                handle.num_done += 1
-                if handle.finished:
-                    return
-            if ev is not None and ev[0] == "error":
-                return
-            ev = await _next_event(handle, None, KEEPALIVE_SECONDS)
-
-    def _streaming_response(self, handle: RequestHandle, body: AsyncIterator[str]) -> Response:
-        """SSE response; whatever way the body ends (done, error, client gone: Starlette
-        cancels it), unfinished sub-requests are aborted."""
-        async def guarded() -> AsyncIterator[str]:
-            try:
-                async for piece in body:
-                    yield piece
-            finally:  # abort first: under a cancelled scope every await raises again
-                if not handle.finished:
-                    self.thread.abort(handle)
-                await body.aclose()
-        return StreamingResponse(guarded(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    # ------------------------------------------------------------------------------------
-    # Token strings for logprobs.
-
-    def _token(self, tid: int) -> tuple[str, list[int]]:
-        hit = self._token_cache.get(tid)
-        if hit is None:
-            try:
-                raw = self.tokenizer.token_bytes(tid)
-            except ValueError:  # not a byte-level tokenizer
-                raw = self.tokenizer.decode([tid]).encode("utf-8")
-            hit = (raw.decode("utf-8", errors="replace"), list(raw))
-            self._token_cache[tid] = hit
-        return hit
-
-    def _chat_logprobs(self, token_ids: Sequence[int], chosen: Sequence[float],
-                       tops: Sequence[dict[int, float]]) -> list[dict[str, Any]]:
-        out = []
-        for tid, lp, top in zip(token_ids, chosen, tops):
-            s, b = self._token(tid)
-            entries = []
-            for t, v in top.items():
-                ts, tb = self._token(t)
-                entries.append({"token": ts, "logprob": _clamp(v), "bytes": tb})
-            out.append({"token": s, "logprob": _clamp(lp), "bytes": b, "top_logprobs": entries})
-        return out
-
-    def _completion_logprobs(self, token_ids: Sequence[int], chosen: Sequence[float],
-                             tops: Sequence[dict[int, float]], state: _Choice) -> dict[str, Any]:
-        tokens, offsets, top_out = [], [], []
-        for tid, top in zip(token_ids, tops):
-            s, _ = self._token(tid)
-            tokens.append(s)
-            offsets.append(state.text_offset)
-            state.text_offset += len(s)
-            top_out.append({self._token(t)[0]: _clamp(v) for t, v in top.items()})
-        return {"tokens": tokens, "token_logprobs": [_clamp(v) for v in chosen],
-                "top_logprobs": top_out, "text_offset": offsets}
-
-    # ------------------------------------------------------------------------------------
     # POST /v1/chat/completions
 
     async def chat(self, request: Request, req: proto.ChatCompletionRequest) -> Response:
@@ -351,85 +193,11 @@ class OpenAIServing:
             return reasoning_stream(self.tokenizer, prompt_text, prompt_ids,
                                     req.skip_special_tokens)
 
-        rid, created = proto.new_id("chatcmpl"), proto.now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        def full(results: dict[int, tuple]) -> dict[str, Any]:
-            choices = []
-            for index in sorted(results):
-                _, out = results[index]
-                comp = out.outputs[0]
-                reasoning, content = None, comp.text
-                split = splitter()
-                if split is not None:
-                    reasoning, content = split.split(comp.text, comp.token_ids)
-                    reasoning = (reasoning or None) if return_reasoning else None
-                logprobs = None
-                if req.logprobs:
-                    logprobs = {"content": self._chat_logprobs(comp.token_ids, comp.token_logprobs,
-                                                               comp.logprobs)}
-                choices.append({"index": index, "message": proto.chat_message(content, reasoning),
-                                "logprobs": logprobs, "finish_reason": comp.finish_reason,
-                                "stop_reason": comp.stop_reason})
-            return {"id": rid, "object": "chat.completion", "created": created,
-                    "model": self.model_name, "choices": choices,
-                    "usage": _usage([results[i][1] for i in sorted(results)], req.n)}
-
-        async def stream(first: tuple) -> AsyncIterator[str]:
-            extra = {"usage": None} if include_usage else {}
-
-            def chunk(index: int, delta: dict, finish: str | None = None,
-                      logprobs: Any = None, stop_reason: Any = None) -> str:
-                c: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs,
-                                     "finish_reason": finish}
-                if finish is not None:
-                    c["stop_reason"] = stop_reason
-                return sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                            "model": self.model_name, "choices": [c], **extra})
-
-            states = {s.index: _Choice(splitter()) for s in subs}
-            outs: dict[int, Any] = {}
-            for s in subs:
-                yield chunk(s.index, proto.chat_delta(role=True, content=""))
-            async for ev in self._events_from(handle, first):
-                if ev is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                if ev[0] == "error":
-                    yield sse(ev[2].body())
-                    yield SSE_DONE
-                    return
-                index, d = ev[1], ev[2]
-                final = ev[0] == "done"
-                st = states[index]
-                reasoning, content = "", d.text
-                if st.reasoning is not None:
-                    reasoning, content = st.reasoning.feed(d.text, d.token_ids)
-                    if final:
-                        r2, c2 = st.reasoning.finish()
-                        reasoning, content = reasoning + r2, content + c2
-                    if not return_reasoning:
-                        reasoning = ""
-                logprobs = None
-                if req.logprobs and d.token_ids:
-                    logprobs = {"content": self._chat_logprobs(d.token_ids, d.token_logprobs,
-                                                               d.logprobs)}
-                delta = proto.chat_delta(content=content or None, reasoning=reasoning or None)
-                if final:
-                    comp = ev[3].outputs[0]
-                    outs[index] = ev[3]
-                    yield chunk(index, delta, comp.finish_reason, logprobs, comp.stop_reason)
-                elif delta or logprobs:
-                    if not delta:
-                        delta = {"content": ""}
-                    yield chunk(index, delta, logprobs=logprobs)
-            if include_usage:
-                yield sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                           "model": self.model_name, "choices": [],
-                           "usage": _usage([outs[i] for i in sorted(outs)], req.n)})
-            yield SSE_DONE
-
-        return await self._run(request, handle, stream, full)
+        renderer = ChatRenderer(self.model_name, req.n, include_usage, self.tokens,
+                                splitter=splitter, return_reasoning=return_reasoning,
+                                logprobs=bool(req.logprobs))
+        return await respond(request, self.thread, handle, renderer)
 
     # ------------------------------------------------------------------------------------
     # POST /v1/completions
@@ -463,79 +231,12 @@ class OpenAIServing:
                 echo = self.tokenizer.decode(ids, skip_special_tokens=req.skip_special_tokens)
             self._check_length(len(ids), req.max_tokens, param)
             prompts.append(ids)
-            echoes.append(echo if req.echo else "")
+            echoes.append(echo)
         params = self._params(req, stop, req.max_tokens, req.logprobs, {})
         subs = self._subs(prompts, params, req.n, req.seed, req.priority)
         handle = RequestHandle(subs, asyncio.get_running_loop(), req.stream)
-        rid, created = proto.new_id("cmpl"), proto.now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        n = req.n
-
-        def full(results: dict[int, tuple]) -> dict[str, Any]:
-            choices = []
-            for index in sorted(results):
-                _, out = results[index]
-                comp = out.outputs[0]
-                prefix = echoes[index // n]
-                logprobs = None
-                if req.logprobs is not None:
-                    logprobs = self._completion_logprobs(comp.token_ids, comp.token_logprobs,
-                                                         comp.logprobs, _Choice())
-                choices.append({"index": index, "text": prefix + comp.text,
-                                "logprobs": logprobs, "finish_reason": comp.finish_reason,
-                                "stop_reason": comp.stop_reason})
-            return {"id": rid, "object": "text_completion", "created": created,
-                    "model": self.model_name, "choices": choices,
-                    "usage": _usage([results[i][1] for i in sorted(results)], n)}
-
-        async def stream(first: tuple) -> AsyncIterator[str]:
-            extra = {"usage": None} if include_usage else {}
-
-            def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None,
-                      stop_reason: Any = None) -> str:
-                c: dict[str, Any] = {"index": index, "text": text, "logprobs": logprobs,
-                                     "finish_reason": finish}
-                if finish is not None:
-                    c["stop_reason"] = stop_reason
-                return sse({"id": rid, "object": "text_completion", "created": created,
-                            "model": self.model_name, "choices": [c], **extra})
-
-            states = {s.index: _Choice() for s in subs}
-            outs: dict[int, Any] = {}
-            if req.echo:
-                for s in subs:
-                    yield chunk(s.index, echoes[s.index // n])
-            async for ev in self._events_from(handle, first):
-                if ev is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                if ev[0] == "error":
-                    yield sse(ev[2].body())
-                    yield SSE_DONE
-                    return
-                index, d = ev[1], ev[2]
-                logprobs = None
-                if req.logprobs is not None and d.token_ids:
-                    logprobs = self._completion_logprobs(d.token_ids, d.token_logprobs,
-                                                         d.logprobs, states[index])
-                if ev[0] == "done":
-                    comp = ev[3].outputs[0]
-                    outs[index] = ev[3]
-                    yield chunk(index, d.text, comp.finish_reason, logprobs, comp.stop_reason)
-                elif d.text or logprobs:
-                    yield chunk(index, d.text, logprobs=logprobs)
-            if include_usage:
-                yield sse({"id": rid, "object": "text_completion", "created": created,
-                           "model": self.model_name, "choices": [],
-                           "usage": _usage([outs[i] for i in sorted(outs)], n)})
-            yield SSE_DONE
-
-        return await self._run(request, handle, stream, full)
-
-
-def _usage(outs: Sequence[Any], n: int) -> dict[str, Any]:
-    """Prompt tokens once per prompt (not per choice), completion tokens of every choice."""
-    firsts = outs[::n]
-    return proto.usage(sum(len(o.prompt_token_ids) for o in firsts),
-                       sum(len(o.outputs[0].token_ids) for o in outs),
-                       sum(o.num_cached_tokens for o in firsts))
+        renderer = CompletionRenderer(self.model_name, req.n, include_usage, self.tokens,
+                                      echoes=echoes if req.echo else None,
+                                      logprobs=req.logprobs is not None)
+        return await respond(request, self.thread, handle, renderer)
