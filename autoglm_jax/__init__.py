@@ -8,27 +8,27 @@ cross-modal gated attention.
     outs = engine.generate(["Hello"], ag.SamplingParams(max_tokens=32, temperature=0.0))
 """
 
+from autoglm_jax._version import __version__  # noqa: F401  (the package version)
 from autoglm_jax.checkpoint import (CheckpointError, Model, abstract_params, export_hf, init,
                                     load, save)
 from autoglm_jax.config import (AudioConfig, ConfigError, FusionConfig, ModelConfig, TextConfig,
-                                ViTConfig, VisionConfig, load_config)
+                                ViTConfig, VisionConfig)
 from autoglm_jax.engine import (Engine, EngineConfig, QueueFullError, RequestOutput,
                                 SamplingParams)
 from autoglm_jax.nn.attention import DenseCausal
 from autoglm_jax.nn.audio import WhisperEncoder
 from autoglm_jax.nn.fusion import Memory, MemoryKV
 from autoglm_jax.nn.glm import GlmDecoder
-from autoglm_jax.nn.model import (AutoGLM, Glm4vModel, count_params_by_stack, encode_memory,
-                                  memory_kv)
+from autoglm_jax.families import FAMILIES, Family, count_params_by_stack, load_config
+from autoglm_jax.nn.model import AutoGLM, Glm4vModel, encode_memory, memory_kv
 from autoglm_jax.nn.vision import Glm4vVisionTower
 from autoglm_jax.nn.vit import ViTEncoder
 from autoglm_jax.sharding import RULES, make_mesh, param_shardings, per_device_bytes
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "RULES", "AudioConfig", "AutoGLM", "CheckpointError", "ConfigError", "DenseCausal",
-    "Engine", "EngineConfig", "FusionConfig", "Glm4vModel", "Glm4vVisionTower", "GlmDecoder",
+    "FAMILIES", "RULES", "AudioConfig", "AutoGLM", "CheckpointError", "ConfigError", "DenseCausal",
+    "Engine", "EngineConfig", "Family", "FusionConfig", "Glm4vModel", "Glm4vVisionTower", "GlmDecoder",
     "Memory", "MemoryKV", "Model", "ModelConfig", "QueueFullError", "RequestOutput",
     "SamplingParams", "TextConfig", "ViTConfig", "ViTEncoder", "VisionConfig", "WhisperEncoder",
     "abstract_params", "count_params_by_stack", "encode_memory", "export_hf", "init", "load",

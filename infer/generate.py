@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from autoglm_jax.engine import SamplingParams
 from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
@@ -132,8 +132,8 @@ def run_chat(args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
     model = engine.model
     if model.tokenizer is None:
         raise SystemExit("chat needs a checkpoint with a tokenizer")
-    if (args.image and model.config.model_type in ("glm", "glm4")) or (
-            args.audio and getattr(model.config, "audio", None) is None):
+    if (args.image and model.config.vision is None) or (
+            args.audio and model.config.audio is None):
         raise SystemExit(f"model type {model.config.model_type!r} does not take "
                          f"{'images' if args.image else 'audio'}")
     compile_s = warm_up(engine, log)

@@ -15,7 +15,7 @@ import torch
 import autoglm_jax as ag
 from autoglm_jax.config import ConfigError
 from autoglm_jax.config.audio import WHISPER_TINY
-from autoglm_jax.nn.model import build_module, count_params_by_stack, example_inputs
+from autoglm_jax.families import build_module, count_params_by_stack, example_inputs
 from autoglm_jax.nn.vision import grid_tuple
 from autoglm_jax.processing.image import ImageProcessorConfig, process_images
 from autoglm_jax.processing.prompt import expand_image_placeholders, get_rope_index

@@ -3,7 +3,8 @@ import json
 import pytest
 
 import autoglm_jax as ag
-from autoglm_jax.config import ConfigError, preset_names, text_config_from_hf
+from autoglm_jax.config import ConfigError, preset_names
+from autoglm_jax.families.glm import text_config_from_hf
 
 
 def test_every_shipped_preset_parses():

@@ -1,7 +1,8 @@
 """`ag.load`, `ag.save`, `ag.export_hf` and `ag.init`: the model handle and its formats.
 
 Formats:
-- Hugging Face directories (config.json + safetensors), model types from the registry.
+- Hugging Face directories (config.json + safetensors), read by their family
+  (`autoglm_jax.families`).
 - Our own: `autoglm_config.json` (ModelConfig), `params/` (Orbax), tokenizer files.
 """
 
@@ -24,11 +25,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from autoglm_jax import sharding as shd
+import autoglm_jax.sharding as shd
 from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
-from autoglm_jax.checkpoint.registry import get_architecture
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.config import ModelConfig, read_json
+from autoglm_jax.families import (abstract_params, compose_autoglm, config_from_hf, get_family,
+                                  load_config)
 from autoglm_jax.distributed import barrier, is_primary
 
 NATIVE_CONFIG = "autoglm_config.json"
@@ -65,11 +67,6 @@ def _dtype_name(dtype: Any) -> str | None:
     return name
 
 
-def abstract_params(module: nn.Module, init_args: tuple[Any, ...]) -> Any:
-    """The boxed (logically partitioned) parameter tree as ShapeDtypeStructs, no memory used."""
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *init_args))["params"]
-
-
 def _shardings(boxed: Any, mesh: Mesh | None, rules: str) -> Any | None:
     return shd.param_shardings(boxed, mesh, rules) if mesh is not None else None
 
@@ -100,7 +97,6 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
     FusionConfig, or from the decoder), so the composite equals the base model until trained.
     """
     if audio_encoder is not None or vit_encoder is not None:
-        from autoglm_jax.checkpoint.registry import compose_autoglm
         base = load(path, dtype, mesh, rules, load_tokenizer)
         parts = {name: load(d, dtype, mesh, rules, load_tokenizer=False)
                  for name, d in (("audio", audio_encoder), ("vit", vit_encoder)) if d is not None}
@@ -109,7 +105,7 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
             base.config, base.params, fusion=fusion, seed=seed, mesh=mesh, rules=rules,
             **{name: (m.config, m.params) for name, m in parts.items()},
             audio_token_id=tok.token_to_id("<|audio|>") if tok is not None else None)
-        module = get_architecture("autoglm", "model").build(cfg)
+        module = get_family(cfg.model_type, "model").build(cfg, None)
         return Model(cfg, params, module, tok, mesh, rules, source=str(path))
     directory = Path(path)
     if not directory.is_dir():
@@ -118,25 +114,24 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
     native = directory / NATIVE_CONFIG
     if native.exists():
         cfg = ModelConfig.from_dict(read_json(native), source=str(native))
-        arch = get_architecture(cfg.model_type, str(native))
     else:
         config_path = directory / "config.json"
         if not config_path.exists():
             raise CheckpointError(f"{directory}: no config.json (not a Hugging Face checkpoint) "
                                   f"and no {NATIVE_CONFIG}")
         raw = read_json(config_path)
-        arch = get_architecture(raw.get("model_type"), str(config_path))
-        cfg = arch.config_from_hf(raw, str(config_path))
+        cfg = config_from_hf(raw, source=str(config_path))
     cfg = cfg.with_dtypes(dtype_name, dtype_name)
-    module = arch.build(cfg)
-    boxed = abstract_params(module, arch.init_args(cfg))
+    family = get_family(cfg.model_type, str(directory))
+    module = family.build(cfg, None)
+    boxed = abstract_params(module, family.example_inputs(cfg))
     shardings = _shardings(boxed, mesh, rules)
     expected = nn.unbox(boxed)
     param_dtype = dtype_name or "float32"
     if native.exists():
         params = _restore_native(directory / "params", expected, shardings, param_dtype)
     else:
-        params = read_hf_tensors(directory, arch, cfg, expected, shardings, param_dtype)
+        params = read_hf_tensors(directory, family, cfg, expected, shardings, param_dtype)
     tokenizer = _load_tokenizer(directory) if load_tokenizer else None
     return Model(cfg, params, module, tokenizer, mesh, rules, source=str(directory))
 
@@ -153,7 +148,6 @@ def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh
           "fan_in": normal(0, 1/sqrt(fan_in)) (`nn.layers.FanInInit`), which keeps the
           signal of small models trained from scratch (embedding and position tables, norms
           and biases are the same under both)."""
-    from autoglm_jax.config import load_config
     from autoglm_jax.nn.layers import FanInInit
     if init not in INIT_SCHEMES:
         raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {init!r}")
@@ -161,10 +155,10 @@ def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh
     name = _dtype_name(dtype)
     if name:
         cfg = cfg.with_dtypes(name, name)
-    arch = get_architecture(cfg.model_type, "config")
-    module = arch.build(cfg)
+    family = get_family(cfg.model_type, "config")
+    module = family.build(cfg, None)
     initializer = module.clone(dot_general=FanInInit()) if init == "fan_in" else module
-    args = arch.init_args(cfg)
+    args = family.example_inputs(cfg)
     boxed = abstract_params(module, args)
     shardings = _shardings(boxed, mesh, rules)
     cache_key = (cfg, mesh, rules if mesh is not None else None, init)
@@ -181,9 +175,9 @@ def export_hf(model: Model, out_dir: str | os.PathLike,
               max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `model` as a Hugging Face directory that transformers loads."""
     out = Path(out_dir)
-    arch = get_architecture(model.config.model_type, "model")
+    family = get_family(model.config.model_type, "model")
     tok_dir = getattr(model.tokenizer, "source_dir", None)
-    write_hf(out, arch, model.config, model.params, tok_dir, max_shard_bytes)
+    write_hf(out, family, model.config, model.params, tok_dir, max_shard_bytes)
     return out
 
 

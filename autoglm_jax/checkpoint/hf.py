@@ -11,8 +11,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from autoglm_jax.checkpoint.keymap import get_path, set_path, state_dict_from_params
-from autoglm_jax.checkpoint.registry import Architecture
+from autoglm_jax.families.family import Family
+from autoglm_jax.families.keymap import get_path, set_path, state_dict_from_params
 from autoglm_jax.checkpoint.safetensors_io import (CheckpointError, SafetensorsIndex,
                                                    save_file)
 
@@ -23,22 +23,22 @@ _NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bf
               "float16": np.dtype(np.float16)}
 
 
-def read_hf_tensors(directory: Path, arch: Architecture, cfg: Any, expected: Any,
+def read_hf_tensors(directory: Path, family: Family, cfg: Any, expected: Any,
                     shardings: Any | None, param_dtype: str) -> dict[str, Any]:
     """Read every mapped tensor, one at a time: check it, convert its layout, cast it and place
     it straight into its target sharding (or the default device). `expected` is the tree of
     ShapeDtypeStructs from eval_shape. Errors name the file and key."""
     index = SafetensorsIndex(directory)
-    maps = arch.tensor_maps(cfg)
+    maps = family.tensor_maps(cfg)
     mapped = {m.hf_key for m in maps}
-    unexpected = [k for k in index.keys() if k not in mapped and not arch.ignored(k, cfg)]
+    unexpected = [k for k in index.keys() if k not in mapped and not family.ignored(k, cfg)]
     if unexpected:
         shown = ", ".join(f"`{k}` (in {index.file_of(k).name})" for k in unexpected[:5])
-        raise CheckpointError(f"{directory}: unexpected key(s) for a {arch.name} model: {shown}"
+        raise CheckpointError(f"{directory}: unexpected key(s) for a {family.name} model: {shown}"
                               + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
     missing = [m.hf_key for m in maps if m.hf_key not in index.keys()]
     if missing:
-        raise CheckpointError(f"{directory}: missing key(s) for a {arch.name} model: "
+        raise CheckpointError(f"{directory}: missing key(s) for a {family.name} model: "
                               + ", ".join(f"`{k}`" for k in missing[:5])
                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     target = _NP_DTYPES[param_dtype]
@@ -72,7 +72,7 @@ def read_hf_tensors(directory: Path, arch: Architecture, cfg: Any, expected: Any
     got = jax.tree.structure(params)
     want_struct = jax.tree.structure(expected)
     if got != want_struct:
-        raise CheckpointError(f"{directory}: the tensor maps of {arch.name} do not cover the "
+        raise CheckpointError(f"{directory}: the tensor maps of {family.name} do not cover the "
                               "model's parameters (a bug in the key map)")
     return params
 
@@ -81,12 +81,12 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def write_hf(directory: Path, arch: Architecture, cfg: Any, params: Any,
+def write_hf(directory: Path, family: Family, cfg: Any, params: Any,
              tokenizer_dir: Path | None, max_shard_bytes: int = 5 * 2**30) -> None:
     """Write an HF directory that transformers' `from_pretrained` loads: config.json,
     model.safetensors (or shards + index.json past max_shard_bytes), tokenizer files."""
     directory.mkdir(parents=True, exist_ok=True)
-    maps = arch.tensor_maps(cfg)
+    maps = family.tensor_maps(cfg)
     host = jax.tree.map(_to_numpy, params)
     state = state_dict_from_params(maps, host)
     total = sum(a.nbytes for a in state.values())
@@ -108,7 +108,7 @@ def write_hf(directory: Path, arch: Architecture, cfg: Any, params: Any,
             weight_map.update({k: name for k in shard})
         (directory / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (directory / "config.json").write_text(json.dumps(arch.config_to_hf(cfg), indent=2))
+    (directory / "config.json").write_text(json.dumps(family.config_to_hf(cfg), indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             src = Path(tokenizer_dir) / name

@@ -44,7 +44,8 @@ import numpy as np
 from autoglm_jax.config import TextConfig
 from autoglm_jax.config.quant import PruneConfig
 from autoglm_jax.nn.layers import Einsum, EinsumPolicy
-from autoglm_jax.quant.quantized import decoder_path
+from autoglm_jax.families import decoder_path, get_family
+from autoglm_jax.nn.batch import MEDIA_KEYS, forward_kwargs, split_static
 
 Array = jax.Array
 _COLLECTION = "calibration"
@@ -106,7 +107,6 @@ class _Observer(EinsumPolicy):
 
 def _as_batch(batch: Any) -> tuple[dict[str, np.ndarray], Any]:
     """(the batch's arrays, its static image grid tuple or None)."""
-    from autoglm_jax.training.step import MEDIA_KEYS, split_static
     if not isinstance(batch, Mapping):
         return {"inputs": np.asarray(batch, np.int32)}, None
     ids = batch["inputs"] if "inputs" in batch else batch["input_ids"]
@@ -123,7 +123,6 @@ def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
     "input_ids"), optional "segment_ids" (0 = padding, not counted) and "positions", and for
     glm4v / autoglm models the batch's images and audio (pixel_values + image_grid_thw,
     input_features + audio_rows), so the decoder is ranked on the activations it serves."""
-    from autoglm_jax.training.step import forward_kwargs
     cfg = model.config
     if cfg.text is None or cfg.text.quant is not None:
         raise ValueError("pruning needs a float model with a GLM decoder")
@@ -400,13 +399,12 @@ def mask_params(params: Any, text: TextConfig, plan: PrunePlan,
 
 def apply_plan(model: Any, plan: PrunePlan) -> Any:
     """The physically smaller `ag.Model` (config with the pruned widths, sliced params)."""
-    from autoglm_jax.checkpoint.registry import get_architecture
     cfg = model.config
     prefix = decoder_path(cfg)
     _check_plan(cfg.text, plan)
     new_cfg = cfg.replace(text=pruned_text_config(cfg.text, plan))
     params = slice_params(model.params, cfg.text, plan, prefix)
-    module = get_architecture(new_cfg.model_type, "model").build(new_cfg)
+    module = get_family(new_cfg.model_type, "model").build(new_cfg, None)
     return dataclasses.replace(model, config=new_cfg, params=params, module=module,
                                random_init=False)
 

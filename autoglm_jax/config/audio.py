@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
-from autoglm_jax.config._common import DTYPES, ConfigError, check
+from autoglm_jax.config._common import DTYPES, check
 
 # The log-mel front end is fixed by Whisper: 16 kHz audio, hop 160 samples, so one input frame
 # is 10 ms and the encoder's 2 * max_source_positions frames cover 30 s.
@@ -91,49 +91,3 @@ class AudioConfig:
 
 # openai/whisper-tiny's encoder: 8,208,384 parameters.
 WHISPER_TINY = AudioConfig(d_model=384, num_layers=4, num_heads=6, ffw_dim=1536)
-
-_REQUIRED = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim")
-# Our field -> the Whisper config.json field.
-_HF_FIELDS = {"d_model": "d_model", "num_layers": "encoder_layers",
-              "num_heads": "encoder_attention_heads", "ffw_dim": "encoder_ffn_dim",
-              "num_mel_bins": "num_mel_bins", "max_source_positions": "max_source_positions"}
-_HF_DEFAULTS = {"num_mel_bins": 80, "max_source_positions": 1500}
-
-
-def audio_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json",
-                         max_audio_seconds: float = 120.0) -> AudioConfig:
-    """AudioConfig from a Whisper config.json dict (its `encoder_*` fields).
-
-    Defaults for absent optional fields follow transformers' WhisperConfig (80 mels, 1500
-    source positions). The decoder fields are ignored. LayerNorm eps is 1e-5 (torch's default;
-    WhisperConfig has no field for it).
-    """
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{source}: expected a JSON object, got {type(cfg).__name__}")
-    model_type = cfg.get("model_type")
-    if model_type != "whisper":
-        raise ConfigError(
-            f"{source}: unsupported model_type {model_type!r} for the audio encoder "
-            "(supported: 'whisper')")
-    for key in _REQUIRED:
-        if key not in cfg:
-            raise ConfigError(f"{source}: missing required field `{key}`")
-    act = cfg.get("activation_function", "gelu")
-    if act != "gelu":
-        raise ConfigError(f"{source}: field `activation_function`: only 'gelu' (exact) is "
-                          f"supported, got {act!r}")
-    values: dict[str, Any] = {}
-    for ours, theirs in _HF_FIELDS.items():
-        value = cfg.get(theirs, _HF_DEFAULTS.get(theirs))
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{source}: field `{theirs}`: expected an integer, got {value!r}")
-        values[ours] = value
-    try:
-        return AudioConfig(max_audio_seconds=float(max_audio_seconds), **values)
-    except ConfigError as e:
-        message = str(e).replace("AudioConfig", source, 1)
-        for ours, theirs in _HF_FIELDS.items():  # name the field as the file spells it
-            message = message.replace(f"field `{ours}`", f"field `{theirs}`")
-        raise ConfigError(message) from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
 import time
 import uuid
 from typing import Any, Callable, Iterator, Literal, Sequence
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autoglm_jax.families import family_of
 from autoglm_jax.engine.multimodal import (EncoderCache, MultimodalInputs, check_media,
                                            collect_media, prepare)
 from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
@@ -121,6 +121,7 @@ class Engine:
         config = config or EngineConfig()
         config.validate()
         text = model.config.text
+        family = family_of(model.config)
         if config.max_model_len is None:
             config = dataclasses.replace(config, max_model_len=min(
                 text.max_position_embeddings, DEFAULT_MAX_MODEL_LEN))
@@ -159,10 +160,10 @@ class Engine:
             max_pages_per_seq=pages_per_seq, kv_dtype=self.kv_dtype, attention_impl=impl,
             max_logprobs=config.max_logprobs, mesh=self.mesh,
             mrope=text.mrope_section is not None,
-            multimodal=model.config.model_type in ("glm4v", "autoglm"))
+            multimodal=family.multimodal)
         self.attention_impl = impl
         self.encoders = None
-        if model.config.model_type in ("glm4v", "autoglm"):
+        if family.multimodal:
             self.encoders = EncoderCache(model.module, model.params, model.config)
             if getattr(model.config, "audio", None) is not None:
                 a = model.config.audio

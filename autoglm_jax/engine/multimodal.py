@@ -94,9 +94,11 @@ def collect_media(prompt: dict[str, Any]) -> tuple[list[Any], list[Any]]:
 def check_media(config: ModelConfig, images: Sequence[Any], audios: Sequence[Any]) -> None:
     """Refuse media the model has no encoder for, naming the modality."""
     if images and getattr(config, "vision", None) is None:
-        raise ValueError(f"model type {config.model_type!r} does not accept image input")
+        raise ValueError(f"this model ({config.model_type}) has no vision tower: it does not "
+                         "accept image input")
     if audios and getattr(config, "audio", None) is None:
-        raise ValueError(f"model type {config.model_type!r} does not accept audio input")
+        raise ValueError(f"this model ({config.model_type}) has no audio encoder: it does not "
+                         "accept audio input")
 
 
 def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],

@@ -69,7 +69,7 @@ class WhisperBlock(nn.Module):
 class WhisperEncoder(nn.Module):
     """Whisper encoder: log-mel f32[B, M, F] (F = config.num_frames = 3000) -> [B, F/2, D].
 
-    Parameters (HF names in brackets, see `checkpoint/whisper_keys.py`):
+    Parameters (HF names in brackets, see `families/whisper_keys.py`):
       conv1/kernel [3, M, D] (conv1.weight [D, M, 3]), conv2/kernel [3, D, D], biases [D];
       embed_positions [F/2, D]; layers_{i}/{self_attn_layer_norm, self_attn/{q,k,v,out}_proj,
       final_layer_norm, fc1, fc2}; layer_norm.

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import TextConfig
 from autoglm_jax.nn.attention import AttentionBackend, DenseCausal
+from autoglm_jax.nn.quantized import QuantizedWeights
 from autoglm_jax.nn.layers import (DotGeneral, Einsum, EinsumPolicy, Embed, RMSNorm,
                                    apply_interleaved_rope, dtype_of, rope_angles)
 
@@ -109,7 +110,6 @@ class GlmDecoder(nn.Module):
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         dot_general = self.dot_general
         if c.quant is not None:
-            from autoglm_jax.quant.quantized import QuantizedWeights  # quant imports nn
             dot_general = QuantizedWeights(c.quant, decoder_path=self.path, inner=dot_general)
         self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype, pdtype)
         self.layers = [GlmBlock(c, dot_general) for _ in range(c.num_layers)]

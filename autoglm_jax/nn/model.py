@@ -19,13 +19,12 @@ i32[A] (the batch row of each window, -1 for none; default one per row, or all t
 batch of one) and `vit_pixel_values` f32[I, 3, H, W] with `vit_rows`. For serving, encode the
 memory once per request (`encode_memory`, `memory_kv`) and pass `memory=` to every step.
 
-Param tree (HF names in `checkpoint/registry.py`): visual (Glm4vVisionTower), language_model
+Param tree (HF names in `families/glm4v.py`): visual (Glm4vVisionTower), language_model
 (GlmDecoder), audio_encoder (WhisperEncoder), vit_encoder (ViTEncoder), fusion (CgaFusion).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -39,6 +38,7 @@ from autoglm_jax.nn.audio import WhisperEncoder
 from autoglm_jax.nn.fusion import CgaFusion, Memory, MemoryKV
 from autoglm_jax.nn.glm import GlmDecoder
 from autoglm_jax.nn.layers import DotGeneral
+from autoglm_jax.nn.quantized import QuantizedWeights
 from autoglm_jax.nn.vision import Glm4vVisionTower, grid_tuple
 from autoglm_jax.nn.vit import ViTEncoder
 from autoglm_jax.processing.prompt import get_rope_index, splice_embeddings
@@ -71,7 +71,6 @@ class Glm4vModel(nn.Module):
         quant = self.config.text.quant if self.config.text is not None else None
         if quant is None or quant.scope != "all":
             return self.dot_general
-        from autoglm_jax.quant.quantized import QuantizedWeights  # quant imports nn
         return QuantizedWeights(quant, decoder_path=self.path + ("language_model",),
                                 inner=self.dot_general)
 
@@ -83,7 +82,7 @@ class Glm4vModel(nn.Module):
         if pixel_values is None:
             return x
         if c.vision is None:
-            raise ValueError(f"a {c.model_type} model without a vision tower got pixel_values")
+            raise ValueError("this model has no vision tower (pixel_values given)")
         if image_grid_thw is None:
             raise ValueError("pixel_values needs image_grid_thw")
         ids = _concrete(input_ids)
@@ -229,7 +228,7 @@ class AutoGLM(Glm4vModel):
 
 
 class ViTModel(nn.Module):
-    """ViTEncoder that returns only the last hidden state [B, 1 + P, D] (model_type vit); the
+    """ViTEncoder that returns only the last hidden state [B, 1 + P, D] (the vit family); the
     params are the encoder's own (no extra nesting)."""
 
     config: Any  # ViTConfig
@@ -243,51 +242,6 @@ class ViTModel(nn.Module):
         return self.encoder(pixel_values)[0]
 
 
-def build_module(config: ModelConfig, dot_general: DotGeneral | None = None) -> nn.Module:
-    """The Flax module of any model type."""
-    t = config.model_type
-    if t in ("glm", "glm4"):
-        return GlmDecoder(config.text, dot_general)
-    if t == "glm4v":
-        return Glm4vModel(config, dot_general)
-    if t == "autoglm":
-        return AutoGLM(config, dot_general)
-    if t == "whisper":
-        return WhisperEncoder(config.audio, dot_general)
-    if t == "vit":
-        return ViTModel(config.vit, dot_general)
-    raise ValueError(f"unknown model_type {t!r}")
-
-
-def example_inputs(config: ModelConfig) -> tuple[Any, ...]:
-    """Small positional inputs that touch every parameter (for `module.init` / eval_shape):
-    one image of 2x2 patches, one audio window, one ViT image."""
-    c = config
-    t = c.model_type
-    if t in ("glm", "glm4"):
-        return (jnp.zeros((1, 2), jnp.int32),)
-    if t == "whisper":
-        return (jnp.zeros((1, c.audio.num_mel_bins, c.audio.num_frames), jnp.float32),)
-    if t == "vit":
-        return (jnp.zeros((1, c.vit.num_channels, *c.vit.image_size), jnp.float32),)
-    if c.vision is not None:
-        m = c.vision.spatial_merge_size
-        ids = np.asarray([[c.image_start_token_id or 0, c.image_token_id,
-                           c.image_end_token_id or 0]], np.int32)
-        pixels = jnp.zeros((m * m, c.vision.patch_dim), jnp.float32)
-        grid = np.asarray([[1, m, m]], np.int32)
-    else:
-        ids, pixels, grid = np.zeros((1, 2), np.int32), None, None
-    args: tuple[Any, ...] = (ids, None, pixels, grid)
-    if t == "autoglm":
-        audio = (jnp.zeros((1, c.audio.num_mel_bins, c.audio.num_frames), jnp.float32)
-                 if c.audio is not None else None)
-        vit = (jnp.zeros((1, c.vit.num_channels, *c.vit.image_size), jnp.float32)
-               if c.vit is not None else None)
-        args += (audio, vit)
-    return args
-
-
 def init_fusion_params(config: ModelConfig, key: Array) -> Any:
     """Fresh (boxed) CGA fusion params for `config` (gates at zero), without initialising
     the encoders or the decoder."""
@@ -298,38 +252,6 @@ def init_fusion_params(config: ModelConfig, key: Array) -> Any:
     vit = (jnp.zeros((1, c.vit.seq_len, c.vit.d_model), jnp.float32)
            if c.vit is not None else None)
     return CgaFusion(c).init(key, jnp.zeros((1, 1, d), jnp.float32), audio, vit)["params"]
-
-
-_STACK_OF = {"visual": "vision", "language_model": "text", "audio_encoder": "audio",
-             "vit_encoder": "vit"}
-
-
-def count_params_by_stack(config: ModelConfig) -> dict[str, int]:
-    """Parameters per stack from `jax.eval_shape` (no memory used): keys among text, vision,
-    audio, vit, projectors (modality projectors), cga (the gated blocks), and total."""
-    module = build_module(config)
-    args = example_inputs(config)
-    shapes = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"])
-
-    def count(tree: Any) -> int:
-        return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
-
-    t = config.model_type
-    if t in ("glm", "glm4", "whisper", "vit"):
-        out = {{"whisper": "audio", "vit": "vit"}.get(t, "text"): count(shapes)}
-    else:
-        out = {}
-        for name, sub in shapes.items():
-            if name == "fusion":
-                out["projectors"] = count({k: v for k, v in sub.items()
-                                           if k.endswith("_projector")})
-                out["cga"] = count({k: v for k, v in sub.items() if k.startswith("blocks_")})
-            else:
-                out[_STACK_OF[name]] = count(sub)
-    order = ("text", "vision", "audio", "vit", "projectors", "cga")
-    out = {k: out[k] for k in order if k in out}
-    out["total"] = sum(out.values())
-    return out
 
 
 def encode_memory(config: ModelConfig, params: Any, num_rows: int,

@@ -83,7 +83,7 @@ class ViTEncoder(nn.Module):
     (last_hidden_state [B, 1 + P, D], pooler_output [B, D_pool] or None).
 
     The second output is None when `config.add_pooling_layer` is False, so callers can always
-    unpack two values. Parameters (HF names in `checkpoint/vit_keys.py`):
+    unpack two values. Parameters (HF names in `families/vit_keys.py`):
       embeddings/{cls_token [D], position_embeddings [1 + P, D],
                   patch_embeddings/{kernel [C, X, Y, D], bias [D]}};
       layers_{i}/{layernorm_before, attention/{q,k,v,o}_proj, layernorm_after, fc1, fc2};

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.nn.layers import Einsum
-from autoglm_jax.quant.formats import dequantize, quantize, tree_bytes
-from autoglm_jax.quant.quantized import QuantPolicy, decoder_path
+from autoglm_jax.nn.quant_formats import dequantize, quantize, tree_bytes
+from autoglm_jax.families import abstract_params, decoder_path, get_family
+from autoglm_jax.nn.quantized import QuantPolicy
 
 Array = jax.Array
 
@@ -73,12 +74,9 @@ def export_quantized(model: Any, quant: QuantConfig) -> Any:
 
     Raises if the resulting tree differs from what the compressed module expects.
     """
-    from autoglm_jax.checkpoint.api import abstract_params
-    from autoglm_jax.checkpoint.registry import get_architecture
-
     cfg = model.config
     new_cfg = quantized_config(cfg, quant)
-    arch = get_architecture(cfg.model_type, "model")
+    arch = get_family(cfg.model_type, "model")
     exporter = model.module.clone(dot_general=_Exporter(quant, decoder_path(cfg)))
     args = arch.init_args(cfg)
 
@@ -88,7 +86,7 @@ def export_quantized(model: Any, quant: QuantConfig) -> Any:
         return state[_COLLECTION]
 
     params = _merge(model.params, collect(model.params))
-    module = arch.build(new_cfg)
+    module = arch.build(new_cfg, None)
     expected = nn.unbox(abstract_params(module, arch.init_args(new_cfg)))
     got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), params)
     want = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), expected)
@@ -108,13 +106,10 @@ def weight_bytes(model: Any) -> dict[str, int]:
     quantized        the quantized Einsums' kernels plus scales
     quantized_bf16   those Einsums' float kernels at 2 bytes
     """
-    from autoglm_jax.checkpoint.api import abstract_params
-    from autoglm_jax.checkpoint.registry import get_architecture
-
     cfg = model.config
     float_cfg = cfg.replace(text=cfg.text.replace(quant=None)) if cfg.text is not None else cfg
-    arch = get_architecture(cfg.model_type, "model")
-    floats = nn.unbox(abstract_params(arch.build(float_cfg), arch.init_args(float_cfg)))
+    arch = get_family(cfg.model_type, "model")
+    floats = nn.unbox(abstract_params(arch.build(float_cfg, None), arch.init_args(float_cfg)))
     out = {"total": tree_bytes(model.params), "bf16": 2 * _size(floats),
            "quantized": 0, "quantized_bf16": 0}
 
@@ -137,11 +132,8 @@ def abstract_bytes(config: ModelConfig) -> int:
     """Bytes the params of a model of `config` take, from `jax.eval_shape` (nothing is
     allocated): integer kernels and scales when `config.text.quant` is set, every float param
     at the config's param dtype. Equals `tree_bytes(ag.load(...).params)` of such a model."""
-    from autoglm_jax.checkpoint.api import abstract_params
-    from autoglm_jax.checkpoint.registry import get_architecture
-
-    arch = get_architecture(config.model_type, "model")
-    return tree_bytes(nn.unbox(abstract_params(arch.build(config), arch.init_args(config))))
+    arch = get_family(config.model_type, "model")
+    return tree_bytes(nn.unbox(abstract_params(arch.build(config, None), arch.init_args(config))))
 
 
 def _size(tree: Any) -> int:

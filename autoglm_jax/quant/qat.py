@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.nn.layers import DotGeneral, Einsum
-from autoglm_jax.quant.formats import Layout, clip_mask, dequantize, quantize
-from autoglm_jax.quant.quantized import QuantPolicy, decoder_path, quantize_input
+from autoglm_jax.nn.quant_formats import Layout, clip_mask, dequantize, quantize
+from autoglm_jax.families import decoder_path
+from autoglm_jax.nn.quantized import QuantPolicy, quantize_input
 
 Array = jax.Array
 

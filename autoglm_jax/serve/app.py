@@ -234,7 +234,7 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
 
     @app.get("/version")
     async def version() -> Response:
-        from autoglm_jax import __version__
+        from autoglm_jax._version import __version__
         return JSONResponse({"version": __version__})
 
     app.add_middleware(_Guard, api_key=config.api_key, max_body=config.max_request_body_bytes)

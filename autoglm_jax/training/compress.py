@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
-import autoglm_jax as ag
+import autoglm_jax.checkpoint as ckpt
+from autoglm_jax.sharding import make_mesh
 from autoglm_jax.config import ConfigError
 from autoglm_jax.config._common import from_dict, read_toml
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
@@ -88,10 +89,10 @@ def _log(msg: str) -> None:
 
 def _mesh(recipe: TrainRecipe) -> Any:
     m = recipe.mesh
-    return ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    return make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
 
 
-def _initial_model(recipe: TrainRecipe) -> ag.Model:
+def _initial_model(recipe: TrainRecipe) -> ckpt.Model:
     """The model the recipe describes (model.init_from, else the preset), as the loop builds it."""
     from autoglm_jax.training import loop
     return loop._model(recipe, _mesh(recipe))
@@ -120,7 +121,7 @@ def calibration_batches(recipe: TrainRecipe, tokenizer: Any, n: int,
             it.close()
 
 
-def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
+def _tokenizer(recipe: TrainRecipe, model: ckpt.Model) -> Any:
     from autoglm_jax.training import loop
     return loop._tokenizer(recipe, model)
 
@@ -128,8 +129,8 @@ def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
 # --- commands --------------------------------------------------------------------------------
 
 
-def run_qat(recipe: CompressRecipe, *, resume: bool = False, model: ag.Model | None = None,
-            teacher: ag.Model | None = None) -> Any:
+def run_qat(recipe: CompressRecipe, *, resume: bool = False, model: ckpt.Model | None = None,
+            teacher: ckpt.Model | None = None) -> Any:
     """Quantization-aware training: the recipe's model (or `model`) with the [quant] table's
     fake-quant policy injected, trained by the loop as usual; distilled from distill.teacher
     (or `teacher`) when there is one, else next-token loss. The checkpoints and <run_dir>/model
@@ -148,13 +149,13 @@ def run_qat(recipe: CompressRecipe, *, resume: bool = False, model: ag.Model | N
 class PruneResult:
     out_dir: Path            # the pruned model (ag.save)
     report: Any              # compress.PruneReport
-    model: ag.Model          # the pruned model
+    model: ckpt.Model          # the pruned model
     recovered: Any = None    # the distillation RunResult when recovery ran
 
 
-def run_prune(recipe: CompressRecipe, *, model: ag.Model | None = None,
+def run_prune(recipe: CompressRecipe, *, model: ckpt.Model | None = None,
               out_dir: str | Path | None = None, recover: bool = False,
-              resume: bool = False, teacher: ag.Model | None = None) -> PruneResult:
+              resume: bool = False, teacher: ckpt.Model | None = None) -> PruneResult:
     """Prune the unpruned model (`model`, else distill.teacher, else model.init_from) to the
     [prune] table's share of decoder FLOPs, ranking units on the first calibration_batches
     batches of the recipe's data; `ag.save` it to `out_dir` (default <run_dir>/pruned).
@@ -170,13 +171,13 @@ def run_prune(recipe: CompressRecipe, *, model: ag.Model | None = None,
         if not src:
             raise ConfigError(f"recipe {recipe.name!r}: prune needs the unpruned model: set "
                               "distill.teacher (or model.init_from) to a checkpoint")
-        model = ag.load(src, dtype=jnp.dtype(recipe.model.param_dtype))
+        model = ckpt.load(src, dtype=jnp.dtype(recipe.model.param_dtype))
     tokenizer = _tokenizer(recipe, model)
     batches = calibration_batches(recipe, tokenizer, cfg.calibration_batches, model.config)
     pruned, report = prune_model(model, batches, cfg)
     pruned = dataclasses.replace(pruned, tokenizer=tokenizer)
     out = Path(out_dir) if out_dir is not None else Path(recipe.run_dir) / "pruned"
-    ag.save(pruned, out)
+    ckpt.save(pruned, out)
     _log(f"pruned {cfg.flops_reduction:.0%} target: decoder FLOPs/token {report.flops_before:,}"
          f" -> {report.flops_after:,} ({report.reduction:.1%} removed) | heads per layer "
          f"{list(report.heads)} | FFN per layer {list(report.ffw)} | ranked on "
@@ -207,13 +208,13 @@ def run_export(qat_checkpoint: str | Path, fmt: Literal["int8", "int4"], *,
     if scope is not None:
         quant = quant.replace(scope=scope)
     src = Path(qat_checkpoint)
-    model = ag.load(src)
+    model = ckpt.load(src)
     if model.config.text is not None and model.config.text.quant is not None:
         raise ConfigError(f"{src} is already a compressed checkpoint")
     small = export_quantized(model, quant)
     out = Path(out_dir) if out_dir is not None else src.with_name(f"{src.name}-{fmt}")
-    ag.save(small, out)
-    b = weight_bytes(ag.load(out, dtype=jnp.bfloat16, load_tokenizer=False))
+    ckpt.save(small, out)
+    b = weight_bytes(ckpt.load(out, dtype=jnp.bfloat16, load_tokenizer=False))
     _log(f"exported {src} as {fmt} -> {out} | weights loaded in bf16: {b['total']:,} bytes "
          f"({b['total'] / b['bf16']:.1%} of the float model's bf16 {b['bf16']:,})")
     return out

@@ -29,8 +29,9 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 
-import autoglm_jax as ag
-from autoglm_jax.checkpoint.registry import get_architecture
+import autoglm_jax.checkpoint as ckpt
+from autoglm_jax.sharding import make_mesh
+from autoglm_jax.families import get_family
 from autoglm_jax.config import ConfigError
 from autoglm_jax.distributed import is_primary
 from autoglm_jax.training import step as st
@@ -47,7 +48,7 @@ class NonFiniteError(RuntimeError):
 @dataclasses.dataclass
 class RunResult:
     state: st.TrainState
-    model: ag.Model            # the trained model (params = state.params)
+    model: ckpt.Model            # the trained model (params = state.params)
     history: list[dict[str, Any]]   # metrics of the steps this call ran
     run_dir: Path
     start_step: int            # 0, or the step resumed from
@@ -62,19 +63,19 @@ def log(msg: str) -> None:
 # --- setup -----------------------------------------------------------------------------------
 
 
-def _model(recipe: TrainRecipe, mesh: Any) -> ag.Model:
+def _model(recipe: TrainRecipe, mesh: Any) -> ckpt.Model:
     r, rules = recipe.model, recipe.mesh.rules
     if r.init_from:
-        m = ag.load(r.init_from, dtype=r.param_dtype, mesh=mesh, rules=rules)
+        m = ckpt.load(r.init_from, dtype=r.param_dtype, mesh=mesh, rules=rules)
         if r.dtype != r.param_dtype:  # mixed precision: rebuild the module, keep the params
             cfg = m.config.with_dtypes(r.param_dtype, r.dtype)
             m = dataclasses.replace(m, config=cfg,
-                                    module=get_architecture(cfg.model_type, "model").build(cfg))
+                                    module=get_family(cfg.model_type, "model").build(cfg, None))
         return m
-    return ag.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules, init=r.init)
+    return ckpt.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules, init=r.init)
 
 
-def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
+def _tokenizer(recipe: TrainRecipe, model: ckpt.Model) -> Any:
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
     if recipe.data.tokenizer:
         return Tokenizer.from_dir(recipe.data.tokenizer)
@@ -83,7 +84,7 @@ def _tokenizer(recipe: TrainRecipe, model: ag.Model) -> Any:
     return Tokenizer.from_dir(TINY_TOKENIZER_DIR)
 
 
-def _check_teacher(recipe: TrainRecipe, student: ag.Model, teacher: ag.Model) -> None:
+def _check_teacher(recipe: TrainRecipe, student: ckpt.Model, teacher: ckpt.Model) -> None:
     s, t, k = student.config.text, teacher.config.text, recipe.distill
     if s.vocab_size != t.vocab_size:
         raise ConfigError(f"teacher vocab_size {t.vocab_size} != student vocab_size {s.vocab_size}"
@@ -123,7 +124,7 @@ def _iterator_processes(step_dir: Path) -> int | None:
     if not counts:
         return None
     if len(counts) > 1 or not next(iter(counts)).isdigit():
-        raise ag.CheckpointError(f"{step_dir}/data_iterator: iterator states of different "
+        raise ckpt.CheckpointError(f"{step_dir}/data_iterator: iterator states of different "
                                  f"process counts ({sorted(counts)}): the checkpoint is damaged")
     return int(next(iter(counts)))
 
@@ -171,7 +172,7 @@ def _check_resume(mngr: ocp.CheckpointManager, step: int, recipe: TrainRecipe,
     try:
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001
-        raise ag.CheckpointError(f"{mngr.directory}/{step}: cannot read the checkpoint's recipe "
+        raise ckpt.CheckpointError(f"{mngr.directory}/{step}: cannot read the checkpoint's recipe "
                               f"(meta): {str(e).splitlines()[0][:300]}") from None
     old, new = meta.get("recipe", {}), recipe.to_dict()
     refused = (_differences(old.get("model"), new.get("model"), "model")
@@ -201,8 +202,8 @@ def _flops_line(mesh: Any, recipe: TrainRecipe, n_params: int, n_train: int,
 # --- the loop ----------------------------------------------------------------------------------
 
 
-def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None = None,
-          model: ag.Model | None = None,
+def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ckpt.Model | None = None,
+          model: ckpt.Model | None = None,
           media_processor: MediaProcessor | None = None,
           dataset: grain.IterDataset | None = None) -> RunResult:
     """Runs `recipe` (distillation when a teacher is given). `model` replaces the one the
@@ -211,7 +212,7 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
     `make_dataset` yields them)."""
     recipe.validate()
     m = recipe.mesh
-    mesh = ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+    mesh = make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
     if model is not None:  # the loop donates its params: leave the caller's arrays alone
         student = dataclasses.replace(model, params=jax.tree.map(jnp.copy, model.params))
     else:
@@ -265,10 +266,10 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
             _check_resume(mngr, latest, recipe, student.config.to_dict())
             try:
                 state, _ = restore_checkpoint(mngr, latest, state, shardings, it)
-            except (ConfigError, ag.CheckpointError):
+            except (ConfigError, ckpt.CheckpointError):
                 raise
             except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise bare errors
-                raise ag.CheckpointError(f"{mngr.directory}/{latest}: cannot resume from this "
+                raise ckpt.CheckpointError(f"{mngr.directory}/{latest}: cannot resume from this "
                                       f"checkpoint: {str(e).splitlines()[0][:300]}") from None
             start = latest
             log(f"resumed from {mngr.directory}/{latest}")
@@ -320,24 +321,24 @@ def train(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None
             plot_losses(read_jsonl(writer.jsonl), run_dir / "loss.png")
     model_out = dataclasses.replace(student, params=state.params, tokenizer=tokenizer)
     if recipe.checkpoint.export:
-        ag.save(model_out, run_dir / "model")
+        ckpt.save(model_out, run_dir / "model")
     return RunResult(state, model_out, history, run_dir, start)
 
 
-def run_pretrain(recipe: TrainRecipe, *, resume: bool = False, model: ag.Model | None = None,
+def run_pretrain(recipe: TrainRecipe, *, resume: bool = False, model: ckpt.Model | None = None,
                  media_processor: MediaProcessor | None = None) -> RunResult:
     """Next-token training (CE on the loss-masked tokens) as the recipe says."""
     return train(recipe, resume=resume, model=model, media_processor=media_processor)
 
 
-def run_distill(recipe: TrainRecipe, *, resume: bool = False, teacher: ag.Model | None = None,
-                model: ag.Model | None = None) -> RunResult:
+def run_distill(recipe: TrainRecipe, *, resume: bool = False, teacher: ckpt.Model | None = None,
+                model: ckpt.Model | None = None) -> RunResult:
     """Distill `recipe.distill.teacher` (or the `teacher` given) into the recipe's model."""
     if teacher is None:
         if not recipe.distill.teacher:
             raise ConfigError("distillation needs a teacher: set distill.teacher to a checkpoint")
         m = recipe.mesh
-        mesh = ag.make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
-        teacher = ag.load(recipe.distill.teacher, dtype=jnp.dtype(recipe.model.dtype), mesh=mesh,
+        mesh = make_mesh(data=m.data, fsdp=m.fsdp, tensor=m.tensor)
+        teacher = ckpt.load(recipe.distill.teacher, dtype=jnp.dtype(recipe.model.dtype), mesh=mesh,
                           rules=m.rules, load_tokenizer=False)
     return train(recipe, resume=resume, teacher=teacher, model=model)

@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from autoglm_jax.config import ModelConfig
-from autoglm_jax.training.data import DataError, tokenize_chat
+from autoglm_jax.training.records import DataError
+from autoglm_jax.training.tokens import tokenize_chat
 
 TOKEN_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import autoglm_jax as ag
+import autoglm_jax.checkpoint as ckpt
 from autoglm_jax.config.quant import PruneConfig, QuantConfig, QuantRule
 from autoglm_jax.training.compress import (CompressRecipe, calibration_batches,
                                            load_compress_recipe, run_export, run_prune,
@@ -97,7 +97,7 @@ def _train_recipe(o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: 
     return load_compress_recipe(None, base)
 
 
-def _evaluate(model: ag.Model, batches: list[dict[str, Any]]) -> dict[str, float]:
+def _evaluate(model: ckpt.Model, batches: list[dict[str, Any]]) -> dict[str, float]:
     from autoglm_jax.training import make_eval_step
     from autoglm_jax.training.step import put_batch
     f = make_eval_step(model.module)
@@ -105,7 +105,7 @@ def _evaluate(model: ag.Model, batches: list[dict[str, Any]]) -> dict[str, float
     return {k: float(np.mean([x[k] for x in out])) for k in out[0]}
 
 
-def _decode_prompts(o: ReportOptions, model: ag.Model) -> list[Any]:
+def _decode_prompts(o: ReportOptions, model: ckpt.Model) -> list[Any]:
     """The first held-out questions of the task mix as chat prompts (media included), or
     random token prompts for a model without a tokenizer."""
     from autoglm_jax.training import synthetic
@@ -117,7 +117,7 @@ def _decode_prompts(o: ReportOptions, model: ag.Model) -> list[Any]:
     return [{"messages": [dict(s.messages[0])]} for s in samples]
 
 
-def _decode_speed(model: ag.Model, o: ReportOptions) -> tuple[float, int]:
+def _decode_speed(model: ckpt.Model, o: ReportOptions) -> tuple[float, int]:
     """(decode tokens/s of the engine, greedy, after a warm-up batch; KV bytes per token)."""
     from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
     cfg = EngineConfig(max_num_seqs=o.decode_prompts, max_num_batched_tokens=256, page_size=8,
@@ -205,7 +205,7 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
         return _train_recipe(o, out / name, o.qat_steps, o.lr / 6, seed,
                              model={"init_from": str(init)}, distill=distill)
 
-    def qat(name: str, quant: QuantConfig, init: Path, seed: int) -> tuple[Path, ag.Model]:
+    def qat(name: str, quant: QuantConfig, init: Path, seed: int) -> tuple[Path, ckpt.Model]:
         _log(f"report: {name}: QAT {o.qat_steps} steps from {init}")
         r = student(name, init, seed)
         res = run_qat(CompressRecipe.of(r, quant=quant), teacher=teacher)
@@ -213,7 +213,7 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
                               recipe=CompressRecipe.of(r, quant=quant))
         return exported, res.model
 
-    rows_spec: list[tuple[str, Path, ag.Model | None]] = [("teacher (float)", tdir, None)]
+    rows_spec: list[tuple[str, Path, ckpt.Model | None]] = [("teacher (float)", tdir, None)]
     _log(f"report: float control: the QAT recipe without quantization, {o.qat_steps} steps")
     control = run_distill(student("control", tdir, 8), teacher=teacher)
     rows_spec.append(("teacher + QAT recipe in float (control)",
@@ -243,9 +243,9 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     teacher_bf16 = None
     for name, path, qat_model_ in rows_spec:
         _log(f"report: measuring {name} ({path})")
-        m32 = ag.load(path)
+        m32 = ckpt.load(path)
         ev = _evaluate(m32, eval_batches)
-        m16 = ag.load(path, dtype=jnp.bfloat16)
+        m16 = ckpt.load(path, dtype=jnp.bfloat16)
         wb = weight_bytes(m16)
         if teacher_bf16 is None:
             teacher_bf16 = wb["bf16"]

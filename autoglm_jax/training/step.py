@@ -30,14 +30,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from autoglm_jax import sharding as shd
+import autoglm_jax.sharding as shd
+from autoglm_jax.nn.batch import (BATCH_KEYS, MEDIA_KEYS, STATIC_KEYS, forward_kwargs,
+                                  split_static)
 from autoglm_jax.training import losses
 from autoglm_jax.training.recipe import DistillRecipe, OptimRecipe
 
 Array = jax.Array
-BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
-MEDIA_KEYS = ("pixel_values", "input_features", "audio_rows", "audio_frames")
-STATIC_KEYS = ("image_grid_thw",)
 CGA_PATTERNS = ("fusion/*",)
 
 
@@ -210,44 +209,7 @@ def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None)
     return out
 
 
-def split_static(batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """(the batch's arrays, the image grid as a hashable tuple or None)."""
-    from autoglm_jax.nn.vision import grid_tuple
-    arrays = {k: v for k, v in batch.items() if k not in STATIC_KEYS}
-    grid = batch.get("image_grid_thw")
-    return arrays, (grid_tuple(grid) if grid is not None else None)
-
-
 # --- the step ---------------------------------------------------------------------------------
-
-
-def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None
-                   ) -> dict[str, Any]:
-    """The keyword arguments of `module.apply(..., batch["inputs"], **kw)` for a training
-    batch: positions (M-RoPE [B, 3, T] turned [3, B, T]), segment ids, and the batch's media
-    (pixel_values with the static image `grid` tuple, audio features with their rows)."""
-    positions = batch["positions"]
-    if positions.ndim == 3:  # M-RoPE: [B, 3, T] in the batch, [3, B, T] for the model
-        positions = jnp.swapaxes(positions, 0, 1)
-    kw: dict[str, Any] = dict(positions=positions, segment_ids=batch.get("segment_ids"))
-    if any(k in batch for k in MEDIA_KEYS):
-        from autoglm_jax.nn.model import AutoGLM, Glm4vModel
-        if not isinstance(module, Glm4vModel):
-            raise ValueError(f"a {type(module).__name__} takes text only; image/audio batches "
-                             "need a glm4v or autoglm model")
-        if "pixel_values" in batch:
-            if grid is None:
-                raise ValueError("pixel_values need the batch's image_grid_thw")
-            kw.update(pixel_values=batch["pixel_values"], image_grid_thw=grid)
-        if "input_features" in batch:
-            if not isinstance(module, AutoGLM):
-                raise ValueError(f"a {type(module).__name__} has no audio encoder (the batch "
-                                 "holds input_features)")
-            b = batch["inputs"].shape[0]
-            kw.update(input_features=batch["input_features"], audio_rows=batch["audio_rows"],
-                      max_audio_per_row=batch["input_features"].shape[0] // b,
-                      audio_frames=batch.get("audio_frames"))
-    return kw
 
 
 def _forward(module: nn.Module, params: Any, batch: dict[str, Array],

@@ -16,7 +16,7 @@ from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.quant import qat_model, weight_bytes
 from autoglm_jax.training.compress import CompressRecipe, load_compress_recipe
 from autoglm_jax.training.recipe import TrainRecipe
-from autoglm_jax.checkpoint.registry import get_architecture
+from autoglm_jax.families import get_family
 from train.__main__ import main
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "recipes"
@@ -28,7 +28,7 @@ def np_init(name, seed=0):
     """Random tiny weights drawn by numpy, shaped by eval_shape (no init compile)."""
     import flax.linen as nn
     cfg = ag.load_config(name)
-    arch = get_architecture(cfg.model_type, "test")
+    arch = get_family(cfg.model_type, "test")
     module = arch.build(cfg)
     abstract = nn.unbox(ag.abstract_params(module, arch.init_args(cfg)))
     rng = np.random.default_rng(seed)

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.checkpoint import whisper_keys
-from autoglm_jax.checkpoint.keymap import params_from_state_dict, state_dict_from_params
+from autoglm_jax.families import whisper_keys
+from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.config import ConfigError
-from autoglm_jax.config.audio import WHISPER_TINY, AudioConfig, audio_config_from_hf
+from autoglm_jax.config.audio import WHISPER_TINY, AudioConfig
+from autoglm_jax.families.whisper import audio_config_from_hf
 from autoglm_jax.nn.audio import WhisperEncoder, encode_long, sinusoids
 
 torch = pytest.importorskip("torch")

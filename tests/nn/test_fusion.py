@@ -12,7 +12,8 @@ import pytest
 import autoglm_jax as ag
 from autoglm_jax.nn.fusion import CgaBlock, place_in_rows, slots_per_row
 from autoglm_jax.nn.glm import GlmDecoder
-from autoglm_jax.nn.model import AutoGLM, encode_memory, example_inputs, init_fusion_params
+from autoglm_jax.families import example_inputs
+from autoglm_jax.nn.model import AutoGLM, encode_memory, init_fusion_params
 from autoglm_jax.nn.model import memory_kv
 
 # What the engine runs once per request (config and row count static).

@@ -13,6 +13,7 @@ import torch
 
 import autoglm_jax as ag
 from autoglm_jax.config import ConfigError
+from autoglm_jax.families.glm4v import glm4v_config_to_hf
 from autoglm_jax.nn.vision import grid_tuple
 from autoglm_jax.processing.image import ImageProcessorConfig, process_images
 from autoglm_jax.processing.prompt import (expand_image_placeholders, get_rope_index,
@@ -255,7 +256,7 @@ def test_export_rejects_head_dim_transformers_cannot_express(case):
     cfg = ag.load_config(directory)
     bad = cfg.replace(text=cfg.text.replace(num_heads=2))  # 2 heads of 12 != 48
     with pytest.raises(ConfigError, match="head_dim"):
-        ag.config.glm4v_config_to_hf(bad)
+        glm4v_config_to_hf(bad)
 
 
 def test_export_rejects_quantized_and_pruned_decoders(case):
@@ -264,8 +265,8 @@ def test_export_rejects_quantized_and_pruned_decoders(case):
     cfg = ag.load_config(directory)
     quantized = cfg.replace(text=cfg.text.replace(quant=QuantConfig()))
     with pytest.raises(ConfigError, match="quantized weights have no Hugging Face layout"):
-        ag.config.glm4v_config_to_hf(quantized)
+        glm4v_config_to_hf(quantized)
     widths = (cfg.text.ffw_dim,) * (cfg.text.num_layers - 1) + (cfg.text.ffw_dim - 1,)
     pruned = cfg.replace(text=cfg.text.replace(layer_ffw_dims=widths))
     with pytest.raises(ConfigError, match="per-layer widths"):
-        ag.config.glm4v_config_to_hf(pruned)
+        glm4v_config_to_hf(pruned)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from autoglm_jax.checkpoint.keymap import params_from_state_dict, state_dict_from_params
-from autoglm_jax.checkpoint.vision_keys import hf_tensor_maps
+from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
+from autoglm_jax.families.vision_keys import hf_tensor_maps
 from autoglm_jax.config import ConfigError
-from autoglm_jax.config.vision import VisionConfig, vision_config_from_hf, vision_config_to_hf
+from autoglm_jax.config.vision import VisionConfig
+from autoglm_jax.families.glm4v import vision_config_from_hf, vision_config_to_hf
 from autoglm_jax.nn.vision import (Glm4vVisionTower, bicubic_resample_matrix, count_params,
                                    grid_tuple, masked_attention, per_image_attention)
 

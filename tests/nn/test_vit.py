@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.checkpoint import vit_keys
-from autoglm_jax.checkpoint.keymap import params_from_state_dict, state_dict_from_params
+from autoglm_jax.families import vit_keys
+from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.config import ConfigError
-from autoglm_jax.config.vit import VIT_B16, ViTConfig, vit_config_from_hf
+from autoglm_jax.config.vit import VIT_B16, ViTConfig
+from autoglm_jax.families.vit import vit_config_from_hf
 from autoglm_jax.nn.vit import ViTEncoder, patchify
 
 torch = pytest.importorskip("torch")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.quant.formats import (contracting_axes, dequantize, layout_for, pack_int4,
+from autoglm_jax.nn.quant_formats import (contracting_axes, dequantize, layout_for, pack_int4,
                                        quantize, unpack_int4)
 
 

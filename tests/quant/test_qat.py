@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from autoglm_jax.config.quant import QuantConfig, QuantRule
-from autoglm_jax.nn.model import build_module, example_inputs
+from autoglm_jax.families import build_module, example_inputs
 from autoglm_jax.quant import (dequantize, fake_quant, fake_quant_policy, layout_for, qat_model,
                                quantize)
-from autoglm_jax.quant.formats import fake_quant_activations
-from autoglm_jax.quant.quantized import weight_format
+from autoglm_jax.nn.quant_formats import fake_quant_activations
+from autoglm_jax.nn.quantized import weight_format
 
 EQUATIONS = {"q_proj": "BTD,DNH->BTNH", "k_proj": "BTD,DNH->BTNH", "v_proj": "BTD,DNH->BTNH",
              "o_proj": "BTNH,NHD->BTD", "gate_up_proj": "BTD,DCF->BTCF", "down_proj": "BTF,FD->BTD"}

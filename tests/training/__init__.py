@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import autoglm_jax as ag
-from autoglm_jax.checkpoint.registry import get_architecture
+from autoglm_jax.families import get_family
 
 
 def np_init(cfg, seed=0):
@@ -14,7 +14,7 @@ def np_init(cfg, seed=0):
     zero biases), shaped by `jax.eval_shape`: no XLA compilation, which `ag.init` needs and
     which takes several seconds on the shared test machine."""
     cfg = ag.load_config(cfg) if isinstance(cfg, str) else cfg
-    arch = get_architecture(cfg.model_type, "test")
+    arch = get_family(cfg.model_type, "test")
     module = arch.build(cfg)
     abstract = nn.unbox(ag.abstract_params(module, arch.init_args(cfg)))
     rng = np.random.default_rng(seed)

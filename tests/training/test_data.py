@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 from autoglm_jax.training import data as D
+from autoglm_jax.training import tokens
 from autoglm_jax.training import synthetic as S
 from autoglm_jax.training.recipe import DataRecipe
 
@@ -120,7 +121,7 @@ def test_fast_and_prefix_rendering_spans_agree(tok):
     ids, mask = D.tokenize_chat(tok, CONVO)
     text = tok.apply_chat_template(CONVO, add_generation_prompt=False) + "<|endoftext|>"
     enc = tok.backend.encode(text, add_special_tokens=False)
-    spans = D._spans_by_prefix(tok, CONVO, text, enc, "test")
+    spans = tokens._spans_by_prefix(tok, CONVO, text, enc, "test")
     fast = np.nonzero(np.diff(np.concatenate([[0], mask, [0]])))[0].reshape(-1, 2)
     # the fast path also masks the closing stop token: one past the content span
     assert [(s, e) for s, e in spans] == [(int(s), int(e) - 1) for s, e in fast]

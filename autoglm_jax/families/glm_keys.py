@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from autoglm_jax.checkpoint.keymap import TensorMap, linear_weight, reshaped
+from autoglm_jax.families.keymap import TensorMap, linear_weight, reshaped
 from autoglm_jax.config import TextConfig
 
 

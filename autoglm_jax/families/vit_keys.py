@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from autoglm_jax.checkpoint.keymap import TensorMap, linear_weight, reshaped, transposed
+from autoglm_jax.families.keymap import TensorMap, linear_weight, reshaped, transposed
 from autoglm_jax.config.vit import ViTConfig
 
 Layout = Literal["hub", "transformers"]

@@ -7,7 +7,7 @@ are not ours: keys under `IGNORED_PREFIXES` are skipped by the loader, not repor
 
 from __future__ import annotations
 
-from autoglm_jax.checkpoint.keymap import TensorMap, linear_weight, reshaped, transposed
+from autoglm_jax.families.keymap import TensorMap, linear_weight, reshaped, transposed
 from autoglm_jax.config.audio import AudioConfig
 
 # Decoder side of WhisperForConditionalGeneration ("model.decoder.", "proj_out.") and of a bare

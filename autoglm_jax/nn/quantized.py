@@ -6,7 +6,7 @@ integer weights without knowing about them. A quantized Einsum's params are
 
     {"kernel": i8[Layout.stored_shape], "scale": [Layout.scale_shape] (param dtype), "bias"}
 
-(`autoglm_jax.quant.formats` for the layouts); Einsums a rule keeps float are unchanged.
+(`autoglm_jax.nn.quant_formats` for the layouts); Einsums a rule keeps float are unchanged.
 """
 
 from __future__ import annotations
@@ -18,22 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.nn.layers import DotGeneral, Einsum, EinsumPolicy
-from autoglm_jax.quant.formats import (Layout, contracting_axes, dequantize,
+from autoglm_jax.nn.quant_formats import (Layout, contracting_axes, dequantize,
                                        fake_quant_activations, layout_for, quantize)
 
 Array = jax.Array
-
-
-def decoder_path(config: ModelConfig) -> tuple[str, ...]:
-    """Where the GLM decoder sits in the model's module (and param) tree."""
-    if config.model_type in ("glm", "glm4"):
-        return ()
-    if config.model_type in ("glm4v", "autoglm"):
-        return ("language_model",)
-    raise ValueError(f"model_type {config.model_type!r} has no GLM decoder to quantize")
 
 
 def weight_format(config: QuantConfig, module_path: tuple[str, ...],
@@ -73,7 +63,7 @@ class QuantPolicy(EinsumPolicy):
     """What the quantization policies (QAT, export, stored weights) share.
 
     config        which Einsums, which format (QuantConfig)
-    decoder_path  the GLM decoder's module path (`decoder_path(model_config)`): rules match
+    decoder_path  the GLM decoder's module path (the family's `decoder_path`): rules match
                   decoder paths relative to it; Einsums outside it (encoders, fusion) are
                   quantized only with config.scope "all"
     inner         an optional plain dot_general for the product

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoglm_jax.checkpoint.keymap import ParamPath, TensorMap, linear_weight, reshaped, transposed
+from autoglm_jax.families.keymap import ParamPath, TensorMap, linear_weight, reshaped, transposed
 from autoglm_jax.config.vision import VisionConfig
 
 
