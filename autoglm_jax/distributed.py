@@ -42,34 +42,57 @@ class DistributedConfig:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.coordinator) or self.auto or self.num_processes is not None \
+        return (
+            bool(self.coordinator)
+            or self.auto
+            or self.num_processes is not None
             or self.process_id is not None
+        )
 
     def validate(self) -> "DistributedConfig":
         """Errors name the flag; returns self."""
+
         def need(ok: bool, field: str, msg: str) -> None:
             if not ok:
                 raise ConfigError(f"--distributed.{field.replace('_', '-')}: {msg}")
 
         if not self.auto and self.enabled:
-            need(bool(self.coordinator), "coordinator",
-                 "needed with --distributed.num-processes/--distributed.process-id (HOST:PORT "
-                 "of process 0), or pass --distributed.auto on a cluster jax detects")
-            need(self.num_processes is not None, "num_processes",
-                 "needed with --distributed.coordinator (unless --distributed.auto)")
-            need(self.process_id is not None, "process_id",
-                 "needed with --distributed.coordinator (unless --distributed.auto)")
+            need(
+                bool(self.coordinator),
+                "coordinator",
+                "needed with --distributed.num-processes/--distributed.process-id (HOST:PORT "
+                "of process 0), or pass --distributed.auto on a cluster jax detects",
+            )
+            need(
+                self.num_processes is not None,
+                "num_processes",
+                "needed with --distributed.coordinator (unless --distributed.auto)",
+            )
+            need(
+                self.process_id is not None,
+                "process_id",
+                "needed with --distributed.coordinator (unless --distributed.auto)",
+            )
         if self.coordinator:
             host, _, port = self.coordinator.rpartition(":")
-            need(bool(host) and port.isdigit() and 0 < int(port) < 65536, "coordinator",
-                 f"expected HOST:PORT, got {self.coordinator!r}")
+            need(
+                bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                "coordinator",
+                f"expected HOST:PORT, got {self.coordinator!r}",
+            )
         if self.num_processes is not None:
-            need(self.num_processes >= 1, "num_processes",
-                 f"must be at least 1, got {self.num_processes}")
+            need(
+                self.num_processes >= 1,
+                "num_processes",
+                f"must be at least 1, got {self.num_processes}",
+            )
         if self.process_id is not None:
-            need(self.process_id >= 0 and (self.num_processes is None
-                                           or self.process_id < self.num_processes),
-                 "process_id", f"must be in 0 .. num_processes - 1, got {self.process_id}")
+            need(
+                self.process_id >= 0
+                and (self.num_processes is None or self.process_id < self.num_processes),
+                "process_id",
+                f"must be in 0 .. num_processes - 1, got {self.process_id}",
+            )
         need(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s}")
         return self
 
@@ -85,12 +108,13 @@ def initialize(config: DistributedConfig) -> None:
     try:
         jax.distributed.initialize(
             coordinator_address=config.coordinator or None,
-            num_processes=config.num_processes, process_id=config.process_id,
-            initialization_timeout=config.timeout_s)
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            initialization_timeout=config.timeout_s,
+        )
     except (RuntimeError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--distributed: cannot join the run at {where}: {first[:300]}"
-                          ) from None
+        raise ConfigError(f"--distributed: cannot join the run at {where}: {first[:300]}") from None
 
 
 def is_primary() -> bool:
@@ -102,4 +126,5 @@ def barrier(name: str) -> None:
     """Wait until every process reaches the barrier `name` (nothing with one process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)

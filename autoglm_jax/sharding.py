@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -39,15 +40,18 @@ RULES: dict[str, Rules] = {
 }
 
 
-def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A mesh with axes ("data", "fsdp", "tensor") over the first data*fsdp*tensor devices
     (all processes' devices in a multi-host run after `jax.distributed.initialize()`)."""
     n = data * fsdp * tensor
     devices = list(devices) if devices is not None else jax.devices()
     if n > len(devices):
-        raise ValueError(f"make_mesh(data={data}, fsdp={fsdp}, tensor={tensor}) needs {n} devices, "
-                         f"only {len(devices)} available")
+        raise ValueError(
+            f"make_mesh(data={data}, fsdp={fsdp}, tensor={tensor}) needs {n} devices, "
+            f"only {len(devices)} available"
+        )
     grid = np.asarray(devices[:n], dtype=object).reshape(data, fsdp, tensor)
     return Mesh(grid, MESH_AXES)
 
@@ -100,8 +104,9 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: str | Rules) -> Any:
 
 def logical_names(boxed_params: Any) -> Any:
     """The tree of logical axis-name tuples (None for unnamed leaves)."""
-    return jax.tree.map(lambda x: tuple(x.names) if _is_boxed(x) else None, boxed_params,
-                        is_leaf=_is_boxed)
+    return jax.tree.map(
+        lambda x: tuple(x.names) if _is_boxed(x) else None, boxed_params, is_leaf=_is_boxed
+    )
 
 
 def unbox(tree: Any) -> Any:

@@ -26,8 +26,19 @@ def _port() -> int:
 
 def time_to_listen(extra: list[str], cache: str, timeout: float = 600.0) -> float:
     port = _port()
-    cmd = [sys.executable, "-m", "infer", "serve", "--port", str(port),
-           "--compilation-cache-dir", cache, "--uvicorn-log-level", "warning", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "infer",
+        "serve",
+        "--port",
+        str(port),
+        "--compilation-cache-dir",
+        cache,
+        "--uvicorn-log-level",
+        "warning",
+        *extra,
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -47,12 +58,20 @@ def time_to_listen(extra: list[str], cache: str, timeout: float = 600.0) -> floa
 
 
 def main() -> None:
-    extra = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else ["--model", "tiny"]
+    extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else ["--model", "tiny"]
     with tempfile.TemporaryDirectory() as cache:
         cold = time_to_listen(extra, cache)
         warm = time_to_listen(extra, cache)
-    print(json.dumps({"flags": extra, "cold_s": round(cold, 1), "warm_s": round(warm, 1),
-                      "cpus": os.cpu_count()}))
+    print(
+        json.dumps(
+            {
+                "flags": extra,
+                "cold_s": round(cold, 1),
+                "warm_s": round(warm, 1),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

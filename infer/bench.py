@@ -54,12 +54,16 @@ def _prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return [list(map(int, rng.randint(0, min(vocab, 30000), length))) for _ in range(n)]
 
 
-def _run(engine: Engine, prompts: list[list[int]], params: SamplingParams,
-         rate: float | None, seed: int) -> dict[str, Any]:
+def _run(
+    engine: Engine, prompts: list[list[int]], params: SamplingParams, rate: float | None, seed: int
+) -> dict[str, Any]:
     """Feed requests (all at once or Poisson), step until done, and time every token."""
     rng = np.random.RandomState(seed)
-    arrivals = np.zeros(len(prompts)) if rate is None else np.cumsum(
-        rng.exponential(1.0 / rate, len(prompts)))
+    arrivals = (
+        np.zeros(len(prompts))
+        if rate is None
+        else np.cumsum(rng.exponential(1.0 / rate, len(prompts)))
+    )
     compiles_before = engine.stats()["compilations"]
     start = time.perf_counter()
     pending = list(range(len(prompts)))
@@ -91,24 +95,38 @@ def _run(engine: Engine, prompts: list[list[int]], params: SamplingParams,
     def pct(xs: list[float], q: float) -> float:
         return float(np.percentile(xs, q)) if xs else float("nan")
 
-    return {"requests": len(prompts), "output_tokens": tokens, "wall_s": wall,
-            "requests_per_s": len(prompts) / wall, "tokens_per_s": tokens / wall,
-            "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99),
-            "tpot_p50_s": pct(tpot, 50), "tpot_p99_s": pct(tpot, 99),
-            "itl_p50_s": pct(itl, 50), "itl_p99_s": pct(itl, 99),
-            "compilations_during_run": engine.stats()["compilations"] - compiles_before}
+    return {
+        "requests": len(prompts),
+        "output_tokens": tokens,
+        "wall_s": wall,
+        "requests_per_s": len(prompts) / wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p99_s": pct(ttft, 99),
+        "tpot_p50_s": pct(tpot, 50),
+        "tpot_p99_s": pct(tpot, 99),
+        "itl_p50_s": pct(itl, 50),
+        "itl_p99_s": pct(itl, 99),
+        "compilations_during_run": engine.stats()["compilations"] - compiles_before,
+    }
 
 
-def _hf_baseline(model: Any, prompts: list[list[int]], output_len: int,
-                 batch: int) -> dict[str, Any]:
+def _hf_baseline(
+    model: Any, prompts: list[list[int]], output_len: int, batch: int
+) -> dict[str, Any]:
     import autoglm_jax as ag
 
     with tempfile.TemporaryDirectory() as tmp:
         ag.export_hf(model, tmp)
         spec = {"dir": tmp, "prompts": prompts, "output_len": output_len, "batch": batch}
         script = Path(__file__).resolve().parents[1] / "benchmarks" / "hf_generate.py"
-        proc = subprocess.run([sys.executable, str(script)], input=json.dumps(spec),
-                              capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -117,41 +135,66 @@ def _hf_baseline(model: Any, prompts: list[list[int]], output_len: int,
 def run_bench(args: BenchArgs) -> dict[str, Any]:
     flags = args.engine
     if flags.max_model_len is None:  # room for the workload, not the model's whole context
-        flags = dataclasses.replace(flags, max_model_len=args.prompt_len + args.output_len
-                                    + flags.block_size)
+        flags = dataclasses.replace(
+            flags, max_model_len=args.prompt_len + args.output_len + flags.block_size
+        )
     engine = build_engine(args.model, flags)
     model = engine.model
     text = model.config.text
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     vocab = text.vocab_size
-    print(f"bench: {args.model.model} ({model.num_params / 1e6:.1f}M params), "
-          f"{args.num_requests} requests x {args.prompt_len} prompt / {args.output_len} output "
-          f"tokens, backend {engine.attention_impl}", file=sys.stderr)
+    print(
+        f"bench: {args.model.model} ({model.num_params / 1e6:.1f}M params), "
+        f"{args.num_requests} requests x {args.prompt_len} prompt / {args.output_len} output "
+        f"tokens, backend {engine.attention_impl}",
+        file=sys.stderr,
+    )
     compile_s = warm_up(engine)
     # A throw-away batch first (its prompts differ from the timed ones, so the prefix cache
     # cannot flatter anything): first-run effects stay out of the timings.
     warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     engine.generate(_prompts(flags.max_num_seqs, args.prompt_len, vocab, 999), warm)
-    results: dict[str, Any] = {"compile_s": compile_s,
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()} "
-        f"{os.cpu_count()} cpus", "backend": engine.attention_impl, "args": _jsonable(args)}
+    results: dict[str, Any] = {
+        "compile_s": compile_s,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "backend": engine.attention_impl,
+        "args": _jsonable(args),
+    }
     print("bench: continuous batching ...", file=sys.stderr)
-    results["continuous"] = _run(engine, _prompts(args.num_requests, args.prompt_len, vocab,
-                                                  args.seed), params, args.request_rate, 1)
+    results["continuous"] = _run(
+        engine,
+        _prompts(args.num_requests, args.prompt_len, vocab, args.seed),
+        params,
+        args.request_rate,
+        1,
+    )
     print("bench: one request at a time ...", file=sys.stderr)
-    single = [_run(engine, [p], params, None, 2) for p in
-              _prompts(args.baseline_requests, args.prompt_len, vocab, args.seed + 1)]
+    single = [
+        _run(engine, [p], params, None, 2)
+        for p in _prompts(args.baseline_requests, args.prompt_len, vocab, args.seed + 1)
+    ]
     results["one_at_a_time"] = _merge(single)
     print("bench: static batches ...", file=sys.stderr)
-    static = [_run(engine, _prompts(args.static_batch_size, args.prompt_len, vocab,
-                                    args.seed + 10 + b), params, None, 3)
-              for b in range(args.static_batches)]
+    static = [
+        _run(
+            engine,
+            _prompts(args.static_batch_size, args.prompt_len, vocab, args.seed + 10 + b),
+            params,
+            None,
+            3,
+        )
+        for b in range(args.static_batches)
+    ]
     results["static_batches"] = _merge(static)
     if args.hf_baseline:
         print("bench: transformers generate ...", file=sys.stderr)
         results["hf_generate"] = _hf_baseline(
-            model, _prompts(args.static_batch_size, args.prompt_len, vocab, args.seed + 20),
-            args.output_len, args.static_batch_size)
+            model,
+            _prompts(args.static_batch_size, args.prompt_len, vocab, args.seed + 20),
+            args.output_len,
+            args.static_batch_size,
+        )
     cont = results["continuous"]["tokens_per_s"]
     results["speedup_vs_one_at_a_time"] = cont / results["one_at_a_time"]["tokens_per_s"]
     results["speedup_vs_static_batches"] = cont / results["static_batches"]["tokens_per_s"]
@@ -169,8 +212,13 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tokens = sum(r["output_tokens"] for r in runs)
     wall = sum(r["wall_s"] for r in runs)
-    out = {"requests": sum(r["requests"] for r in runs), "output_tokens": tokens, "wall_s": wall,
-           "requests_per_s": sum(r["requests"] for r in runs) / wall, "tokens_per_s": tokens / wall}
+    out = {
+        "requests": sum(r["requests"] for r in runs),
+        "output_tokens": tokens,
+        "wall_s": wall,
+        "requests_per_s": sum(r["requests"] for r in runs) / wall,
+        "tokens_per_s": tokens / wall,
+    }
     for key in ("ttft_p50_s", "tpot_p50_s", "itl_p50_s"):
         out[key] = float(np.median([r[key] for r in runs]))
     return out
@@ -188,9 +236,11 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     """A bar chart of output tokens/s per mode (Pillow, no plotting library needed)."""
     from PIL import Image, ImageDraw
 
-    modes = [(k, results[k]["tokens_per_s"]) for k in
-             ("continuous", "static_batches", "one_at_a_time", "hf_generate")
-             if "tokens_per_s" in results.get(k, {})]
+    modes = [
+        (k, results[k]["tokens_per_s"])
+        for k in ("continuous", "static_batches", "one_at_a_time", "hf_generate")
+        if "tokens_per_s" in results.get(k, {})
+    ]
     width, height, margin = 640, 360, 60
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)

@@ -80,11 +80,19 @@ class BenchAttentionArgs:
         """With `quick`, the sizes still at their defaults shrink to a CPU smoke test."""
         if not self.quick:
             return self
-        small = dict(batch_sizes=(1, 4), context_lens=(128,), prefill_chunk=16, warmup=1, iters=3,
-                     calls_per_sample=1, copy_bytes=16 << 20)
+        small = dict(
+            batch_sizes=(1, 4),
+            context_lens=(128,),
+            prefill_chunk=16,
+            warmup=1,
+            iters=3,
+            calls_per_sample=1,
+            copy_bytes=16 << 20,
+        )
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         return dataclasses.replace(
-            self, **{k: v for k, v in small.items() if getattr(self, k) == defaults[k]})
+            self, **{k: v for k, v in small.items() if getattr(self, k) == defaults[k]}
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +147,12 @@ def _make_inputs(case: _Case, a: BenchAttentionArgs, rng: np.random.Generator) -
     block_tables = rng.permutation(num_pages).astype(np.int32).reshape(num_seqs, pages_per_seq)
     q_lens = [1] * case.batch + ([a.prefill_chunk] if case.mode == "mixed" else [])
     cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    inputs = _random_qkv(jax.random.key(int(rng.integers(1 << 31)), impl="rbg"),
-                         q_shape=(int(cu[-1]), n, h), kv_shape=(num_pages, page, kh, h),
-                         quantized=case.dtype == "int8")
+    inputs = _random_qkv(
+        jax.random.key(int(rng.integers(1 << 31)), impl="rbg"),
+        q_shape=(int(cu[-1]), n, h),
+        kv_shape=(num_pages, page, kh, h),
+        quantized=case.dtype == "int8",
+    )
     inputs.update(
         kv_lens=jnp.full((num_seqs,), case.context, jnp.int32),
         block_tables=jnp.asarray(block_tables),
@@ -162,8 +173,15 @@ def _bytes_moved(case: _Case, inputs: dict[str, Any], a: BenchAttentionArgs) -> 
 
 def _run_impl(impl: Impl, case: _Case, inputs: dict[str, Any], sm_scale: float):
     """(jitted fn, args) for one implementation, or a string saying why it is skipped."""
-    args = (inputs["q"], inputs["k_pages"], inputs["v_pages"], inputs["kv_lens"],
-            inputs["block_tables"], inputs["cu_q_lens"], inputs["num_seqs"])
+    args = (
+        inputs["q"],
+        inputs["k_pages"],
+        inputs["v_pages"],
+        inputs["kv_lens"],
+        inputs["block_tables"],
+        inputs["cu_q_lens"],
+        inputs["num_seqs"],
+    )
     scales = dict(k_scales=inputs.get("k_scales"), v_scales=inputs.get("v_scales"))
     on_gpu = jax.default_backend() == "gpu"
     if impl == "xla":
@@ -179,8 +197,13 @@ def _run_impl(impl: Impl, case: _Case, inputs: dict[str, Any], sm_scale: float):
 
     pages_per_seq = inputs["block_tables"].shape[1]
     k_splits = math.gcd(pages_per_seq, 16)
-    fn = jax.jit(functools.partial(jax_pa.paged_attention, k_splits=k_splits,
-                                   pages_per_compute_block=min(8, pages_per_seq // k_splits)))
+    fn = jax.jit(
+        functools.partial(
+            jax_pa.paged_attention,
+            k_splits=k_splits,
+            pages_per_compute_block=min(8, pages_per_seq // k_splits),
+        )
+    )
     q = inputs["q"] * jnp.asarray(sm_scale, inputs["q"].dtype)  # it applies no scale itself
     k_t = jnp.transpose(inputs["k_pages"], (2, 0, 1, 3))  # [K, P, page, H]
     v_t = jnp.transpose(inputs["v_pages"], (2, 0, 1, 3))
@@ -189,8 +212,14 @@ def _run_impl(impl: Impl, case: _Case, inputs: dict[str, Any], sm_scale: float):
 
 def _cases(a: BenchAttentionArgs) -> list[_Case]:
     modes = ["decode"] + (["mixed"] if a.prefill_chunk > 0 else [])
-    return [_Case(mode, b, c, d) for d in a.dtypes for mode in modes for b in a.batch_sizes
-            for c in a.context_lens if b * c <= a.max_kv_tokens]
+    return [
+        _Case(mode, b, c, d)
+        for d in a.dtypes
+        for mode in modes
+        for b in a.batch_sizes
+        for c in a.context_lens
+        if b * c <= a.max_kv_tokens
+    ]
 
 
 def run_bench_attention(args: BenchAttentionArgs) -> dict[str, Any]:
@@ -210,8 +239,9 @@ def run_bench_attention(args: BenchAttentionArgs) -> dict[str, Any]:
         moved = _bytes_moved(case, inputs, a)
         reference_out = None
         for impl in a.impls:
-            row: dict[str, Any] = dict(dataclasses.asdict(case), impl=impl, bytes=moved,
-                                       tokens=int(inputs["q"].shape[0]))
+            row: dict[str, Any] = dict(
+                dataclasses.asdict(case), impl=impl, bytes=moved, tokens=int(inputs["q"].shape[0])
+            )
             made = _run_impl(impl, case, inputs, sm_scale)
             if isinstance(made, str):
                 row.update(skipped=made)
@@ -219,8 +249,9 @@ def run_bench_attention(args: BenchAttentionArgs) -> dict[str, Any]:
                 continue
             fn, fn_args = made
             try:
-                us = _median_us(fn, fn_args, warmup=a.warmup, iters=a.iters,
-                                calls=a.calls_per_sample)
+                us = _median_us(
+                    fn, fn_args, warmup=a.warmup, iters=a.iters, calls=a.calls_per_sample
+                )
                 out = np.asarray(fn(*fn_args), np.float32)
             except Exception as e:  # a failing implementation must not lose the others' numbers
                 row.update(skipped=f"error: {type(e).__name__}: {e}"[:500])
@@ -233,17 +264,24 @@ def run_bench_attention(args: BenchAttentionArgs) -> dict[str, Any]:
             gbps = moved / (us * 1e-6) / 1e9
             row.update(us_per_call=us, GBps=gbps, frac_of_copy_bw=gbps * 1e9 / copy_bw)
             rows.append(row)
-            print(f"  {case.mode:6s} B={case.batch:<4d} ctx={case.context:<6d} {case.dtype:8s} "
-                  f"{impl:20s} {us:10.1f} us  {gbps:8.1f} GB/s  "
-                  f"({row['frac_of_copy_bw']:.0%} of copy)")
+            print(
+                f"  {case.mode:6s} B={case.batch:<4d} ctx={case.context:<6d} {case.dtype:8s} "
+                f"{impl:20s} {us:10.1f} us  {gbps:8.1f} GB/s  "
+                f"({row['frac_of_copy_bw']:.0%} of copy)"
+            )
         del inputs
     result = dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        device=device.device_kind, backend=jax.default_backend(), jax_version=jax.__version__,
+        device=device.device_kind,
+        backend=jax.default_backend(),
+        jax_version=jax.__version__,
         copy_bandwidth_GBps=copy_bw / 1e9,
-        args={k: (str(v) if isinstance(v, pathlib.Path) else v)
-              for k, v in dataclasses.asdict(a).items()},
-        results=rows)
+        args={
+            k: (str(v) if isinstance(v, pathlib.Path) else v)
+            for k, v in dataclasses.asdict(a).items()
+        },
+        results=rows,
+    )
     a.out_dir.mkdir(parents=True, exist_ok=True)
     json_path = a.out_dir / "attention.json"
     json_path.write_text(json.dumps(result, indent=2))
@@ -275,9 +313,13 @@ def _plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
                 lines.setdefault((r["impl"], r["batch"]), []).append((r["context"], r["GBps"]))
         for (impl, batch), pts in sorted(lines.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    linestyle={"pallas": "-", "xla": ":"}.get(impl, "--"),
-                    label=f"{impl} B={batch}")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                linestyle={"pallas": "-", "xla": ":"}.get(impl, "--"),
+                label=f"{impl} B={batch}",
+            )
         ax.axhline(result["copy_bandwidth_GBps"], color="k", linewidth=0.8, label="copy bandwidth")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length")

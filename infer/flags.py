@@ -33,9 +33,13 @@ def _field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
     for stmt, nxt in zip(body, body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -46,7 +50,9 @@ def _derive_flags(cls: type, renames: dict[str, str], name: str) -> type:
     fields = []
     for f in dataclasses.fields(cls):
         annotated = Annotated[hints[f.name], tyro.conf.arg(help=docs.get(f.name))]
-        fields.append((renames.get(f.name, f.name), annotated, dataclasses.field(default=f.default)))
+        fields.append(
+            (renames.get(f.name, f.name), annotated, dataclasses.field(default=f.default))
+        )
     return dataclasses.make_dataclass(name, fields, frozen=True)
 
 
@@ -59,8 +65,12 @@ class EngineFlags(_EngineFlagsBase):  # type: ignore[misc, valid-type]
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these flags stand for; a bad value raises SystemExit naming the
         flag."""
-        config = EngineConfig(**{f.name: getattr(self, VLLM_NAMES.get(f.name, f.name))
-                                 for f in dataclasses.fields(EngineConfig)})
+        config = EngineConfig(
+            **{
+                f.name: getattr(self, VLLM_NAMES.get(f.name, f.name))
+                for f in dataclasses.fields(EngineConfig)
+            }
+        )
         try:
             config.validate()
         except ValueError as e:
@@ -70,8 +80,10 @@ class EngineFlags(_EngineFlagsBase):  # type: ignore[misc, valid-type]
 
 def flag_message(message: str) -> str:
     """`EngineConfig.page_size: ...` -> `--block-size: ...`."""
+
     def flag(m: re.Match[str]) -> str:
         return "--" + VLLM_NAMES.get(m.group(1), m.group(1)).replace("_", "-")
+
     return re.sub(r"EngineConfig\.(\w+)", flag, message)
 
 
@@ -97,8 +109,9 @@ class ModelFlags:
 
     def validate(self) -> None:
         if self.tensor_parallel_size < 1:
-            raise SystemExit(f"--tensor-parallel-size: must be positive, "
-                             f"got {self.tensor_parallel_size}")
+            raise SystemExit(
+                f"--tensor-parallel-size: must be positive, got {self.tensor_parallel_size}"
+            )
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -107,6 +120,7 @@ def enable_compilation_cache(path: str) -> None:
     if not path:
         return
     import jax
+
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -123,8 +137,9 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
 
     flags.validate()
     enable_compilation_cache(flags.compilation_cache_dir)
-    mesh = (ag.make_mesh(tensor=flags.tensor_parallel_size)
-            if flags.tensor_parallel_size > 1 else None)
+    mesh = (
+        ag.make_mesh(tensor=flags.tensor_parallel_size) if flags.tensor_parallel_size > 1 else None
+    )
     dtype = flags.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
@@ -132,10 +147,14 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
         print(f"loading {flags.model} ({dtype})", file=log, flush=True)
         return ag.load(flags.model, dtype=dtype, mesh=mesh)
     if flags.model not in preset_names():
-        raise SystemExit(f"--model {flags.model!r}: not a directory and not a preset "
-                         f"(presets: {', '.join(preset_names())})")
-    banner = (f"SMOKE RUN: preset {flags.model!r} with RANDOM weights; its text is noise. "
-              "Pass --model DIR for a real checkpoint.")
+        raise SystemExit(
+            f"--model {flags.model!r}: not a directory and not a preset "
+            f"(presets: {', '.join(preset_names())})"
+        )
+    banner = (
+        f"SMOKE RUN: preset {flags.model!r} with RANDOM weights; its text is noise. "
+        "Pass --model DIR for a real checkpoint."
+    )
     print("=" * len(banner), banner, "=" * len(banner), sep="\n", file=log, flush=True)
     model = ag.init(flags.model, seed=seed, dtype=dtype, mesh=mesh)
     tokenizer = Tokenizer.from_dir(TINY_TOKENIZER_DIR)
@@ -160,8 +179,11 @@ def warm_up(engine: Engine, log: TextIO = sys.stderr) -> float:
     start = time.perf_counter()
 
     def progress(k: int, n: int, bucket: int, seconds: float) -> None:
-        print(f"compiling: step shape {k} of {n} ({bucket} tokens), {seconds:.1f} s",
-              file=log, flush=True)
+        print(
+            f"compiling: step shape {k} of {n} ({bucket} tokens), {seconds:.1f} s",
+            file=log,
+            flush=True,
+        )
 
     engine.warmup(progress=progress)
     return time.perf_counter() - start

@@ -25,8 +25,12 @@ class SamplingArgs:
     """0: disabled. (Each request's random seed comes from --seed, the engine's.)"""
 
     def params(self) -> SamplingParams:
-        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k)
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +90,16 @@ def _read_prompts(args: GenerateArgs) -> list[Any]:
     else:
         prompts = list(args.prompts)
     if args.chat:
-        prompts = [{"messages": [{"role": "user", "content": p}]} if isinstance(p, str) else p
-                   for p in prompts]
+        prompts = [
+            {"messages": [{"role": "user", "content": p}]} if isinstance(p, str) else p
+            for p in prompts
+        ]
     return prompts
 
 
-def run_generate(args: GenerateArgs, out: TextIO = sys.stdout,
-                 log: TextIO = sys.stderr) -> list[dict[str, Any]]:
+def run_generate(
+    args: GenerateArgs, out: TextIO = sys.stdout, log: TextIO = sys.stderr
+) -> list[dict[str, Any]]:
     """Results go to `out` (JSONL) or --output; progress and the final table to `log`."""
     prompts = _read_prompts(args)
     engine = build_engine(args.model, args.engine)
@@ -102,8 +109,15 @@ def run_generate(args: GenerateArgs, out: TextIO = sys.stdout,
     results = engine.generate(prompts, args.sampling.params(), on_finished=progress.advance)
     elapsed = time.perf_counter() - start
     progress.close()
-    rows = [{"prompt": p, "text": r.text, "token_ids": r.outputs[0].token_ids,
-             "finish_reason": r.outputs[0].finish_reason} for p, r in zip(prompts, results)]
+    rows = [
+        {
+            "prompt": p,
+            "text": r.text,
+            "token_ids": r.outputs[0].token_ids,
+            "finish_reason": r.outputs[0].finish_reason,
+        }
+        for p, r in zip(prompts, results)
+    ]
     if args.output is not None:
         with open(args.output, "w", encoding="utf-8") as f:
             for row in rows:
@@ -113,29 +127,36 @@ def run_generate(args: GenerateArgs, out: TextIO = sys.stdout,
             print(json.dumps(row, ensure_ascii=False), file=out)
     tokens = sum(len(row["token_ids"]) for row in rows)
     stats = engine.stats()
-    print_table(log, [
-        ("requests", len(results)), ("output tokens", tokens),
-        ("compile (before generating)", f"{compile_s:.1f} s"),
-        ("generate", f"{elapsed:.2f} s"),
-        ("throughput", f"{tokens / max(elapsed, 1e-9):.1f} output tokens/s"),
-        ("compilations while generating", stats["compilations_after_warmup"]),
-        ("engine steps", stats["num_steps"]),
-        ("prefix cache hit rate", f"{stats['prefix_cache_hit_rate']:.2f}"),
-        ("attention backend", stats["attention_backend"]),
-    ] + ([("written to", str(args.output))] if args.output is not None else []))
+    print_table(
+        log,
+        [
+            ("requests", len(results)),
+            ("output tokens", tokens),
+            ("compile (before generating)", f"{compile_s:.1f} s"),
+            ("generate", f"{elapsed:.2f} s"),
+            ("throughput", f"{tokens / max(elapsed, 1e-9):.1f} output tokens/s"),
+            ("compilations while generating", stats["compilations_after_warmup"]),
+            ("engine steps", stats["num_steps"]),
+            ("prefix cache hit rate", f"{stats['prefix_cache_hit_rate']:.2f}"),
+            ("attention backend", stats["attention_backend"]),
+        ]
+        + ([("written to", str(args.output))] if args.output is not None else []),
+    )
     return rows
 
 
-def run_chat(args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout,
-             log: TextIO = sys.stderr) -> None:
+def run_chat(
+    args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, log: TextIO = sys.stderr
+) -> None:
     engine = build_engine(args.model, args.engine)
     model = engine.model
     if model.tokenizer is None:
         raise SystemExit("chat needs a checkpoint with a tokenizer")
-    if (args.image and model.config.vision is None) or (
-            args.audio and model.config.audio is None):
-        raise SystemExit(f"model type {model.config.model_type!r} does not take "
-                         f"{'images' if args.image else 'audio'}")
+    if (args.image and model.config.vision is None) or (args.audio and model.config.audio is None):
+        raise SystemExit(
+            f"model type {model.config.model_type!r} does not take "
+            f"{'images' if args.image else 'audio'}"
+        )
     compile_s = warm_up(engine, log)
     print(f"ready (compiling took {compile_s:.1f} s)", file=log, flush=True)
     messages: list[dict[str, Any]] = []
@@ -151,9 +172,11 @@ def run_chat(args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout
             break
         content: Any = line.rstrip("\n")
         if first and (args.image or args.audio):
-            content = ([{"type": "image", "path": str(p)} for p in args.image]
-                       + [{"type": "audio", "path": str(p)} for p in args.audio]
-                       + [{"type": "text", "text": content}])
+            content = (
+                [{"type": "image", "path": str(p)} for p in args.image]
+                + [{"type": "audio", "path": str(p)} for p in args.audio]
+                + [{"type": "text", "text": content}]
+            )
         first = False
         messages.append({"role": "user", "content": content})
         reply = []

@@ -10,8 +10,9 @@ class Progress:
     """A progress counter on `stream`: one line redrawn in place on a terminal; otherwise whole
     lines (at most one a second, and the last), so piped logs stay one event per line."""
 
-    def __init__(self, stream: TextIO, label: str, total: int, unit: str,
-                 min_interval: float = 1.0):
+    def __init__(
+        self, stream: TextIO, label: str, total: int, unit: str, min_interval: float = 1.0
+    ):
         self.stream, self.label, self.total, self.unit = stream, label, total, unit
         self.done = 0
         self.tty = bool(getattr(stream, "isatty", lambda: False)())

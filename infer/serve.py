@@ -29,8 +29,11 @@ def run_serve(args: ServeArgs) -> None:
         raise SystemExit(str(e)) from None
     engine = build_engine(args.model, args.engine)
     if engine.tokenizer is None:
-        raise SystemExit(f"{args.model.model}: no tokenizer (tokenizer.json) next to the "
-                         "weights; the server needs one to render chats and decode text")
+        raise SystemExit(
+            f"{args.model.model}: no tokenizer (tokenizer.json) next to the "
+            "weights; the server needs one to render chats and decode text"
+        )
     server = dataclasses.replace(
-        args.server, served_model_name=args.server.served_model_name or args.model.model)
+        args.server, served_model_name=args.server.served_model_name or args.model.model
+    )
     run_server(engine, server)

@@ -28,16 +28,35 @@ class GlmCase:
 
 CASES = [
     GlmCase("glm-gqa-half-rope", "glm", 4, 2, 0.5),
-    GlmCase("glm-mha-full-rope-theta", "glm", 3, 3, 1.0, rope_theta=500000.0, hidden_size=33,
-            intermediate_size=29, head_dim=8),
+    GlmCase(
+        "glm-mha-full-rope-theta",
+        "glm",
+        3,
+        3,
+        1.0,
+        rope_theta=500000.0,
+        hidden_size=33,
+        intermediate_size=29,
+        head_dim=8,
+    ),
     GlmCase("glm-mqa-half-rope", "glm", 5, 1, 0.5, rope_theta=5e6, head_dim=16),
     GlmCase("glm4-gqa-full-rope", "glm4", 4, 2, 1.0, rope_theta=20000.0),
     GlmCase("glm4-mqa-half-tied", "glm4", 6, 1, 0.5, hidden_size=30, head_dim=8, tie=True),
     # Every other field the modeling code reads, at a non-default value.
-    GlmCase("glm-no-bias-eps", "glm", 4, 4, 0.25, head_dim=16, attention_bias=False,
-            rms_norm_eps=1e-2, layers=3),
-    GlmCase("glm4-no-bias-eps", "glm4", 2, 1, 0.75, head_dim=8, attention_bias=False,
-            rms_norm_eps=1e-3),
+    GlmCase(
+        "glm-no-bias-eps",
+        "glm",
+        4,
+        4,
+        0.25,
+        head_dim=16,
+        attention_bias=False,
+        rms_norm_eps=1e-2,
+        layers=3,
+    ),
+    GlmCase(
+        "glm4-no-bias-eps", "glm4", 2, 1, 0.75, head_dim=8, attention_bias=False, rms_norm_eps=1e-3
+    ),
 ]
 
 
@@ -46,14 +65,26 @@ def make_hf_model(case: GlmCase, seed: int = 0):
     import transformers as tf
 
     torch.manual_seed(seed)
-    cls, cfg_cls = ((tf.GlmForCausalLM, tf.GlmConfig) if case.model_type == "glm"
-                    else (tf.Glm4ForCausalLM, tf.Glm4Config))
-    cfg = cfg_cls(vocab_size=case.vocab_size, hidden_size=case.hidden_size,
-                  intermediate_size=case.intermediate_size, num_hidden_layers=case.layers,
-                  num_attention_heads=case.num_heads, num_key_value_heads=case.num_kv_heads,
-                  head_dim=case.head_dim, partial_rotary_factor=case.partial_rotary_factor,
-                  rope_theta=case.rope_theta, pad_token_id=0, tie_word_embeddings=case.tie,
-                  rms_norm_eps=case.rms_norm_eps, attention_bias=case.attention_bias)
+    cls, cfg_cls = (
+        (tf.GlmForCausalLM, tf.GlmConfig)
+        if case.model_type == "glm"
+        else (tf.Glm4ForCausalLM, tf.Glm4Config)
+    )
+    cfg = cfg_cls(
+        vocab_size=case.vocab_size,
+        hidden_size=case.hidden_size,
+        intermediate_size=case.intermediate_size,
+        num_hidden_layers=case.layers,
+        num_attention_heads=case.num_heads,
+        num_key_value_heads=case.num_kv_heads,
+        head_dim=case.head_dim,
+        partial_rotary_factor=case.partial_rotary_factor,
+        rope_theta=case.rope_theta,
+        pad_token_id=0,
+        tie_word_embeddings=case.tie,
+        rms_norm_eps=case.rms_norm_eps,
+        attention_bias=case.attention_bias,
+    )
     model = cls(cfg).eval()
     # Random init leaves norms at 1 and biases at 0; perturb them so a swapped norm or a
     # dropped bias cannot pass unnoticed.

@@ -58,8 +58,10 @@ def layer_violations(files: list[Path]) -> list[str]:
         src = name.split(".")[1]
         for line, target in _imports(path):
             if target == "autoglm_jax":
-                bad.append(f"{path.relative_to(ROOT)}:{line}: imports the package face "
-                           "`autoglm_jax` (import the module it needs)")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: imports the package face "
+                    "`autoglm_jax` (import the module it needs)"
+                )
                 continue
             if not target.startswith("autoglm_jax."):
                 continue
@@ -67,11 +69,15 @@ def layer_violations(files: list[Path]) -> list[str]:
             if dst == src:
                 continue
             if src not in RANK or dst not in RANK:
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {src} -> {dst}: a package the "
-                           "layer table does not list")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {src} -> {dst}: a package the "
+                    "layer table does not list"
+                )
             elif RANK[dst] >= RANK[src]:
-                bad.append(f"{path.relative_to(ROOT)}:{line}: {src} -> {dst} imports "
-                           f"{'sideways' if RANK[dst] == RANK[src] else 'upward'}")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line}: {src} -> {dst} imports "
+                    f"{'sideways' if RANK[dst] == RANK[src] else 'upward'}"
+                )
     return bad
 
 
@@ -122,11 +128,15 @@ def _mentions_model_type(node: ast.AST) -> bool:
         return True
     if isinstance(node, ast.Name) and node.id == "model_type":
         return True
-    if isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value == "model_type"
-                                          for a in node.args):
+    if isinstance(node, ast.Call) and any(
+        isinstance(a, ast.Constant) and a.value == "model_type" for a in node.args
+    ):
         return True
-    return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+    return (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.slice, ast.Constant)
         and node.slice.value == "model_type"
+    )
 
 
 def _is_strings(node: ast.AST) -> bool:
@@ -165,15 +175,18 @@ def test_only_the_families_decide_by_model_type():
     assert [bad for p in outside for bad in model_type_checks(p)] == []
 
 
-@pytest.mark.parametrize("source, layer_bad, type_bad", [
-    ("from autoglm_jax.engine import Engine\n", 1, 0),          # nn -> engine: upward
-    ("def f():\n    from autoglm_jax.serve import app\n", 1, 0),  # inside a function too
-    ("import autoglm_jax as ag\n", 1, 0),                          # the package face
-    ("from autoglm_jax.config import ModelConfig\n", 0, 0),         # downward: fine
-    ("def f(c):\n    return c.model_type in ('glm', 'glm4')\n", 0, 1),
-    ("def f(d):\n    return d.get('model_type') == 'vit'\n", 0, 1),
-    ("def f(c):\n    return c.model_type\n", 0, 0),
-])
+@pytest.mark.parametrize(
+    "source, layer_bad, type_bad",
+    [
+        ("from autoglm_jax.engine import Engine\n", 1, 0),  # nn -> engine: upward
+        ("def f():\n    from autoglm_jax.serve import app\n", 1, 0),  # inside a function too
+        ("import autoglm_jax as ag\n", 1, 0),  # the package face
+        ("from autoglm_jax.config import ModelConfig\n", 0, 0),  # downward: fine
+        ("def f(c):\n    return c.model_type in ('glm', 'glm4')\n", 0, 1),
+        ("def f(d):\n    return d.get('model_type') == 'vit'\n", 0, 1),
+        ("def f(c):\n    return c.model_type\n", 0, 0),
+    ],
+)
 def test_the_checks_catch_what_they_should(tmp_path, monkeypatch, source, layer_bad, type_bad):
     fake_root = tmp_path
     module = fake_root / "autoglm_jax" / "nn" / "bad.py"
@@ -191,4 +204,5 @@ def test_a_cycle_is_found(tmp_path, monkeypatch):
     (pkg / "b.py").write_text("from autoglm_jax.training.a import f\n")
     monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
     assert module_cycles([pkg / "a.py", pkg / "b.py"]) == [
-        ["autoglm_jax.training.a", "autoglm_jax.training.b"]]
+        ["autoglm_jax.training.a", "autoglm_jax.training.b"]
+    ]

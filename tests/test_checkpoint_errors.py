@@ -34,23 +34,31 @@ def _rewrite(directory, edit):
 
 def test_missing_key(bad_dir):
     _rewrite(bad_dir, lambda t: t.pop("model.layers.1.mlp.down_proj.weight"))
-    with pytest.raises(ag.CheckpointError, match=r"missing key.*model\.layers\.1\.mlp\.down_proj\.weight"):
+    with pytest.raises(
+        ag.CheckpointError, match=r"missing key.*model\.layers\.1\.mlp\.down_proj\.weight"
+    ):
         ag.load(bad_dir)
 
 
 def test_unexpected_key(bad_dir):
-    _rewrite(bad_dir, lambda t: t.__setitem__("model.layers.0.extra.weight", np.zeros(3, np.float32)))
-    with pytest.raises(ag.CheckpointError,
-                       match=r"unexpected key.*model\.layers\.0\.extra\.weight.*model\.safetensors"):
+    _rewrite(
+        bad_dir, lambda t: t.__setitem__("model.layers.0.extra.weight", np.zeros(3, np.float32))
+    )
+    with pytest.raises(
+        ag.CheckpointError,
+        match=r"unexpected key.*model\.layers\.0\.extra\.weight.*model\.safetensors",
+    ):
         ag.load(bad_dir)
 
 
 def test_shape_mismatch(bad_dir):
     def edit(t):
         t["model.layers.0.self_attn.k_proj.weight"] = np.zeros((12, 40), np.float32)
+
     _rewrite(bad_dir, edit)
-    with pytest.raises(ag.CheckpointError,
-                       match=r"model\.safetensors.*k_proj\.weight.*shape mismatch.*\[12, 40\]"):
+    with pytest.raises(
+        ag.CheckpointError, match=r"model\.safetensors.*k_proj\.weight.*shape mismatch.*\[12, 40\]"
+    ):
         ag.load(bad_dir)
 
 
@@ -111,20 +119,33 @@ def _truncate(path, size=100):
         f.truncate(size)
 
 
-@pytest.mark.parametrize("damage, expected", [
-    (lambda d: _truncate(_largest_data_file(d / "params")),
-     r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete"),
-    (lambda d: _largest_data_file(d / "params").unlink(),
-     r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete"),
-    (lambda d: _truncate(d / "params" / "_METADATA", 50),
-     r"cannot read parameter\(s\) embed_tokens/embedding"),
-    (lambda d: (d / "autoglm_config.json").write_text(
-        (d / "autoglm_config.json").read_text().replace('"ffw_dim": 46', '"ffw_dim": 47')),
-     r"parameter layers_0/mlp/down_proj/kernel: stored shape \(46, 72\), but "
-     r"autoglm_config.json says \(47, 72\)"),
-])
-def test_damaged_native_checkpoint_names_directory_and_parameter(native_dir, tmp_path, capfd,
-                                                                 damage, expected):
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            lambda d: _truncate(_largest_data_file(d / "params")),
+            r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete",
+        ),
+        (
+            lambda d: _largest_data_file(d / "params").unlink(),
+            r"cannot read parameter\(s\) \S*layers_\d+/\w+/\w+/kernel.*damaged or incomplete",
+        ),
+        (
+            lambda d: _truncate(d / "params" / "_METADATA", 50),
+            r"cannot read parameter\(s\) embed_tokens/embedding",
+        ),
+        (
+            lambda d: (d / "autoglm_config.json").write_text(
+                (d / "autoglm_config.json").read_text().replace('"ffw_dim": 46', '"ffw_dim": 47')
+            ),
+            r"parameter layers_0/mlp/down_proj/kernel: stored shape \(46, 72\), but "
+            r"autoglm_config.json says \(47, 72\)",
+        ),
+    ],
+)
+def test_damaged_native_checkpoint_names_directory_and_parameter(
+    native_dir, tmp_path, capfd, damage, expected
+):
     """Truncated or deleted Orbax files and shape edits raise CheckpointError naming the
     directory and the parameter, with nothing else printed (no TensorStore dump, no
     'Exception ignored in coroutine')."""

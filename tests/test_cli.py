@@ -9,13 +9,29 @@ import pytest
 
 def test_generate_cli_smoke_run_from_jsonl(tmp_path):
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('"Hello"\n{"prompt": "Bonjour"}\n{"messages": [{"role": "user", '
-                       '"content": "hi"}]}\n')
+    prompts.write_text(
+        '"Hello"\n{"prompt": "Bonjour"}\n{"messages": [{"role": "user", "content": "hi"}]}\n'
+    )
     out = tmp_path / "out.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "infer", "generate", "--prompts-file", str(prompts), "--output",
-         str(out), "--max-tokens", "5", "--max-model-len", "256"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "infer",
+            "generate",
+            "--prompts-file",
+            str(prompts),
+            "--output",
+            str(out),
+            "--max-tokens",
+            "5",
+            "--max-model-len",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "SMOKE RUN" in proc.stderr and "RANDOM weights" in proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -37,11 +53,20 @@ def test_bench_cli_tiny(tmp_path):
     from infer.bench import BenchArgs, run_bench
     from infer.flags import EngineFlags, ModelFlags
 
-    res = run_bench(BenchArgs(model=ModelFlags(model="tiny"), num_requests=6, prompt_len=24,
-                              output_len=6,
-                              engine=EngineFlags(max_num_seqs=8, max_num_batched_tokens=64),
-                              baseline_requests=2, static_batch_size=3, static_batches=1,
-                              hf_baseline=True, out_dir=tmp_path))
+    res = run_bench(
+        BenchArgs(
+            model=ModelFlags(model="tiny"),
+            num_requests=6,
+            prompt_len=24,
+            output_len=6,
+            engine=EngineFlags(max_num_seqs=8, max_num_batched_tokens=64),
+            baseline_requests=2,
+            static_batch_size=3,
+            static_batches=1,
+            hf_baseline=True,
+            out_dir=tmp_path,
+        )
+    )
     assert res["continuous"]["output_tokens"] == 36
     assert res["one_at_a_time"]["output_tokens"] == 12
     assert res["hf_generate"]["output_tokens"] == 18, res["hf_generate"]
@@ -56,13 +81,23 @@ def test_chat_streams_two_turns_and_refuses_media_for_text_models(tmp_path):
     from infer.generate import ChatArgs, SamplingArgs, run_chat
 
     out = io.StringIO()
-    args = ChatArgs(model=ModelFlags(model="tiny"),
-                    engine=EngineFlags(max_model_len=256, num_gpu_blocks_override=32,
-                                       max_num_batched_tokens=64),
-                    sampling=SamplingArgs(max_tokens=4))
+    args = ChatArgs(
+        model=ModelFlags(model="tiny"),
+        engine=EngineFlags(
+            max_model_len=256, num_gpu_blocks_override=32, max_num_batched_tokens=64
+        ),
+        sampling=SamplingArgs(max_tokens=4),
+    )
     run_chat(args, stdin=io.StringIO("hello\nagain\n\n"), out=out, log=io.StringIO())
     assert out.getvalue().count("> ") == 3  # two answered turns, then the empty line ends it
     with pytest.raises(SystemExit, match="does not take images"):
-        run_chat(ChatArgs(image=(Path(tmp_path / "x.png"),), model=ModelFlags(model="tiny"),
-                          engine=EngineFlags(max_model_len=256, max_num_batched_tokens=64)),
-                 stdin=io.StringIO(""), out=io.StringIO(), log=io.StringIO())
+        run_chat(
+            ChatArgs(
+                image=(Path(tmp_path / "x.png"),),
+                model=ModelFlags(model="tiny"),
+                engine=EngineFlags(max_model_len=256, max_num_batched_tokens=64),
+            ),
+            stdin=io.StringIO(""),
+            out=io.StringIO(),
+            log=io.StringIO(),
+        )

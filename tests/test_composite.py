@@ -46,13 +46,18 @@ def test_autoglm_phone_9b_parameters_per_stack():
 
 def test_mini_mm_parameter_shares_track_autoglm_phone_9b():
     """The compression report's preset: byte ratios mean what they would at 9B."""
+
     def shares(name):
         cfg = ag.load_config(name)
         c = count_params_by_stack(cfg)
         tables = 2 * cfg.text.vocab_size * cfg.text.d_model  # embeddings + untied lm_head
-        return {"layers": (c["text"] - tables - cfg.text.d_model) / c["total"],
-                "tables": tables / c["total"], "vision": c["vision"] / c["total"],
-                "fusion": (c["cga"] + c["projectors"]) / c["total"]}
+        return {
+            "layers": (c["text"] - tables - cfg.text.d_model) / c["total"],
+            "tables": tables / c["total"],
+            "vision": c["vision"] / c["total"],
+            "fusion": (c["cga"] + c["projectors"]) / c["total"],
+        }
+
     mini, big = shares("mini-mm"), shares("autoglm-phone-9b")
     for key, tol in (("layers", 0.03), ("tables", 0.03), ("vision", 0.01), ("fusion", 0.01)):
         assert abs(mini[key] - big[key]) <= tol, (key, mini[key], big[key])
@@ -65,8 +70,10 @@ def test_tiny_mm_counts_match_the_config_formulas():
     assert counts["text"] == cfg.text.num_params and counts["vision"] == cfg.vision.num_params
     assert counts["audio"] == cfg.audio.num_params and counts["vit"] == cfg.vit.num_params
     assert counts["cga"] == f.num_blocks(cfg.text.num_layers) * f.block_params(d, 2)
-    assert counts["projectors"] == (f.projector_params(f.audio_stack * cfg.audio.d_model, d)
-                                    + f.projector_params(cfg.vit.d_model, d))
+    assert counts["projectors"] == (
+        f.projector_params(f.audio_stack * cfg.audio.d_model, d)
+        + f.projector_params(cfg.vit.d_model, d)
+    )
 
 
 def test_presets_validate_their_stacks():
@@ -80,7 +87,8 @@ def test_presets_validate_their_stacks():
         ag.load_config("glm-4.1v-9b").replace(audio=WHISPER_TINY)
     bf16 = cfg.with_dtypes("bfloat16", "bfloat16")
     assert {getattr(bf16, s).param_dtype for s in ("text", "vision", "audio", "vit", "fusion")} == {
-        "bfloat16"}
+        "bfloat16"
+    }
 
 
 # --- Hugging Face parts ------------------------------------------------------------------
@@ -88,7 +96,7 @@ def test_presets_validate_their_stacks():
 
 def _perturb(model):
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.normal_(0.0, p[0].numel() ** -0.5)
             else:
@@ -102,11 +110,27 @@ def whisper_dir(tmp_path_factory):
     import transformers as tf
 
     torch.manual_seed(0)
-    model = _perturb(tf.WhisperForConditionalGeneration(tf.WhisperConfig(
-        d_model=24, encoder_layers=1, encoder_attention_heads=3, encoder_ffn_dim=37,
-        decoder_layers=1, decoder_attention_heads=3, decoder_ffn_dim=19, num_mel_bins=80,
-        max_source_positions=12, max_target_positions=16, vocab_size=97, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)))
+    model = _perturb(
+        tf.WhisperForConditionalGeneration(
+            tf.WhisperConfig(
+                d_model=24,
+                encoder_layers=1,
+                encoder_attention_heads=3,
+                encoder_ffn_dim=37,
+                decoder_layers=1,
+                decoder_attention_heads=3,
+                decoder_ffn_dim=19,
+                num_mel_bins=80,
+                max_source_positions=12,
+                max_target_positions=16,
+                vocab_size=97,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                decoder_start_token_id=3,
+            )
+        )
+    )
     directory = tmp_path_factory.mktemp("whisper")
     model.save_pretrained(directory)
     return directory, model
@@ -118,9 +142,19 @@ def vit_dir(tmp_path_factory):
     import transformers as tf
 
     torch.manual_seed(1)
-    model = _perturb(tf.ViTForImageClassification(tf.ViTConfig(
-        hidden_size=24, num_hidden_layers=1, num_attention_heads=3, intermediate_size=29,
-        image_size=32, patch_size=8, num_labels=3)))
+    model = _perturb(
+        tf.ViTForImageClassification(
+            tf.ViTConfig(
+                hidden_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=3,
+                intermediate_size=29,
+                image_size=32,
+                patch_size=8,
+                num_labels=3,
+            )
+        )
+    )
     directory = tmp_path_factory.mktemp("vit")
     model.save_pretrained(directory)
     return directory, model
@@ -153,8 +187,14 @@ def test_load_vit_gives_the_last_hidden_state(vit_dir):
 # --- The composite -----------------------------------------------------------------------
 
 _MM = ag.load_config("tiny-mm")
-GLM4V = _MM.replace(model_type="glm4v", audio=None, vit=None, fusion=None, audio_token_id=None,
-                    text=_MM.text.replace(num_layers=2))
+GLM4V = _MM.replace(
+    model_type="glm4v",
+    audio=None,
+    vit=None,
+    fusion=None,
+    audio_token_id=None,
+    text=_MM.text.replace(num_layers=2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +204,12 @@ def glm4v_dir(tmp_path_factory):
     args = example_inputs(GLM4V)
     shapes = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"])
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(
-        rng.standard_normal(s.shape).astype(np.float32) * (0.3 if len(s.shape) > 1 else 1.0)),
-        shapes)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(
+            rng.standard_normal(s.shape).astype(np.float32) * (0.3 if len(s.shape) > 1 else 1.0)
+        ),
+        shapes,
+    )
     m = ag.Model(GLM4V, params, module, Tokenizer.from_dir(TOKENIZER_DIR))
     directory = tmp_path_factory.mktemp("glm4v")
     ag.export_hf(m, directory)
@@ -175,14 +218,24 @@ def glm4v_dir(tmp_path_factory):
 
 def _mm_inputs(cfg):
     rng = np.random.default_rng(2)
-    proc = process_images([rng.integers(0, 256, (60, 90, 3), dtype=np.uint8),
-                           rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)],
-                          ImageProcessorConfig(min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 16))
+    proc = process_images(
+        [
+            rng.integers(0, 256, (60, 90, 3), dtype=np.uint8),
+            rng.integers(0, 256, (40, 80, 3), dtype=np.uint8),
+        ],
+        ImageProcessorConfig(min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 16),
+    )
     raw = [493, 495, 498, 11, 501, 505, 502, 12, 501, 505, 502, 13, 499]
-    ids = expand_image_placeholders(raw, proc.image_grid_thw, 505, image_start_token_id=501,
-                                    image_end_token_id=502)[None]
-    positions, _ = get_rope_index(ids, proc.image_grid_thw, image_token_id=505,
-                                  video_start_token_id=503, video_end_token_id=504)
+    ids = expand_image_placeholders(
+        raw, proc.image_grid_thw, 505, image_start_token_id=501, image_end_token_id=502
+    )[None]
+    positions, _ = get_rope_index(
+        ids,
+        proc.image_grid_thw,
+        image_token_id=505,
+        video_start_token_id=503,
+        video_end_token_id=504,
+    )
     return ids, positions, proc
 
 
@@ -206,10 +259,14 @@ def test_composite_from_glm4v_whisper_and_vit(glm4v_dir, whisper_dir, vit_dir, t
     rng = np.random.default_rng(4)
     feats = rng.standard_normal((2, 80, 24)).astype(np.float32)
     vit_pixels = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
-    ref = np.asarray(jax.jit(lambda p, ids, pos, pv: base.module.apply(
-        {"params": p}, ids, pos, pv, grid))(base.params, ids, positions, proc.pixel_values))
-    fused = jax.jit(lambda p, ids, pos, pv, f, v: m.module.apply(
-        {"params": p}, ids, pos, pv, grid, f, v))
+    ref = np.asarray(
+        jax.jit(lambda p, ids, pos, pv: base.module.apply({"params": p}, ids, pos, pv, grid))(
+            base.params, ids, positions, proc.pixel_values
+        )
+    )
+    fused = jax.jit(
+        lambda p, ids, pos, pv, f, v: m.module.apply({"params": p}, ids, pos, pv, grid, f, v)
+    )
     out = np.asarray(fused(m.params, ids, positions, proc.pixel_values, feats, vit_pixels))
     np.testing.assert_array_equal(out, ref)  # fresh gates: exactly the base model
 

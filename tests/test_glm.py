@@ -146,4 +146,5 @@ def test_eval_shape_glm_4_9b_parameter_count():
     module = ag.GlmDecoder(cfg.text)
     shapes = ag.abstract_params(module, (jnp.zeros((1, 2), jnp.int32),))
     import flax.linen as nn
+
     assert sum(x.size for x in jax.tree.leaves(nn.unbox(shapes))) == 9_399_951_360

@@ -14,8 +14,11 @@ pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 simulate
 def _cfg():
     # Sizes divisible by the mesh axes so every rule shards (the tiny preset has prime-ish ones).
     cfg = ag.load_config("tiny")
-    return cfg.replace(text=cfg.text.replace(d_model=64, num_heads=8, num_kv_heads=4,
-                                             head_dim=8, ffw_dim=48, vocab_size=128))
+    return cfg.replace(
+        text=cfg.text.replace(
+            d_model=64, num_heads=8, num_kv_heads=4, head_dim=8, ffw_dim=48, vocab_size=128
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +37,15 @@ def _attn_mlp_bytes(params):
     return per_dev
 
 
-@pytest.mark.parametrize("rules, shape", [
-    ("tp", dict(data=2, tensor=2)),
-    ("tp", dict(tensor=4)),
-    ("fsdp", dict(fsdp=4, tensor=2)),
-    ("dp", dict(data=4)),
-])
+@pytest.mark.parametrize(
+    "rules, shape",
+    [
+        ("tp", dict(data=2, tensor=2)),
+        ("tp", dict(tensor=4)),
+        ("fsdp", dict(fsdp=4, tensor=2)),
+        ("dp", dict(data=4)),
+    ],
+)
 def test_sharded_logits_equal_single_device(reference, rules, shape):
     m, ids, want = reference
     mesh = ag.make_mesh(**shape)
@@ -51,8 +57,12 @@ def test_sharded_logits_equal_single_device(reference, rules, shape):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
     tensor = shape.get("tensor", 1) * (shape.get("fsdp", 1) if rules == "fsdp" else 1)
-    full = sum(x.nbytes for layer in (v for k, v in m.params.items() if k.startswith("layers_"))
-               for part in (layer["self_attn"], layer["mlp"]) for x in jax.tree.leaves(part))
+    full = sum(
+        x.nbytes
+        for layer in (v for k, v in m.params.items() if k.startswith("layers_"))
+        for part in (layer["self_attn"], layer["mlp"])
+        for x in jax.tree.leaves(part)
+    )
     per_dev = _attn_mlp_bytes(params)
     assert len(per_dev) == mesh.size
     for nbytes in per_dev.values():
@@ -71,17 +81,22 @@ def test_load_places_params_in_rule_shardings(tmp_path):
         ids = jnp.asarray(np.random.RandomState(1).randint(0, 128, (2, 6)))
         np.testing.assert_allclose(
             np.asarray(jax.jit(lambda p, x: m.module.apply({"params": p}, x))(sharded.params, ids)),
-            np.asarray(m.module.apply({"params": m.params}, ids)), atol=1e-5)
+            np.asarray(m.module.apply({"params": m.params}, ids)),
+            atol=1e-5,
+        )
 
 
 def test_indivisible_dims_are_replicated():
     from autoglm_jax.sharding import RULES, spec_for
+
     mesh = ag.make_mesh(tensor=4)
     # 2 KV heads cannot split 4 ways: replicated rather than an error.
-    assert spec_for(("embed", "kv_heads", "head_dim"), (64, 2, 8), mesh, RULES["tp"]) == \
-        jax.sharding.PartitionSpec(None, None, None)
-    assert spec_for(("embed", "heads", "head_dim"), (64, 8, 8), mesh, RULES["tp"]) == \
-        jax.sharding.PartitionSpec(None, "tensor", None)
+    assert spec_for(
+        ("embed", "kv_heads", "head_dim"), (64, 2, 8), mesh, RULES["tp"]
+    ) == jax.sharding.PartitionSpec(None, None, None)
+    assert spec_for(
+        ("embed", "heads", "head_dim"), (64, 8, 8), mesh, RULES["tp"]
+    ) == jax.sharding.PartitionSpec(None, "tensor", None)
 
 
 @pytest.mark.parametrize("shape", [dict(tensor=2, fsdp=2), dict(tensor=4), dict(fsdp=4)])

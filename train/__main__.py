@@ -1,4 +1,5 @@
-"""Training CLI: `python -m train pretrain|distill|qat|prune|export|report [--recipe FILE.toml] [--section.field VALUE ...]`.
+"""Training CLI: `python -m train pretrain|distill|qat|prune|export|report [--recipe FILE.toml]
+[--section.field VALUE ...]`.
 
 The recipe file's values become the defaults of every option; options on the command line
 override them (`--optim.lr 3e-4 --data.batch-size 16`). All logic lives in
@@ -17,8 +18,8 @@ from autoglm_jax.checkpoint import CheckpointError
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.distributed import DistributedConfig, initialize, is_primary
 from autoglm_jax.training.compress import load_compress_recipe
-from autoglm_jax.training.report import ReportOptions, run_report
 from autoglm_jax.training.recipe import TrainRecipe
+from autoglm_jax.training.report import ReportOptions, run_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,8 @@ class Qat:
     cfg: Annotated[TrainRecipe, tyro.conf.arg(name="")]
     quant: QuantOptions = QuantOptions()
     recipe: str | None = None
-    """TOML recipe (configs/recipes/qat-*.toml); its values are the defaults of the options below."""
+    """TOML recipe (configs/recipes/qat-*.toml); its values are the defaults of the options
+    below."""
     resume: bool = False
     """Continue from the latest checkpoint in run_dir (exactly: same batches, same updates)."""
     distributed: DistributedConfig = DistributedConfig()
@@ -90,7 +92,8 @@ class Prune:
     cfg: Annotated[TrainRecipe, tyro.conf.arg(name="")]
     prune: PruneConfig = PruneConfig()
     recipe: str | None = None
-    """TOML recipe (configs/recipes/prune-35.toml); its values are the defaults of the options below."""
+    """TOML recipe (configs/recipes/prune-35.toml); its values are the defaults of the options
+    below."""
     out: str | None = None
     """Where the pruned model goes (default: <run_dir>/pruned)."""
     recover: bool = False
@@ -147,6 +150,7 @@ def _say_where(model_dir: Any, what: str, export: str | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from autoglm_jax.config import ConfigError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     path = _peek_recipe(argv)
     try:
@@ -161,14 +165,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         tyro.conf.OmitSubcommandPrefixes[
             Annotated[Pretrain, tyro.conf.subcommand("pretrain", default=Pretrain(base, path))]
             | Annotated[Distill, tyro.conf.subcommand("distill", default=Distill(base, path))]
-            | Annotated[Qat, tyro.conf.subcommand(
-                "qat", default=Qat(base, QuantOptions.of(quant), path))]
+            | Annotated[
+                Qat, tyro.conf.subcommand("qat", default=Qat(base, QuantOptions.of(quant), path))
+            ]
             | Annotated[Prune, tyro.conf.subcommand("prune", default=Prune(base, prune, path))]
             | Annotated[Export, tyro.conf.subcommand("export", default=export_default)]
-            | Annotated[Report, tyro.conf.subcommand("report", default=Report())]],
-        args=argv, prog="python -m train", description=__doc__.split("\n\n")[0])
+            | Annotated[Report, tyro.conf.subcommand("report", default=Report())]
+        ],
+        args=argv,
+        prog="python -m train",
+        description=__doc__.split("\n\n")[0],
+    )
     from autoglm_jax.training import DataError, NonFiniteError, run_distill, run_pretrain
     from autoglm_jax.training import compress as tc
+
     try:
         if isinstance(cmd, (Pretrain, Distill, Qat)):
             initialize(cmd.distributed)  # before anything touches a device
@@ -178,8 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if isinstance(cmd, Export):
             if not cmd.qat_checkpoint:
                 raise ConfigError("export needs --qat-checkpoint DIR")
-            out = tc.run_export(cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out,
-                                scope=cmd.scope)
+            out = tc.run_export(
+                cmd.qat_checkpoint, cmd.format, recipe=loaded, out_dir=cmd.out, scope=cmd.scope
+            )
             _say_where(out, "the compressed model")
             return
         recipe = cmd.cfg.validate()
@@ -189,21 +200,34 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = tc.run_qat(tc.CompressRecipe.of(recipe, quant=q), resume=cmd.resume)
             _say_where(result.run_dir / "model", "the QAT model (float weights)", export=path)
         elif isinstance(cmd, Prune):
-            pruned = tc.run_prune(tc.CompressRecipe.of(recipe, prune=cmd.prune),
-                                  out_dir=cmd.out, recover=cmd.recover)
-            out = (pruned.recovered.run_dir / "model" if pruned.recovered is not None
-                   and recipe.checkpoint.export else pruned.out_dir)
+            pruned = tc.run_prune(
+                tc.CompressRecipe.of(recipe, prune=cmd.prune), out_dir=cmd.out, recover=cmd.recover
+            )
+            out = (
+                pruned.recovered.run_dir / "model"
+                if pruned.recovered is not None and recipe.checkpoint.export
+                else pruned.out_dir
+            )
             _say_where(out, "the pruned model")
         else:
             if loaded is not None and loaded.quant is not None:
-                raise ConfigError(f"{path} has a [quant] table: run it with `python -m train "
-                                  "qat` (pretrain/distill would train a float model)")
+                raise ConfigError(
+                    f"{path} has a [quant] table: run it with `python -m train "
+                    "qat` (pretrain/distill would train a float model)"
+                )
             run = run_distill if isinstance(cmd, Distill) else run_pretrain
             result = run(recipe, resume=cmd.resume)
             if recipe.checkpoint.export:
                 _say_where(result.run_dir / "model", "the trained model")
-    except (ConfigError, CheckpointError, DataError, NonFiniteError, FileExistsError, FileNotFoundError,
-            NotImplementedError) as e:
+    except (
+        ConfigError,
+        CheckpointError,
+        DataError,
+        NonFiniteError,
+        FileExistsError,
+        FileNotFoundError,
+        NotImplementedError,
+    ) as e:
         sys.exit(f"error: {e}")
 
 

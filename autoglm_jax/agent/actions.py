@@ -38,15 +38,19 @@ def _q(text: str) -> str:
 def to_pixels(point: tuple[int, int], width: int, height: int) -> tuple[int, int]:
     """A relative (x, y) in 0..999 as pixel coordinates on a width x height screen."""
     x, y = point
-    return (min(width - 1, x * width // (COORD_MAX + 1)),
-            min(height - 1, y * height // (COORD_MAX + 1)))
+    return (
+        min(width - 1, x * width // (COORD_MAX + 1)),
+        min(height - 1, y * height // (COORD_MAX + 1)),
+    )
 
 
 def to_relative(pixel: tuple[float, float], width: int, height: int) -> tuple[int, int]:
     """Pixel coordinates as the relative (x, y) in 0..999 whose pixel cell holds them."""
     x, y = pixel
-    return (min(COORD_MAX, max(0, int(x * (COORD_MAX + 1) / width))),
-            min(COORD_MAX, max(0, int(y * (COORD_MAX + 1) / height))))
+    return (
+        min(COORD_MAX, max(0, int(x * (COORD_MAX + 1) / width))),
+        min(COORD_MAX, max(0, int(y * (COORD_MAX + 1) / height))),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +91,10 @@ class Swipe:
     end: tuple[int, int]
 
     def __str__(self) -> str:
-        return (f'do(action="Swipe", start=[{self.start[0]}, {self.start[1]}], '
-                f'end=[{self.end[0]}, {self.end[1]}])')
+        return (
+            f'do(action="Swipe", start=[{self.start[0]}, {self.start[1]}], '
+            f"end=[{self.end[0]}, {self.end[1]}])"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +136,9 @@ Action = Launch | Tap | LongPress | Type | Swipe | Back | Home | Wait | Finish
 # `do` / `finish` with literal keyword arguments is accepted; nothing is ever evaluated.
 
 MAX_ACTION_CHARS = 20_000  # longer "actions" are garbage; refusing them bounds parse time
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*(?:s|sec|secs|second|seconds)?\s*",
-                       re.IGNORECASE)
+_DURATION = re.compile(
+    r"\s*(\d+(?:\.\d*)?(?:e[+-]?\d+)?)\s*(?:s|sec|secs|second|seconds)?\s*", re.IGNORECASE
+)
 
 
 class ActionError(ValueError):
@@ -140,18 +147,26 @@ class ActionError(ValueError):
 
 def _literal(node: ast.expr, name: str) -> object:
     """The value of a literal argument: str, int, or a list/tuple of those."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float)) \
-            and not isinstance(node.value, bool):
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, (str, int, float))
+        and not isinstance(node.value, bool)
+    ):
         return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) \
-            and isinstance(node.operand, ast.Constant) \
-            and isinstance(node.operand.value, (int, float)) \
-            and not isinstance(node.operand.value, bool):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Constant)
+        and isinstance(node.operand.value, (int, float))
+        and not isinstance(node.operand.value, bool)
+    ):
         return -node.operand.value  # kept so that [-5, 3] is refused as out of range
     if isinstance(node, (ast.List, ast.Tuple)):
         return [_literal(e, name) for e in node.elts]
-    raise ActionError(f"argument {name!r} must be a literal (string, integer or [x, y]), "
-                      f"got {type(node).__name__} `{ast.unparse(node)[:80]}`")
+    raise ActionError(
+        f"argument {name!r} must be a literal (string, integer or [x, y]), "
+        f"got {type(node).__name__} `{ast.unparse(node)[:80]}`"
+    )
 
 
 def _text(args: dict[str, object], name: str) -> str:
@@ -164,8 +179,9 @@ def _text(args: dict[str, object], name: str) -> str:
 def _point(args: dict[str, object], name: str) -> tuple[int, int]:
     value = args[name]
     if not (isinstance(value, list) and len(value) == 2):
-        raise ActionError(f"argument {name!r} must be a list [x, y] of two integers, "
-                          f"got {value!r:.80}")
+        raise ActionError(
+            f"argument {name!r} must be a list [x, y] of two integers, got {value!r:.80}"
+        )
     for v in value:
         if not isinstance(v, int):
             raise ActionError(f"argument {name!r}: coordinates must be integers, got {v!r}")
@@ -183,8 +199,9 @@ def _seconds(args: dict[str, object]) -> float:
     else:
         raise ActionError(f"argument 'duration' must be like \"2 seconds\", got {value!r:.80}")
     if not 0 <= seconds < float("inf"):
-        raise ActionError(f"argument 'duration' must be a finite, non-negative time, "
-                          f"got {value!r:.80}")
+        raise ActionError(
+            f"argument 'duration' must be a finite, non-negative time, got {value!r:.80}"
+        )
     return seconds
 
 
@@ -216,8 +233,9 @@ def _expression(text: str) -> ast.expr:
                 pass
         end = _first_call_end(text)  # a clearer reason when the call is fine but text follows
         if end is not None and text[end:].strip():
-            raise ActionError(f"trailing text after the call: `{text[end:].strip()[:80]}`") \
-                from None
+            raise ActionError(
+                f"trailing text after the call: `{text[end:].strip()[:80]}`"
+            ) from None
         reason = first.msg if isinstance(first, SyntaxError) else type(first).__name__
         raise ActionError(f"not a valid call: {reason}") from None
 
@@ -239,8 +257,15 @@ def _first_call_end(text: str) -> int | None:
                     end = starts[tok.end[0] - 1] + tok.end[1]
                     ast.parse(text[:end], mode="eval")
                     return end
-    except (SyntaxError, tokenize.TokenError, ValueError, RecursionError, MemoryError,
-            UnicodeError, IndexError):
+    except (
+        SyntaxError,
+        tokenize.TokenError,
+        ValueError,
+        RecursionError,
+        MemoryError,
+        UnicodeError,
+        IndexError,
+    ):
         return None
     return None
 
@@ -260,8 +285,7 @@ def parse_action(text: str) -> Action:
     if func not in ("do", "finish"):
         raise ActionError(f"unknown function {func!r}: expected do(...) or finish(...)")
     if call.args:
-        raise ActionError(f"{func}() takes keyword arguments only, got {len(call.args)} "
-                          "positional")
+        raise ActionError(f"{func}() takes keyword arguments only, got {len(call.args)} positional")
     args: dict[str, object] = {}
     for kw in call.keywords:
         if kw.arg is None:
@@ -306,7 +330,7 @@ def split_reply(content: str) -> tuple[str, str]:
     cut = min(starts)
     action = content[cut:].strip()
     if action.endswith("</answer>"):
-        action = action[:-len("</answer>")].rstrip()
+        action = action[: -len("</answer>")].rstrip()
     return _untag(content[:cut]), action
 
 

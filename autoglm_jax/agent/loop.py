@@ -84,11 +84,15 @@ class AgentConfig:
     system_prompt: str = SYSTEM_PROMPT
 
     def __post_init__(self):
-        for name, low in (("max_steps", 1), ("max_tokens", 1), ("keep_images", 0),
-                          ("max_history_turns", 1), ("max_parse_failures", 1)):
+        for name, low in (
+            ("max_steps", 1),
+            ("max_tokens", 1),
+            ("keep_images", 0),
+            ("max_history_turns", 1),
+            ("max_parse_failures", 1),
+        ):
             if getattr(self, name) < low:
-                raise ValueError(f"AgentConfig.{name} must be >= {low}, "
-                                 f"got {getattr(self, name)}")
+                raise ValueError(f"AgentConfig.{name} must be >= {low}, got {getattr(self, name)}")
         if self.timeout <= 0:
             raise ValueError(f"AgentConfig.timeout must be positive, got {self.timeout}")
 
@@ -129,6 +133,7 @@ class Episode:
 
 # --- messages ------------------------------------------------------------------------------
 
+
 def png_data_uri(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -142,6 +147,7 @@ def screen_info(current_app: str) -> str:
 @dataclasses.dataclass
 class Turn:
     """One step's exchange as the loop keeps it (mutable: the reply and dropped image)."""
+
     index: int  # the step
     text: str
     image: str | None  # data URI; dropped once no request can carry it again
@@ -163,7 +169,7 @@ def build_messages(turns: list[Turn], config: AgentConfig) -> list[dict[str, Any
     no later request can carry, so memory stays bounded however long the episode."""
     current = turns[-1]
     past = turns[:-1]
-    recent = past[1:][-(config.max_history_turns - 1):] if config.max_history_turns > 1 else []
+    recent = past[1:][-(config.max_history_turns - 1) :] if config.max_history_turns > 1 else []
     window = [*past[:1], *recent, current]
     del turns[:]
     turns.extend(window)
@@ -181,12 +187,19 @@ def build_messages(turns: list[Turn], config: AgentConfig) -> list[dict[str, Any
 def request_body(config: AgentConfig, messages: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON body of one chat completion request (also valid kwargs for the openai client's
     `chat.completions.create`)."""
-    return {"model": config.model, "messages": messages, "stream": config.stream,
-            "temperature": config.temperature, "top_p": config.top_p,
-            "frequency_penalty": config.frequency_penalty, "max_tokens": config.max_tokens}
+    return {
+        "model": config.model,
+        "messages": messages,
+        "stream": config.stream,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "frequency_penalty": config.frequency_penalty,
+        "max_tokens": config.max_tokens,
+    }
 
 
 # --- HTTP ----------------------------------------------------------------------------------
+
 
 def _server_message(raw: bytes) -> str:
     try:
@@ -208,13 +221,14 @@ def _sse_content(lines: Iterable[bytes], url: str) -> str:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line.startswith("data:"):
             continue  # blank separators, comments, event:/id: fields
-        payload = line[len("data:"):].strip()
+        payload = line[len("data:") :].strip()
         if payload == "[DONE]":
             return "".join(pieces)
         event = json.loads(payload)
         if "error" in event:
-            raise AgentError(f"POST {url}: the stream reported an error: "
-                             f"{_server_message(payload.encode())}")
+            raise AgentError(
+                f"POST {url}: the stream reported an error: {_server_message(payload.encode())}"
+            )
         for choice in event.get("choices") or []:
             if choice.get("index", 0) == 0:
                 pieces.append((choice.get("delta") or {}).get("content") or "")
@@ -225,17 +239,25 @@ def chat(config: AgentConfig, messages: list[dict[str, Any]]) -> str:
     """The content of the server's reply to `messages` (streamed or not, per config)."""
     url = config.chat_url
     data = json.dumps(request_body(config, messages)).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Bearer {config.api_key}",
-        "Accept": "text/event-stream" if config.stream else "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {config.api_key}",
+            "Accept": "text/event-stream" if config.stream else "application/json",
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=config.timeout) as response:
             if config.stream:
                 return _sse_content(response, url)
             body = json.loads(response.read())
     except urllib.error.HTTPError as e:
-        raise AgentError(f"POST {url} failed with HTTP {e.code}: "
-                         f"{_server_message(e.read())}") from None
+        raise AgentError(
+            f"POST {url} failed with HTTP {e.code}: {_server_message(e.read())}"
+        ) from None
     except urllib.error.URLError as e:
         raise AgentError(f"POST {url} failed: {e.reason}") from None
     except TimeoutError:
@@ -247,14 +269,15 @@ def chat(config: AgentConfig, messages: list[dict[str, Any]]) -> str:
     try:
         return body["choices"][0]["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise AgentError(f"POST {url}: no choices[0].message in {json.dumps(body)[:300]}") \
-            from None
+        raise AgentError(f"POST {url}: no choices[0].message in {json.dumps(body)[:300]}") from None
 
 
 # --- the loop ------------------------------------------------------------------------------
 
-def _steps(phone: Phone, instruction: str, config: AgentConfig,
-           send: Callable[[list[dict[str, Any]]], str]) -> Iterator[Step]:
+
+def _steps(
+    phone: Phone, instruction: str, config: AgentConfig, send: Callable[[list[dict[str, Any]]], str]
+) -> Iterator[Step]:
     turns: list[Turn] = []
     for index in range(config.max_steps):
         screen = phone.screenshot()
@@ -268,14 +291,17 @@ def _steps(phone: Phone, instruction: str, config: AgentConfig,
         try:
             action = parse_action(action_text)
         except ActionError as e:
-            yield Step(index, screen, app, reply, thinking, None, str(e),
-                       f"no action: {e}")
+            yield Step(index, screen, app, reply, thinking, None, str(e), f"no action: {e}")
             continue
         yield Step(index, screen, app, reply, thinking, action, None, phone.apply(action))
 
 
-def run_episode(phone: Phone, instruction: str, config: AgentConfig,
-                on_step: Callable[[Step], None] | None = None) -> Episode:
+def run_episode(
+    phone: Phone,
+    instruction: str,
+    config: AgentConfig,
+    on_step: Callable[[Step], None] | None = None,
+) -> Episode:
     """Drives `phone` towards `instruction` until the model finishes, max_steps pass, or
     max_parse_failures replies in a row do not parse. Model output never raises; AgentError
     means the server failed. `on_step` sees each step as it is recorded."""

@@ -16,11 +16,21 @@ import random
 
 from PIL import Image
 
-from autoglm_jax.agent.actions import (Action, Back, Finish, Home, Launch, LongPress, Swipe, Tap,
-                                       Type, Wait, to_pixels)
+from autoglm_jax.agent.actions import (
+    Action,
+    Back,
+    Finish,
+    Home,
+    Launch,
+    LongPress,
+    Swipe,
+    Tap,
+    Type,
+    Wait,
+    to_pixels,
+)
 from autoglm_jax.agent.drawing import render
-from autoglm_jax.agent.screens import (APPS, HOME, TOGGLES, Dialog, Element, Layout, View,
-                                       elements)
+from autoglm_jax.agent.screens import APPS, HOME, TOGGLES, Dialog, Element, Layout, View, elements
 
 DIALOGS = {
     "delete_photo": Dialog("delete_photo", "Delete photo?", ("Cancel", "Delete")),
@@ -84,10 +94,17 @@ class SimPhone:
 
     def apply(self, action: Action) -> str:
         """Carry out one action; returns a short line saying what happened."""
-        handlers = {Launch: self._launch, Tap: self._tap, LongPress: self._long_press,
-                    Type: self._type, Swipe: self._swipe, Back: self._back,
-                    Home: lambda _: self._go_home(), Wait: lambda a: f"waited {a.seconds:g} s",
-                    Finish: self._finish}
+        handlers = {
+            Launch: self._launch,
+            Tap: self._tap,
+            LongPress: self._long_press,
+            Type: self._type,
+            Swipe: self._swipe,
+            Back: self._back,
+            Home: lambda _: self._go_home(),
+            Wait: lambda a: f"waited {a.seconds:g} s",
+            Finish: self._finish,
+        }
         handler = handlers.get(type(action))
         if handler is None:
             raise ValueError(f"not an action: {action!r}")
@@ -135,8 +152,14 @@ class SimPhone:
         """Show `app` (or the home screen) as freshly started: no scroll, text or keyboard."""
         # Maps asks on every start until the question is answered, as Android apps do.
         asks = app == "Maps" and self.view.location is None
-        self._set(app=app, scroll=0, text="", focused=False, results_for=None,
-                  dialog=DIALOGS["location"] if asks else None)
+        self._set(
+            app=app,
+            scroll=0,
+            text="",
+            focused=False,
+            results_for=None,
+            dialog=DIALOGS["location"] if asks else None,
+        )
         return f"opened {app}" + ("; it asks for location access" if asks else "")
 
     def _go_home(self) -> str:

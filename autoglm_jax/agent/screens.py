@@ -16,16 +16,49 @@ import random
 
 from PIL import ImageFont
 
-APPS = ("Settings", "Messages", "Camera", "Clock", "Maps", "Music", "Notes", "Browser",
-        "Weather", "Calendar", "Photos", "Contacts")
-TOGGLES = ("Wi-Fi", "Bluetooth", "Airplane mode", "Dark mode", "Location", "Mobile data",
-           "Hotspot", "Do not disturb", "Auto-rotate", "Battery saver")
+APPS = (
+    "Settings",
+    "Messages",
+    "Camera",
+    "Clock",
+    "Maps",
+    "Music",
+    "Notes",
+    "Browser",
+    "Weather",
+    "Calendar",
+    "Photos",
+    "Contacts",
+)
+TOGGLES = (
+    "Wi-Fi",
+    "Bluetooth",
+    "Airplane mode",
+    "Dark mode",
+    "Location",
+    "Mobile data",
+    "Hotspot",
+    "Do not disturb",
+    "Auto-rotate",
+    "Battery saver",
+)
 SEARCH_APPS = {"Browser": "Search the web", "Music": "Search songs"}  # app -> placeholder
 HOME = "Home"  # `View.app` on the home screen
 
-_ICON_COLOURS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188),
-                 (0, 172, 193), (255, 112, 67), (92, 107, 192), (124, 179, 66), (236, 64, 122),
-                 (121, 85, 72), (84, 110, 122))
+_ICON_COLOURS = (
+    (66, 133, 244),
+    (219, 68, 55),
+    (244, 180, 0),
+    (15, 157, 88),
+    (171, 71, 188),
+    (0, 172, 193),
+    (255, 112, 67),
+    (92, 107, 192),
+    (124, 179, 66),
+    (236, 64, 122),
+    (121, 85, 72),
+    (84, 110, 122),
+)
 _ACCENTS = ((26, 115, 232), (0, 137, 123), (142, 36, 170), (230, 81, 0), (67, 160, 71))
 
 
@@ -46,8 +79,12 @@ class Box:
         return (self.left + self.right) // 2, (self.top + self.bottom) // 2
 
     def overlaps(self, other: Box) -> bool:
-        return (self.left < other.right and other.left < self.right
-                and self.top < other.bottom and other.top < self.bottom)
+        return (
+            self.left < other.right
+            and other.left < self.right
+            and self.top < other.bottom
+            and other.top < self.bottom
+        )
 
     def inside(self, width: int, height: int) -> bool:
         return 0 <= self.left < self.right <= width and 0 <= self.top < self.bottom <= height
@@ -126,14 +163,23 @@ class Layout:
         top_min = _status_height(height) + round(0.03 * height)
         slack = max(0, height - top_min - rows * cell_height - round(0.02 * height))
         return cls(
-            width=width, height=height, app_order=tuple(rng.sample(APPS, len(APPS))),
-            columns=columns, grid_left=grid_left, grid_top=top_min + rng.randint(0, slack),
-            icon=icon, cell_height=cell_height,
+            width=width,
+            height=height,
+            app_order=tuple(rng.sample(APPS, len(APPS))),
+            columns=columns,
+            grid_left=grid_left,
+            grid_top=top_min + rng.randint(0, slack),
+            icon=icon,
+            cell_height=cell_height,
             toggle_order=tuple(rng.sample(TOGGLES, len(TOGGLES))),
-            row_height=round(rng.uniform(40, 52) * scale), accent=rng.choice(_ACCENTS),
+            row_height=round(rng.uniform(40, 52) * scale),
+            accent=rng.choice(_ACCENTS),
             icon_colours=tuple(rng.choice(_ICON_COLOURS) for _ in APPS),
-            search_button_below=rng.random() < 0.5, dialog_buttons_reversed=rng.random() < 0.5,
-            dialog_buttons_stacked=rng.random() < 0.3, delete_button_side=rng.choice((-1, 0, 1)))
+            search_button_below=rng.random() < 0.5,
+            dialog_buttons_reversed=rng.random() < 0.5,
+            dialog_buttons_stacked=rng.random() < 0.3,
+            delete_button_side=rng.choice((-1, 0, 1)),
+        )
 
     @property
     def scale(self) -> float:
@@ -190,6 +236,7 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
 
 # ---- geometry: the interactive elements of each screen ----
 
+
 def home_elements(layout: Layout) -> tuple[Element, ...]:
     cell_width = (layout.width - 2 * layout.grid_left) // layout.columns
     elements = []
@@ -206,7 +253,7 @@ def home_elements(layout: Layout) -> tuple[Element, ...]:
 def settings_elements(layout: Layout, scroll: int) -> tuple[Element, ...]:
     margin = round(6 * layout.scale)
     elements = []
-    for row, name in enumerate(layout.toggle_order[scroll:scroll + layout.visible_rows]):
+    for row, name in enumerate(layout.toggle_order[scroll : scroll + layout.visible_rows]):
         top = layout.content_top + row * layout.row_height
         box = Box(margin, top + 1, layout.width - margin, top + layout.row_height - 1)
         elements.append(Element("toggle", name, box))
@@ -220,11 +267,16 @@ def search_elements(layout: Layout) -> tuple[Element, ...]:
     if layout.search_button_below:
         box = Box(margin, top, layout.width - margin, top + field_height)
         button_top = box.bottom + round(8 * s)
-        button = Box(layout.width - margin - button_width, button_top,
-                     layout.width - margin, button_top + field_height)
+        button = Box(
+            layout.width - margin - button_width,
+            button_top,
+            layout.width - margin,
+            button_top + field_height,
+        )
     else:
-        button = Box(layout.width - margin - button_width, top, layout.width - margin,
-                     top + field_height)
+        button = Box(
+            layout.width - margin - button_width, top, layout.width - margin, top + field_height
+        )
         box = Box(margin, top, button.left - round(6 * s), top + field_height)
     return Element("text_box", "search box", box), Element("button", "Search", button)
 
@@ -236,8 +288,13 @@ def photos_elements(layout: Layout, photos: int) -> tuple[Element, ...]:
     width, height = round(90 * s), round(36 * s)
     centre = layout.width // 2 + layout.delete_button_side * round(layout.width * 0.27)
     bottom = layout.height - round(20 * s)
-    return (Element("button", "Delete",
-                    Box(centre - width // 2, bottom - height, centre + width // 2, bottom)),)
+    return (
+        Element(
+            "button",
+            "Delete",
+            Box(centre - width // 2, bottom - height, centre + width // 2, bottom),
+        ),
+    )
 
 
 def dialog_panel(layout: Layout, dialog: Dialog) -> tuple[Box, list[str]]:
@@ -247,8 +304,7 @@ def dialog_panel(layout: Layout, dialog: Dialog) -> tuple[Box, list[str]]:
     lines = wrap(dialog.title, load_font(font_size(14, s)), width - round(24 * s))
     button_height, gap = round(38 * s), round(8 * s)
     stacked = layout.dialog_buttons_stacked
-    buttons_height = (len(dialog.buttons) * (button_height + gap) if stacked
-                      else button_height + gap)
+    buttons_height = len(dialog.buttons) * (button_height + gap) if stacked else button_height + gap
     height = round(20 * s) + len(lines) * font_size(18, s) + round(12 * s) + buttons_height
     left, top = (layout.width - width) // 2, (layout.height - height) // 2
     return Box(left, top, left + width, top + height), lines
@@ -261,15 +317,29 @@ def dialog_elements(layout: Layout, dialog: Dialog) -> tuple[Element, ...]:
     names = dialog.buttons[::-1] if layout.dialog_buttons_reversed else dialog.buttons
     if layout.dialog_buttons_stacked:
         tops = [panel.bottom - (len(names) - i) * (button_height + gap) for i in range(len(names))]
-        return tuple(Element("dialog_button", name,
-                             Box(panel.left + pad, top, panel.right - pad, top + button_height))
-                     for name, top in zip(names, tops))
+        return tuple(
+            Element(
+                "dialog_button",
+                name,
+                Box(panel.left + pad, top, panel.right - pad, top + button_height),
+            )
+            for name, top in zip(names, tops)
+        )
     top = panel.bottom - gap - button_height
     width = (panel.right - panel.left - 2 * pad - gap * (len(names) - 1)) // len(names)
-    return tuple(Element("dialog_button", name,
-                         Box(panel.left + pad + i * (width + gap), top,
-                             panel.left + pad + i * (width + gap) + width, top + button_height))
-                 for i, name in enumerate(names))
+    return tuple(
+        Element(
+            "dialog_button",
+            name,
+            Box(
+                panel.left + pad + i * (width + gap),
+                top,
+                panel.left + pad + i * (width + gap) + width,
+                top + button_height,
+            ),
+        )
+        for i, name in enumerate(names)
+    )
 
 
 def elements(layout: Layout, view: View) -> tuple[Element, ...]:

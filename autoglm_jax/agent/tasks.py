@@ -28,8 +28,18 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from autoglm_jax.agent.actions import (Action, Back, Finish, Home, Launch, Swipe, Tap, Type,
-                                       to_pixels, to_relative)
+from autoglm_jax.agent.actions import (
+    Action,
+    Back,
+    Finish,
+    Home,
+    Launch,
+    Swipe,
+    Tap,
+    Type,
+    to_pixels,
+    to_relative,
+)
 from autoglm_jax.agent.phone import DIALOGS, PhoneSetup, SimPhone
 from autoglm_jax.agent.screens import APPS, HOME, SEARCH_APPS, TOGGLES, Box, Element
 
@@ -37,41 +47,92 @@ SPLITS = ("train", "heldout")
 
 # kind -> (train wordings, held-out wordings)
 TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "open": (("Open the {app} app", "Open {app}", "Launch {app}", "Go to {app}",
-              "Start the {app} app", "Show me the {app} app"),
-             ("Bring up {app}", "Can you open {app} for me?")),
-    "toggle_on": (("Turn on {name}", "Open Settings and turn on {name}", "Enable {name}",
-                   "Switch {name} on", "Set {name} to on"),
-                  ("Make sure {name} is enabled", "Go into Settings and switch on {name}")),
-    "toggle_off": (("Turn off {name}", "Open Settings and turn off {name}", "Disable {name}",
-                    "Switch {name} off", "Set {name} to off"),
-                   ("Make sure {name} is disabled", "Go into Settings and switch off {name}")),
-    "search": (("Search for {query} in {app}", "Open {app} and search for {query}",
-                "Look up {query} in {app}", "Use {app} to find {query}"),
-               ("In {app}, search {query}", "Find {query} with {app}, please")),
-    "delete_photo:Cancel": (("Tap Cancel", "Cancel the deletion", "Don't delete the photo"),
-                            ("Keep the photo: press Cancel",)),
-    "delete_photo:Delete": (("Tap Delete", "Delete the photo", "Confirm deleting this photo"),
-                            ("Yes, remove this photo",)),
-    "location:Allow": (("Tap Allow", "Allow location access", "Let Maps use my location"),
-                       ("Grant Maps the location permission",)),
-    "location:Deny": (("Tap Deny", "Deny location access", "Don't let Maps use my location"),
-                      ("Refuse the location request",)),
-    "home": (("Go to the home screen", "Go home", "Return to the home screen"),
-             ("Exit this app and go back to the home screen",)),
+    "open": (
+        (
+            "Open the {app} app",
+            "Open {app}",
+            "Launch {app}",
+            "Go to {app}",
+            "Start the {app} app",
+            "Show me the {app} app",
+        ),
+        ("Bring up {app}", "Can you open {app} for me?"),
+    ),
+    "toggle_on": (
+        (
+            "Turn on {name}",
+            "Open Settings and turn on {name}",
+            "Enable {name}",
+            "Switch {name} on",
+            "Set {name} to on",
+        ),
+        ("Make sure {name} is enabled", "Go into Settings and switch on {name}"),
+    ),
+    "toggle_off": (
+        (
+            "Turn off {name}",
+            "Open Settings and turn off {name}",
+            "Disable {name}",
+            "Switch {name} off",
+            "Set {name} to off",
+        ),
+        ("Make sure {name} is disabled", "Go into Settings and switch off {name}"),
+    ),
+    "search": (
+        (
+            "Search for {query} in {app}",
+            "Open {app} and search for {query}",
+            "Look up {query} in {app}",
+            "Use {app} to find {query}",
+        ),
+        ("In {app}, search {query}", "Find {query} with {app}, please"),
+    ),
+    "delete_photo:Cancel": (
+        ("Tap Cancel", "Cancel the deletion", "Don't delete the photo"),
+        ("Keep the photo: press Cancel",),
+    ),
+    "delete_photo:Delete": (
+        ("Tap Delete", "Delete the photo", "Confirm deleting this photo"),
+        ("Yes, remove this photo",),
+    ),
+    "location:Allow": (
+        ("Tap Allow", "Allow location access", "Let Maps use my location"),
+        ("Grant Maps the location permission",),
+    ),
+    "location:Deny": (
+        ("Tap Deny", "Deny location access", "Don't let Maps use my location"),
+        ("Refuse the location request",),
+    ),
+    "home": (
+        ("Go to the home screen", "Go home", "Return to the home screen"),
+        ("Exit this app and go back to the home screen",),
+    ),
 }
 
 # app -> (train queries, held-out queries)
 QUERIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "Browser": (("weather in Paris", "pizza near me", "train times to Lyon", "how tall is Everest",
-                 "news today", "python tutorial", "cheap flights to Rome", "banana bread recipe"),
-                ("weather in Tokyo", "best hiking boots", "museum opening hours")),
-    "Music": (("jazz", "Beethoven", "rain sounds", "workout mix", "Taylor Swift", "lo-fi beats"),
-              ("piano covers", "Miles Davis")),
+    "Browser": (
+        (
+            "weather in Paris",
+            "pizza near me",
+            "train times to Lyon",
+            "how tall is Everest",
+            "news today",
+            "python tutorial",
+            "cheap flights to Rome",
+            "banana bread recipe",
+        ),
+        ("weather in Tokyo", "best hiking boots", "museum opening hours"),
+    ),
+    "Music": (
+        ("jazz", "Beethoven", "rain sounds", "workout mix", "Taylor Swift", "lo-fi beats"),
+        ("piano covers", "Miles Davis"),
+    ),
 }
 
 
 # ---- goals: a checker and an oracle each ----
+
 
 def _tap(phone: SimPhone, element: Element) -> Tap:
     return Tap(to_relative(element.box.center, phone.width, phone.height))
@@ -121,8 +182,10 @@ def _scroll_towards(phone: SimPhone, name: str) -> Swipe:
     middle = (layout.content_top + layout.height) // 2
     x, half = layout.width // 2, abs(rows) * layout.row_height // 2
     start, end = (middle + half, middle - half) if rows > 0 else (middle - half, middle + half)
-    return Swipe(to_relative((x, start), layout.width, layout.height),
-                 to_relative((x, end), layout.width, layout.height))
+    return Swipe(
+        to_relative((x, start), layout.width, layout.height),
+        to_relative((x, end), layout.width, layout.height),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +194,10 @@ class Search:
     query: str
 
     def done(self, phone: SimPhone) -> bool:
-        return any(app == self.app and query.casefold() == self.query.casefold()
-                   for app, query in phone.searches)
+        return any(
+            app == self.app and query.casefold() == self.query.casefold()
+            for app, query in phone.searches
+        )
 
     def next_action(self, phone: SimPhone) -> Action:
         if self.done(phone):
@@ -158,8 +223,11 @@ class AnswerDialog:
     def next_action(self, phone: SimPhone) -> Action:
         answers = [button for key, button in phone.answers if key == self.dialog]
         if answers:  # the first answer counts: a wrong one cannot be taken back
-            return Finish(f"Tapped {self.button}" if answers[0] == self.button
-                          else f'Cannot tap {self.button}: "{answers[0]}" was chosen')
+            return Finish(
+                f"Tapped {self.button}"
+                if answers[0] == self.button
+                else f'Cannot tap {self.button}: "{answers[0]}" was chosen'
+            )
         if phone.dialog is not None:
             if phone.dialog.key == self.dialog:
                 return _tap(phone, phone.element(self.button))
@@ -208,6 +276,7 @@ class Task:
 
 # ---- the generator ----
 
+
 def make_task(seed: int, split: str = "train", width: int = 252, height: int = 448) -> Task:
     """The task numbered `seed` of `split` ("train" or "heldout") on a width x height pixel
     screen. The same arguments always give the same task."""
@@ -243,10 +312,23 @@ def make_task(seed: int, split: str = "train", width: int = 252, height: int = 4
     else:
         goal, app = GoHome(), other_app
     template = rng.choice(TEMPLATES[kind][heldout])
-    setup = PhoneSetup(seed=layout_seed, width=width, height=height, app=app, toggles=toggles,
-                       dialog=dialog, photos=rng.randint(1, 5))
-    return Task(instruction=template.format(**fields), goal=goal, setup=setup,
-                template=template, split=split, seed=seed)
+    setup = PhoneSetup(
+        seed=layout_seed,
+        width=width,
+        height=height,
+        app=app,
+        toggles=toggles,
+        dialog=dialog,
+        photos=rng.randint(1, 5),
+    )
+    return Task(
+        instruction=template.format(**fields),
+        goal=goal,
+        setup=setup,
+        template=template,
+        split=split,
+        seed=seed,
+    )
 
 
 def oracle_episode(task: Task, max_steps: int = 20) -> tuple[list[Action], SimPhone]:
@@ -262,6 +344,7 @@ def oracle_episode(task: Task, max_steps: int = 20) -> tuple[list[Action], SimPh
 
 
 # ---- judging a model's step against the oracle ----
+
 
 def target_box(task: Task, phone: SimPhone) -> Box | None:
     """The pixel box of the element the oracle would tap now, or None if its action is no tap."""
@@ -281,14 +364,18 @@ def step_is_correct(task: Task, phone: SimPhone, action: Action) -> bool:
         target = phone.element_at(*to_pixels(expected.element, phone.width, phone.height))
         if isinstance(action, Launch):
             return target.kind == "app" and action.app.strip().casefold() == target.label.casefold()
-        return (isinstance(action, Tap)
-                and target.box.contains(*to_pixels(action.element, phone.width, phone.height)))
+        return isinstance(action, Tap) and target.box.contains(
+            *to_pixels(action.element, phone.width, phone.height)
+        )
     if isinstance(expected, Swipe):
-        return (isinstance(action, Swipe) and
-                (action.end[1] - action.start[1]) * (expected.end[1] - expected.start[1]) > 0)
+        return (
+            isinstance(action, Swipe)
+            and (action.end[1] - action.start[1]) * (expected.end[1] - expected.start[1]) > 0
+        )
     if isinstance(expected, Launch):
-        return (isinstance(action, Launch)
-                and action.app.strip().casefold() == expected.app.casefold())
+        return (
+            isinstance(action, Launch) and action.app.strip().casefold() == expected.app.casefold()
+        )
     if isinstance(expected, Type):
         return isinstance(action, Type) and action.text.strip() == expected.text.strip()
     return type(action) is type(expected)

@@ -29,9 +29,14 @@ import autoglm_jax.sharding as shd
 from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.config import ModelConfig, read_json
-from autoglm_jax.families import (abstract_params, compose_autoglm, config_from_hf, get_family,
-                                  load_config)
 from autoglm_jax.distributed import barrier, is_primary
+from autoglm_jax.families import (
+    abstract_params,
+    compose_autoglm,
+    config_from_hf,
+    get_family,
+    load_config,
+)
 
 NATIVE_CONFIG = "autoglm_config.json"
 _INIT_CACHE: dict[Any, Any] = {}
@@ -75,14 +80,22 @@ def _load_tokenizer(directory: Path) -> Any | None:
     if not (directory / "tokenizer.json").exists():
         return None
     from autoglm_jax.processing.tokenizer import Tokenizer
+
     return Tokenizer.from_dir(directory)
 
 
-def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = None,
-         rules: str = "auto", load_tokenizer: bool = True, *,
-         audio_encoder: str | os.PathLike | None = None,
-         vit_encoder: str | os.PathLike | None = None, fusion: Any = None,
-         seed: int = 0) -> Model:
+def load(
+    path: str | os.PathLike,
+    dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
+    rules: str = "auto",
+    load_tokenizer: bool = True,
+    *,
+    audio_encoder: str | os.PathLike | None = None,
+    vit_encoder: str | os.PathLike | None = None,
+    fusion: Any = None,
+    seed: int = 0,
+) -> Model:
     """Load a Hugging Face checkpoint directory or one written by `ag.save`.
 
     dtype sets both the parameter and the compute dtype (float32 or bfloat16). With a mesh,
@@ -98,13 +111,22 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
     """
     if audio_encoder is not None or vit_encoder is not None:
         base = load(path, dtype, mesh, rules, load_tokenizer)
-        parts = {name: load(d, dtype, mesh, rules, load_tokenizer=False)
-                 for name, d in (("audio", audio_encoder), ("vit", vit_encoder)) if d is not None}
+        parts = {
+            name: load(d, dtype, mesh, rules, load_tokenizer=False)
+            for name, d in (("audio", audio_encoder), ("vit", vit_encoder))
+            if d is not None
+        }
         tok = base.tokenizer
         cfg, params = compose_autoglm(
-            base.config, base.params, fusion=fusion, seed=seed, mesh=mesh, rules=rules,
+            base.config,
+            base.params,
+            fusion=fusion,
+            seed=seed,
+            mesh=mesh,
+            rules=rules,
             **{name: (m.config, m.params) for name, m in parts.items()},
-            audio_token_id=tok.token_to_id("<|audio|>") if tok is not None else None)
+            audio_token_id=tok.token_to_id("<|audio|>") if tok is not None else None,
+        )
         module = get_family(cfg.model_type, "model").build(cfg, None)
         return Model(cfg, params, module, tok, mesh, rules, source=str(path))
     directory = Path(path)
@@ -117,8 +139,10 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
     else:
         config_path = directory / "config.json"
         if not config_path.exists():
-            raise CheckpointError(f"{directory}: no config.json (not a Hugging Face checkpoint) "
-                                  f"and no {NATIVE_CONFIG}")
+            raise CheckpointError(
+                f"{directory}: no config.json (not a Hugging Face checkpoint) "
+                f"and no {NATIVE_CONFIG}"
+            )
         raw = read_json(config_path)
         cfg = config_from_hf(raw, source=str(config_path))
     cfg = cfg.with_dtypes(dtype_name, dtype_name)
@@ -139,8 +163,15 @@ def load(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Mesh | None = 
 INIT_SCHEMES = ("hf", "fan_in")
 
 
-def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh | None = None,
-         rules: str = "auto", tokenizer: Any | None = None, init: str = "hf") -> Model:
+def init(
+    config: ModelConfig | str,
+    seed: int = 0,
+    dtype: Any = None,
+    mesh: Mesh | None = None,
+    rules: str = "auto",
+    tokenizer: Any | None = None,
+    init: str = "hf",
+) -> Model:
     """A model with RANDOM weights (smoke runs, tests, benchmarks, training from scratch).
     `random_init` is set.
 
@@ -149,6 +180,7 @@ def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh
           signal of small models trained from scratch (embedding and position tables, norms
           and biases are the same under both)."""
     from autoglm_jax.nn.layers import FanInInit
+
     if init not in INIT_SCHEMES:
         raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {init!r}")
     cfg = load_config(config) if isinstance(config, str) else config
@@ -164,15 +196,16 @@ def init(config: ModelConfig | str, seed: int = 0, dtype: Any = None, mesh: Mesh
     cache_key = (cfg, mesh, rules if mesh is not None else None, init)
     init_fn = _INIT_CACHE.get(cache_key)
     if init_fn is None:  # compiled once per config (tests and CLIs init the same presets often)
-        init_fn = jax.jit(lambda key: nn.unbox(initializer.init(key, *args)["params"]),
-                          out_shardings=nn.unbox(shardings) if shardings is not None else None)
+        init_fn = jax.jit(
+            lambda key: nn.unbox(initializer.init(key, *args)["params"]),
+            out_shardings=nn.unbox(shardings) if shardings is not None else None,
+        )
         _INIT_CACHE[cache_key] = init_fn
     params = init_fn(jax.random.key(seed))
     return Model(cfg, params, module, tokenizer, mesh, rules, source=None, random_init=True)
 
 
-def export_hf(model: Model, out_dir: str | os.PathLike,
-              max_shard_bytes: int = 5 * 2**30) -> Path:
+def export_hf(model: Model, out_dir: str | os.PathLike, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `model` as a Hugging Face directory that transformers loads."""
     out = Path(out_dir)
     family = get_family(model.config.model_type, "model")
@@ -264,8 +297,10 @@ def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtyp
 
 
 def _flat(tree: Any) -> dict[str, Any]:
-    return {"/".join(str(getattr(k, "key", k)) for k in p): leaf
-            for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in p): leaf
+        for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _check_stored_tree(ckptr: Any, path: Path, abstract: Any) -> None:
@@ -273,9 +308,10 @@ def _check_stored_tree(ckptr: Any, path: Path, abstract: Any) -> None:
     try:
         meta = ckptr.metadata(path)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: the checkpoint's metadata cannot be read "
-                              f"({_first_line(e)}); the checkpoint is damaged or incomplete"
-                              ) from None
+        raise CheckpointError(
+            f"{path}: the checkpoint's metadata cannot be read "
+            f"({_first_line(e)}); the checkpoint is damaged or incomplete"
+        ) from None
     tree = getattr(meta, "item_metadata", meta)
     stored = _flat(getattr(tree, "tree", tree))
     if not stored:  # no tree metadata (_METADATA lost): the restore itself will tell
@@ -287,11 +323,14 @@ def _check_stored_tree(ckptr: Any, path: Path, abstract: Any) -> None:
     for k, want in wanted.items():
         got = getattr(stored.get(k), "shape", None)
         if got is not None and tuple(got) != tuple(want.shape):
-            problems.append(f"parameter {k}: stored shape {tuple(got)}, but {config.name} "
-                            f"says {tuple(want.shape)}")
+            problems.append(
+                f"parameter {k}: stored shape {tuple(got)}, but {config.name} "
+                f"says {tuple(want.shape)}"
+            )
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more"
-                                           if len(problems) > 8 else "")
+        shown = "; ".join(problems[:8]) + (
+            f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+        )
         raise CheckpointError(f"{path}: does not match {config}: {shown}")
 
 
@@ -310,17 +349,26 @@ def _unreadable(path: Path, abstract: Any, error: Exception) -> str:
                 node = node.setdefault(k, {})
             node[keys[-1]] = leaf
             restore_args = jax.tree.map(
-                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                               dtype=x.dtype), item)
+                lambda x: ocp.ArrayRestoreArgs(
+                    sharding=x.sharding, global_shape=x.shape, dtype=x.dtype
+                ),
+                item,
+            )
             try:
-                one.restore(path, args=ocp.args.PyTreeRestore(
-                    item=item, restore_args=restore_args, partial_restore=True))
+                one.restore(
+                    path,
+                    args=ocp.args.PyTreeRestore(
+                        item=item, restore_args=restore_args, partial_restore=True
+                    ),
+                )
             except Exception:  # noqa: BLE001
                 bad.append(name)
     names = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
     what = f"parameter(s) {names}" if bad else "its parameters"
-    return (f"{path}: cannot read {what}: the data files are damaged or incomplete "
-            f"({_first_line(error)})")
+    return (
+        f"{path}: cannot read {what}: the data files are damaged or incomplete "
+        f"({_first_line(error)})"
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -11,20 +11,33 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from autoglm_jax.checkpoint.safetensors_io import CheckpointError, SafetensorsIndex, save_file
 from autoglm_jax.families.family import Family
 from autoglm_jax.families.keymap import get_path, set_path, state_dict_from_params
-from autoglm_jax.checkpoint.safetensors_io import (CheckpointError, SafetensorsIndex,
-                                                   save_file)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
-_NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-              "float16": np.dtype(np.float16)}
+_NP_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
+}
 
 
-def read_hf_tensors(directory: Path, family: Family, cfg: Any, expected: Any,
-                    shardings: Any | None, param_dtype: str) -> dict[str, Any]:
+def read_hf_tensors(
+    directory: Path,
+    family: Family,
+    cfg: Any,
+    expected: Any,
+    shardings: Any | None,
+    param_dtype: str,
+) -> dict[str, Any]:
     """Read every mapped tensor, one at a time: check it, convert its layout, cast it and place
     it straight into its target sharding (or the default device). `expected` is the tree of
     ShapeDtypeStructs from eval_shape. Errors name the file and key."""
@@ -34,13 +47,17 @@ def read_hf_tensors(directory: Path, family: Family, cfg: Any, expected: Any,
     unexpected = [k for k in index.keys() if k not in mapped and not family.ignored(k, cfg)]
     if unexpected:
         shown = ", ".join(f"`{k}` (in {index.file_of(k).name})" for k in unexpected[:5])
-        raise CheckpointError(f"{directory}: unexpected key(s) for a {family.name} model: {shown}"
-                              + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+        raise CheckpointError(
+            f"{directory}: unexpected key(s) for a {family.name} model: {shown}"
+            + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        )
     missing = [m.hf_key for m in maps if m.hf_key not in index.keys()]
     if missing:
-        raise CheckpointError(f"{directory}: missing key(s) for a {family.name} model: "
-                              + ", ".join(f"`{k}`" for k in missing[:5])
-                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        raise CheckpointError(
+            f"{directory}: missing key(s) for a {family.name} model: "
+            + ", ".join(f"`{k}`" for k in missing[:5])
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
     target = _NP_DTYPES[param_dtype]
     params: dict[str, Any] = {}
     for m in maps:
@@ -60,20 +77,28 @@ def read_hf_tensors(directory: Path, family: Family, cfg: Any, expected: Any,
             raise CheckpointError(
                 f"{index.file_of(m.hf_key)}: key `{m.hf_key}`: shape mismatch: checkpoint has "
                 f"{list(index.shape(m.hf_key))}, the config expects {list(want.shape)} "
-                f"(our layout of param {'/'.join(m.path)})")
+                f"(our layout of param {'/'.join(m.path)})"
+            )
         if not np.issubdtype(arr.dtype, np.floating) and arr.dtype != target:
-            raise CheckpointError(f"{index.file_of(m.hf_key)}: key `{m.hf_key}`: expected a "
-                                  f"floating tensor, got {arr.dtype}")
+            raise CheckpointError(
+                f"{index.file_of(m.hf_key)}: key `{m.hf_key}`: expected a "
+                f"floating tensor, got {arr.dtype}"
+            )
         arr = arr.astype(target, copy=False)
         sharding = get_path(shardings, m.path) if shardings is not None else None
-        set_path(params, m.path, jax.device_put(arr, sharding) if sharding is not None
-                 else jax.device_put(arr))
+        set_path(
+            params,
+            m.path,
+            jax.device_put(arr, sharding) if sharding is not None else jax.device_put(arr),
+        )
         del arr
     got = jax.tree.structure(params)
     want_struct = jax.tree.structure(expected)
     if got != want_struct:
-        raise CheckpointError(f"{directory}: the tensor maps of {family.name} do not cover the "
-                              "model's parameters (a bug in the key map)")
+        raise CheckpointError(
+            f"{directory}: the tensor maps of {family.name} do not cover the "
+            "model's parameters (a bug in the key map)"
+        )
     return params
 
 
@@ -81,8 +106,14 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def write_hf(directory: Path, family: Family, cfg: Any, params: Any,
-             tokenizer_dir: Path | None, max_shard_bytes: int = 5 * 2**30) -> None:
+def write_hf(
+    directory: Path,
+    family: Family,
+    cfg: Any,
+    params: Any,
+    tokenizer_dir: Path | None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
     """Write an HF directory that transformers' `from_pretrained` loads: config.json,
     model.safetensors (or shards + index.json past max_shard_bytes), tokenizer files."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -106,8 +137,9 @@ def write_hf(directory: Path, family: Family, cfg: Any, params: Any,
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, directory / name)
             weight_map.update({k: name for k in shard})
-        (directory / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     (directory / "config.json").write_text(json.dumps(family.config_to_hf(cfg), indent=2))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:

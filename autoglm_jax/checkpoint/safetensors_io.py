@@ -17,10 +17,17 @@ import ml_dtypes
 import numpy as np
 
 _DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
-    "BOOL": np.dtype(np.bool_), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
@@ -48,7 +55,8 @@ class SafetensorsFile:
             if header_len > min(_MAX_HEADER, size - 8):
                 raise CheckpointError(
                     f"{self.path}: corrupt or truncated safetensors header (header size "
-                    f"{header_len} bytes, file size {size} bytes)")
+                    f"{header_len} bytes, file size {size} bytes)"
+                )
             raw = f.read(header_len)
         try:
             header = json.loads(raw)
@@ -66,15 +74,19 @@ class SafetensorsFile:
                 begin, end = entry["data_offsets"]
                 shape = tuple(int(s) for s in entry["shape"])
             except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: key `{key}`: corrupt header entry {entry!r}") from None
+                raise CheckpointError(
+                    f"{self.path}: key `{key}`: corrupt header entry {entry!r}"
+                ) from None
             if end > data_size:
                 raise CheckpointError(
                     f"{self.path}: key `{key}`: truncated file (data ends at byte {end}, "
-                    f"only {data_size} bytes of data present)")
+                    f"only {data_size} bytes of data present)"
+                )
             if end - begin != int(np.prod(shape)) * dtype.itemsize:
                 raise CheckpointError(
                     f"{self.path}: key `{key}`: byte range {begin}:{end} does not match "
-                    f"shape {list(shape)} of {entry['dtype']}")
+                    f"shape {list(shape)} of {entry['dtype']}"
+                )
         self._mmap: np.memmap | None = None
 
     def keys(self) -> list[str]:
@@ -91,12 +103,13 @@ class SafetensorsFile:
             self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         entry = self._entries[key]
         begin, end = entry["data_offsets"]
-        raw = self._mmap[self._data_start + begin:self._data_start + end]
+        raw = self._mmap[self._data_start + begin : self._data_start + end]
         return np.frombuffer(raw.tobytes(), dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
-def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike,
-              metadata: dict[str, str] | None = None) -> None:
+def save_file(
+    tensors: dict[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
     """Write tensors to `path` atomically (a temp file, then rename)."""
     path = Path(path)
     header: dict[str, object] = {"__metadata__": {"format": "pt", **(metadata or {})}}
@@ -106,8 +119,11 @@ def save_file(tensors: dict[str, np.ndarray], path: str | os.PathLike,
         arr = np.ascontiguousarray(tensors[key])
         if arr.dtype not in _NAMES:
             raise CheckpointError(f"{path}: key `{key}`: unsupported dtype {arr.dtype}")
-        header[key] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
-                       "data_offsets": [offset, offset + arr.nbytes]}
+        header[key] = {
+            "dtype": _NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
         arrays.append(arr)
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -141,17 +157,24 @@ class SafetensorsIndex:
             for name in sorted(set(weight_map.values())):
                 self._files[name] = SafetensorsFile(self.dir / name)
                 missing = set(k for k, n in weight_map.items() if n == name) - set(
-                    self._files[name].keys())
+                    self._files[name].keys()
+                )
                 if missing:
                     raise CheckpointError(
                         f"{self.dir / name}: keys listed in {index.name} are absent from the "
-                        f"file: {sorted(missing)[:5]}")
+                        f"file: {sorted(missing)[:5]}"
+                    )
         else:
-            names = ["model.safetensors"] if single.exists() else sorted(
-                p.name for p in self.dir.glob("*.safetensors"))
+            names = (
+                ["model.safetensors"]
+                if single.exists()
+                else sorted(p.name for p in self.dir.glob("*.safetensors"))
+            )
             if not names:
-                raise CheckpointError(f"{self.dir}: no model.safetensors, "
-                                      "model.safetensors.index.json or *.safetensors file")
+                raise CheckpointError(
+                    f"{self.dir}: no model.safetensors, "
+                    "model.safetensors.index.json or *.safetensors file"
+                )
             for name in names:
                 self._files[name] = SafetensorsFile(self.dir / name)
                 for key in self._files[name].keys():

@@ -43,9 +43,9 @@ import numpy as np
 
 from autoglm_jax.config import TextConfig
 from autoglm_jax.config.quant import PruneConfig
-from autoglm_jax.nn.layers import Einsum, EinsumPolicy
 from autoglm_jax.families import decoder_path, get_family
 from autoglm_jax.nn.batch import MEDIA_KEYS, forward_kwargs, split_static
+from autoglm_jax.nn.layers import Einsum, EinsumPolicy
 
 Array = jax.Array
 _COLLECTION = "calibration"
@@ -94,8 +94,8 @@ class _Observer(EinsumPolicy):
     def einsum(self, module: Einsum, x: Array) -> Array:
         kernel = module.float_kernel()
         path = module.path
-        if tuple(path[:len(self.decoder_path)]) == self.decoder_path:
-            rel = path[len(self.decoder_path):]
+        if tuple(path[: len(self.decoder_path)]) == self.decoder_path:
+            rel = path[len(self.decoder_path) :]
             xf, kf = x.astype(jnp.float32), kernel.astype(jnp.float32)
             if rel[1:] == ("mlp", "down_proj"):  # x [B,T,F], kernel [F,D]
                 module.sow(_COLLECTION, "neurons", jnp.abs(xf) * jnp.linalg.norm(kf, axis=-1))
@@ -135,20 +135,32 @@ def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
         ids = batch["inputs"]
         seg = batch.get("segment_ids")
         if batch.get("positions") is None:
-            batch = {**batch, "positions": jnp.broadcast_to(
-                jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)}
-        _, state = observer.apply({"params": params}, ids, **forward_kwargs(observer, batch, grid),
-                                  mutable=[_COLLECTION, "intermediates"])
+            batch = {
+                **batch,
+                "positions": jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape),
+            }
+        _, state = observer.apply(
+            {"params": params},
+            ids,
+            **forward_kwargs(observer, batch, grid),
+            mutable=[_COLLECTION, "intermediates"],
+        )
         calib, inter = state[_COLLECTION], state["intermediates"]
         for key in prefix:
             calib, inter = calib[key], inter[key]
         mask = (seg > 0 if seg is not None else jnp.ones(ids.shape, bool)).astype(jnp.float32)
-        heads = [jnp.einsum("BTN,BT->N", calib[f"layers_{i}"]["self_attn"]["o_proj"]["heads"][0],
-                            mask) for i in range(layers)]
-        neurons = [jnp.einsum("BTF,BT->F", calib[f"layers_{i}"]["mlp"]["down_proj"]["neurons"][0],
-                              mask) for i in range(layers)]
-        hidden = [jnp.sum(jnp.linalg.norm(h.astype(jnp.float32), axis=-1) * mask)
-                  for h in inter["hidden_states"]]
+        heads = [
+            jnp.einsum("BTN,BT->N", calib[f"layers_{i}"]["self_attn"]["o_proj"]["heads"][0], mask)
+            for i in range(layers)
+        ]
+        neurons = [
+            jnp.einsum("BTF,BT->F", calib[f"layers_{i}"]["mlp"]["down_proj"]["neurons"][0], mask)
+            for i in range(layers)
+        ]
+        hidden = [
+            jnp.sum(jnp.linalg.norm(h.astype(jnp.float32), axis=-1) * mask)
+            for h in inter["hidden_states"]
+        ]
         return heads, neurons, hidden, jnp.sum(mask)
 
     total = None
@@ -160,9 +172,12 @@ def measure_importance(model: Any, batches: Iterable[Any]) -> Importance:
         raise ValueError("no calibration tokens: pass at least one batch with real tokens")
     heads, neurons, hidden, tokens = total
     tokens = float(tokens)
-    return Importance(tuple(np.asarray(h) / tokens for h in heads),
-                      tuple(np.asarray(n) / tokens for n in neurons),
-                      tuple(float(h) / tokens for h in hidden), int(tokens))
+    return Importance(
+        tuple(np.asarray(h) / tokens for h in heads),
+        tuple(np.asarray(n) / tokens for n in neurons),
+        tuple(float(h) / tokens for h in hidden),
+        int(tokens),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -179,8 +194,10 @@ class PrunePlan:
 
 def full_plan(text: TextConfig) -> PrunePlan:
     """The plan that keeps everything."""
-    return PrunePlan(tuple(tuple(range(text.num_heads_at(i))) for i in range(text.num_layers)),
-                     tuple(tuple(range(text.ffw_dim_at(i))) for i in range(text.num_layers)))
+    return PrunePlan(
+        tuple(tuple(range(text.num_heads_at(i))) for i in range(text.num_layers)),
+        tuple(tuple(range(text.ffw_dim_at(i))) for i in range(text.num_layers)),
+    )
 
 
 def _costs(text: TextConfig) -> tuple[int, int]:
@@ -189,8 +206,9 @@ def _costs(text: TextConfig) -> tuple[int, int]:
     return 4 * d * h * k, 6 * d
 
 
-def _uniform_counts(text: TextConfig, layer: int, share: float, prune_heads: bool
-                    ) -> tuple[int, int]:
+def _uniform_counts(
+    text: TextConfig, layer: int, share: float, prune_heads: bool
+) -> tuple[int, int]:
     """(heads removed per KV group, neurons removed) in one layer for a FLOP share."""
     head_round, neuron = _costs(text)
     n, f = text.num_heads_at(layer), text.ffw_dim_at(layer)
@@ -227,8 +245,9 @@ def _global_counts(text: TextConfig, imp: Importance, config: PruneConfig) -> li
             order = _group_sorted(text, i, np.asarray(imp.heads[i]))
             rounds = np.asarray(imp.heads[i])[order].sum(axis=0)  # [G], nondecreasing
             keep = max(1, math.ceil(config.min_keep * len(rounds)))
-            units += [(rounds[j] / norm / head_round, i, True, j)
-                      for j in range(len(rounds) - keep)]
+            units += [
+                (rounds[j] / norm / head_round, i, True, j) for j in range(len(rounds) - keep)
+            ]
         ns = np.sort(np.asarray(imp.neurons[i]))
         keep = max(1, math.ceil(config.min_keep * len(ns)))
         units += [(ns[j] / norm / neuron, i, False, j) for j in range(len(ns) - keep)]
@@ -263,13 +282,17 @@ def plan_pruning(text: TextConfig, importance: Importance, config: PruneConfig) 
         n, f = text.num_heads_at(i), text.ffw_dim_at(i)
         hs, ns = np.shape(importance.heads[i]), np.shape(importance.neurons[i])
         if hs != (n,) or ns != (f,):
-            raise ValueError(f"layer {i}: importance shapes {hs}, {ns} do not match the "
-                             f"config's {n} heads and {f} FFN neurons")
+            raise ValueError(
+                f"layer {i}: importance shapes {hs}, {ns} do not match the "
+                f"config's {n} heads and {f} FFN neurons"
+            )
     if config.allocation == "global":
         counts = _global_counts(text, importance, config)
     else:
-        counts = [_uniform_counts(text, i, config.flops_reduction, config.prune_heads)
-                  for i in range(text.num_layers)]
+        counts = [
+            _uniform_counts(text, i, config.flops_reduction, config.prune_heads)
+            for i in range(text.num_layers)
+        ]
     head_round, neuron = _costs(text)
     removed = sum(r * head_round + m * neuron for r, m in counts)
     achieved = removed / decoder_flops(text)
@@ -277,8 +300,9 @@ def plan_pruning(text: TextConfig, importance: Importance, config: PruneConfig) 
         raise ValueError(
             f"cannot remove {config.flops_reduction:.0%} of the decoder FLOPs: at most "
             f"{achieved:.1%} with prune_heads={config.prune_heads}, allocation="
-            f"{config.allocation!r}" + (f", min_keep={config.min_keep}"
-                                        if config.allocation == "global" else ""))
+            f"{config.allocation!r}"
+            + (f", min_keep={config.min_keep}" if config.allocation == "global" else "")
+        )
     keep_heads, keep_neurons = [], []
     for i, (r, m) in enumerate(counts):
         order = _group_sorted(text, i, np.asarray(importance.heads[i]))
@@ -294,9 +318,12 @@ def uniform_pruned_config(text: TextConfig, config: PruneConfig) -> TextConfig:
     calibration, e.g. to size a 9B model's pruned variant with `jax.eval_shape`."""
     if config.allocation != "uniform":
         raise ValueError("only uniform allocation has widths independent of the calibration")
-    flat = Importance(tuple(np.zeros(text.num_heads_at(i)) for i in range(text.num_layers)),
-                      tuple(np.zeros(text.ffw_dim_at(i)) for i in range(text.num_layers)),
-                      tuple(1.0 for _ in range(text.num_layers)), 1)
+    flat = Importance(
+        tuple(np.zeros(text.num_heads_at(i)) for i in range(text.num_layers)),
+        tuple(np.zeros(text.ffw_dim_at(i)) for i in range(text.num_layers)),
+        tuple(1.0 for _ in range(text.num_layers)),
+        1,
+    )
     return pruned_text_config(text, plan_pruning(text, flat, config))
 
 
@@ -309,8 +336,10 @@ def pruned_text_config(text: TextConfig, plan: PrunePlan) -> TextConfig:
     heads = tuple(len(h) for h in plan.keep_heads)
     ffw = tuple(len(f) for f in plan.keep_neurons)
     changes: dict[str, Any] = {}
-    for field, layer_field, sizes in (("num_heads", "layer_num_heads", heads),
-                                      ("ffw_dim", "layer_ffw_dims", ffw)):
+    for field, layer_field, sizes in (
+        ("num_heads", "layer_num_heads", heads),
+        ("ffw_dim", "layer_ffw_dims", ffw),
+    ):
         if len(set(sizes)) == 1:
             changes[field], changes[layer_field] = sizes[0], None
         else:
@@ -332,26 +361,31 @@ def _with_decoder(params: Any, prefix: tuple[str, ...], decoder: Any) -> Any:
 
 def _check_plan(text: TextConfig, plan: PrunePlan) -> None:
     if len(plan.keep_heads) != text.num_layers or len(plan.keep_neurons) != text.num_layers:
-        raise ValueError(f"the plan covers {len(plan.keep_heads)} layers, the model has "
-                         f"{text.num_layers}")
+        raise ValueError(
+            f"the plan covers {len(plan.keep_heads)} layers, the model has {text.num_layers}"
+        )
     k = text.num_kv_heads
     for i, heads in enumerate(plan.keep_heads):
         for kept in (heads, plan.keep_neurons[i]):
             if list(kept) != sorted(set(kept)) or (kept and min(kept) < 0):
-                raise ValueError(f"layer {i}: kept indices must be sorted, unique and >= 0, "
-                                 f"got {kept}")
+                raise ValueError(
+                    f"layer {i}: kept indices must be sorted, unique and >= 0, got {kept}"
+                )
         n = text.num_heads_at(i)
         g = n // k
         per_group = [sum(1 for h in heads if h // g == grp) for grp in range(k)]
         if len(set(per_group)) != 1 or per_group[0] == 0 or max(heads) >= n:
-            raise ValueError(f"layer {i}: kept heads {heads} must keep the same number (> 0) "
-                             f"of each KV group's {g} heads")
+            raise ValueError(
+                f"layer {i}: kept heads {heads} must keep the same number (> 0) "
+                f"of each KV group's {g} heads"
+            )
         if not plan.keep_neurons[i] or max(plan.keep_neurons[i]) >= text.ffw_dim_at(i):
             raise ValueError(f"layer {i}: kept neurons out of range")
 
 
-def slice_params(params: Any, text: TextConfig, plan: PrunePlan,
-                 prefix: tuple[str, ...] = ()) -> Any:
+def slice_params(
+    params: Any, text: TextConfig, plan: PrunePlan, prefix: tuple[str, ...] = ()
+) -> Any:
     """The decoder params (at `prefix` inside `params`) physically cut down to `plan`."""
     _check_plan(text, plan)
     dec = dict(_decoder(params, prefix))
@@ -365,18 +399,25 @@ def slice_params(params: Any, text: TextConfig, plan: PrunePlan,
         if "bias" in q:
             q["bias"] = jnp.take(q["bias"], heads, axis=0)
         attn["q_proj"] = q
-        attn["o_proj"] = {**attn["o_proj"], "kernel": jnp.take(attn["o_proj"]["kernel"], heads,
-                                                               axis=0)}
-        mlp["gate_up_proj"] = {**mlp["gate_up_proj"],
-                               "kernel": jnp.take(mlp["gate_up_proj"]["kernel"], neurons, axis=2)}
-        mlp["down_proj"] = {**mlp["down_proj"],
-                            "kernel": jnp.take(mlp["down_proj"]["kernel"], neurons, axis=0)}
+        attn["o_proj"] = {
+            **attn["o_proj"],
+            "kernel": jnp.take(attn["o_proj"]["kernel"], heads, axis=0),
+        }
+        mlp["gate_up_proj"] = {
+            **mlp["gate_up_proj"],
+            "kernel": jnp.take(mlp["gate_up_proj"]["kernel"], neurons, axis=2),
+        }
+        mlp["down_proj"] = {
+            **mlp["down_proj"],
+            "kernel": jnp.take(mlp["down_proj"]["kernel"], neurons, axis=0),
+        }
         dec[f"layers_{i}"] = {**layer, "self_attn": attn, "mlp": mlp}
     return _with_decoder(params, prefix, dec)
 
 
-def mask_params(params: Any, text: TextConfig, plan: PrunePlan,
-                prefix: tuple[str, ...] = ()) -> Any:
+def mask_params(
+    params: Any, text: TextConfig, plan: PrunePlan, prefix: tuple[str, ...] = ()
+) -> Any:
     """Full-size params with the pruned units switched off: o_proj rows of removed heads and
     down_proj rows of removed neurons are zero. Computes what the sliced model computes."""
     _check_plan(text, plan)
@@ -405,8 +446,9 @@ def apply_plan(model: Any, plan: PrunePlan) -> Any:
     new_cfg = cfg.replace(text=pruned_text_config(cfg.text, plan))
     params = slice_params(model.params, cfg.text, plan, prefix)
     module = get_family(new_cfg.model_type, "model").build(new_cfg, None)
-    return dataclasses.replace(model, config=new_cfg, params=params, module=module,
-                               random_init=False)
+    return dataclasses.replace(
+        model, config=new_cfg, params=params, module=module, random_init=False
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,6 +469,7 @@ class PruneReport:
 
 def prune_model(model: Any, batches: Iterable[Any], config: PruneConfig) -> tuple[Any, PruneReport]:
     """Rank on `batches` (at most `config.calibration_batches` of them), plan, slice."""
+
     def limited() -> Iterable[Any]:
         for i, batch in enumerate(batches):
             if i >= config.calibration_batches:
@@ -437,9 +480,12 @@ def prune_model(model: Any, batches: Iterable[Any], config: PruneConfig) -> tupl
     plan = plan_pruning(model.config.text, importance, config)
     pruned = apply_plan(model, plan)
     text = pruned.config.text
-    report = PruneReport(decoder_flops(model.config.text), decoder_flops(text),
-                         config.flops_reduction,
-                         tuple(text.num_heads_at(i) for i in range(text.num_layers)),
-                         tuple(text.ffw_dim_at(i) for i in range(text.num_layers)),
-                         importance.tokens)
+    report = PruneReport(
+        decoder_flops(model.config.text),
+        decoder_flops(text),
+        config.flops_reduction,
+        tuple(text.num_heads_at(i) for i in range(text.num_layers)),
+        tuple(text.ffw_dim_at(i) for i in range(text.num_layers)),
+        importance.tokens,
+    )
     return pruned, report

@@ -10,6 +10,14 @@ from autoglm_jax.config.vision import VisionConfig
 from autoglm_jax.config.vit import ViTConfig
 
 __all__ = [
-    "AudioConfig", "ConfigError", "FusionConfig", "ModelConfig", "TextConfig", "ViTConfig",
-    "VisionConfig", "load_config", "preset_names", "read_json",
+    "AudioConfig",
+    "ConfigError",
+    "FusionConfig",
+    "ModelConfig",
+    "TextConfig",
+    "ViTConfig",
+    "VisionConfig",
+    "load_config",
+    "preset_names",
+    "read_json",
 ]

@@ -48,7 +48,8 @@ def _coerce(value: Any, annotation: Any, source: str, field: str) -> Any:
             value = int(value)
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(
-                f"{source}: field `{field}`: expected {annotation.__name__}, got {value!r}")
+                f"{source}: field `{field}`: expected {annotation.__name__}, got {value!r}"
+            )
     return value
 
 

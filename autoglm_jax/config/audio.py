@@ -38,23 +38,53 @@ class AudioConfig:
         self.validate("AudioConfig")
 
     def validate(self, source: str) -> None:
-        for name in ("d_model", "num_layers", "num_heads", "ffw_dim", "num_mel_bins",
-                     "max_source_positions"):
+        for name in (
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "ffw_dim",
+            "num_mel_bins",
+            "max_source_positions",
+        ):
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value > 0, source,
-                  name, f"must be a positive integer, got {value!r}")
-        check(self.d_model % self.num_heads == 0, source, "num_heads",
-              f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                source,
+                name,
+                f"must be a positive integer, got {value!r}",
+            )
+        check(
+            self.d_model % self.num_heads == 0,
+            source,
+            "num_heads",
+            f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})",
+        )
         # The sinusoid table concatenates sin and cos halves with increment ln(1e4)/(d/2 - 1).
-        check(self.d_model % 2 == 0 and self.d_model >= 4, source, "d_model",
-              f"must be even and at least 4 (sinusoidal positions), got {self.d_model}")
-        check(self.layer_norm_eps > 0, source, "layer_norm_eps",
-              f"must be positive, got {self.layer_norm_eps}")
-        check(self.max_audio_seconds > 0, source, "max_audio_seconds",
-              f"must be positive, got {self.max_audio_seconds}")
+        check(
+            self.d_model % 2 == 0 and self.d_model >= 4,
+            source,
+            "d_model",
+            f"must be even and at least 4 (sinusoidal positions), got {self.d_model}",
+        )
+        check(
+            self.layer_norm_eps > 0,
+            source,
+            "layer_norm_eps",
+            f"must be positive, got {self.layer_norm_eps}",
+        )
+        check(
+            self.max_audio_seconds > 0,
+            source,
+            "max_audio_seconds",
+            f"must be positive, got {self.max_audio_seconds}",
+        )
         for name in ("param_dtype", "dtype"):
-            check(getattr(self, name) in DTYPES, source, name,
-                  f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+            check(
+                getattr(self, name) in DTYPES,
+                source,
+                name,
+                f"must be one of {DTYPES}, got {getattr(self, name)!r}",
+            )
 
     # Derived sizes.
     @property

@@ -44,22 +44,48 @@ class FusionConfig:
         self.validate("FusionConfig")
 
     def validate(self, source: str) -> None:
-        for name in ("num_heads", "num_kv_heads", "head_dim", "ffw_dim", "cga_every",
-                     "audio_stack"):
+        for name in (
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "ffw_dim",
+            "cga_every",
+            "audio_stack",
+        ):
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value > 0, source,
-                  name, f"must be a positive integer, got {value!r}")
-        check(self.num_heads % self.num_kv_heads == 0, source, "num_kv_heads",
-              f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-              f"({self.num_kv_heads})")
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                source,
+                name,
+                f"must be a positive integer, got {value!r}",
+            )
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            source,
+            "num_kv_heads",
+            f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+            f"({self.num_kv_heads})",
+        )
         if self.projector_dim is not None:
-            check(isinstance(self.projector_dim, int) and self.projector_dim > 0, source,
-                  "projector_dim", f"must be a positive integer, got {self.projector_dim!r}")
-        check(self.rms_norm_eps > 0, source, "rms_norm_eps",
-              f"must be positive, got {self.rms_norm_eps}")
+            check(
+                isinstance(self.projector_dim, int) and self.projector_dim > 0,
+                source,
+                "projector_dim",
+                f"must be a positive integer, got {self.projector_dim!r}",
+            )
+        check(
+            self.rms_norm_eps > 0,
+            source,
+            "rms_norm_eps",
+            f"must be positive, got {self.rms_norm_eps}",
+        )
         for name in ("param_dtype", "dtype"):
-            check(getattr(self, name) in DTYPES, source, name,
-                  f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+            check(
+                getattr(self, name) in DTYPES,
+                source,
+                name,
+                f"must be one of {DTYPES}, got {getattr(self, name)!r}",
+            )
 
     # Derived sizes.
     @property
@@ -99,8 +125,13 @@ def default_fusion_config(text: Any, cga_every: int = 4) -> FusionConfig:
     heads = text.num_heads // 2
     if heads < text.num_kv_heads or heads % text.num_kv_heads:
         heads = text.num_heads
-    return FusionConfig(num_heads=heads, num_kv_heads=text.num_kv_heads, head_dim=text.head_dim,
-                        ffw_dim=max(1, text.d_model // 2),
-                        cga_every=min(cga_every, text.num_layers),
-                        rms_norm_eps=text.rms_norm_eps, param_dtype=text.param_dtype,
-                        dtype=text.dtype)
+    return FusionConfig(
+        num_heads=heads,
+        num_kv_heads=text.num_kv_heads,
+        head_dim=text.head_dim,
+        ffw_dim=max(1, text.d_model // 2),
+        cga_every=min(cga_every, text.num_layers),
+        rms_norm_eps=text.rms_norm_eps,
+        param_dtype=text.param_dtype,
+        dtype=text.dtype,
+    )

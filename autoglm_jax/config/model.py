@@ -64,27 +64,61 @@ class ModelConfig:
         self.validate("ModelConfig")
 
     def validate(self, source: str) -> None:
-        check(isinstance(self.model_type, str) and bool(self.model_type), source, "model_type",
-              f"must be a model family name, got {self.model_type!r}")
-        check(any(getattr(self, name) is not None for name in _STACKS), source, "text",
-              "a model needs at least one stack ([text], [vision], [audio], [vit])")
+        check(
+            isinstance(self.model_type, str) and bool(self.model_type),
+            source,
+            "model_type",
+            f"must be a model family name, got {self.model_type!r}",
+        )
+        check(
+            any(getattr(self, name) is not None for name in _STACKS),
+            source,
+            "text",
+            "a model needs at least one stack ([text], [vision], [audio], [vit])",
+        )
         if self.vision is not None:
-            check(self.text is not None, source, "text",
-                  "a vision tower feeds a text decoder: the model needs a [text] table")
-            check(self.image_token_id is not None, source, "image_token_id",
-                  "a model with a vision tower needs image_token_id")
-            check(self.vision.out_hidden_size == self.text.d_model, source, "vision",
-                  f"out_hidden_size ({self.vision.out_hidden_size}) must equal the text "
-                  f"d_model ({self.text.d_model}): image embeddings replace token embeddings")
-            check(self.text.mrope_section is not None, source, "text",
-                  "a model with a vision tower needs M-RoPE (text.mrope_section)")
-        for name in ("image_token_id", "image_start_token_id", "image_end_token_id",
-                     "video_token_id", "video_start_token_id", "video_end_token_id",
-                     "audio_token_id"):
+            check(
+                self.text is not None,
+                source,
+                "text",
+                "a vision tower feeds a text decoder: the model needs a [text] table",
+            )
+            check(
+                self.image_token_id is not None,
+                source,
+                "image_token_id",
+                "a model with a vision tower needs image_token_id",
+            )
+            check(
+                self.vision.out_hidden_size == self.text.d_model,
+                source,
+                "vision",
+                f"out_hidden_size ({self.vision.out_hidden_size}) must equal the text "
+                f"d_model ({self.text.d_model}): image embeddings replace token embeddings",
+            )
+            check(
+                self.text.mrope_section is not None,
+                source,
+                "text",
+                "a model with a vision tower needs M-RoPE (text.mrope_section)",
+            )
+        for name in (
+            "image_token_id",
+            "image_start_token_id",
+            "image_end_token_id",
+            "video_token_id",
+            "video_start_token_id",
+            "video_end_token_id",
+            "audio_token_id",
+        ):
             value = getattr(self, name)
             if value is not None and self.text is not None:
-                check(0 <= value < self.text.vocab_size, source, name,
-                      f"{value} is outside the vocabulary (size {self.text.vocab_size})")
+                check(
+                    0 <= value < self.text.vocab_size,
+                    source,
+                    name,
+                    f"{value} is outside the vocabulary (size {self.text.vocab_size})",
+                )
         for family_check in _family_checks:
             family_check(self, source)
 
@@ -93,20 +127,24 @@ class ModelConfig:
         """Memories CGA fusion attends to, in order ("audio", "vit"); empty without fusion."""
         if self.fusion is None:
             return ()
-        return tuple(name for name, cfg in ((AUDIO, self.audio), (VIT, self.vit))
-                     if cfg is not None)
+        return tuple(
+            name for name, cfg in ((AUDIO, self.audio), (VIT, self.vit)) if cfg is not None
+        )
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
-    def with_dtypes(self, param_dtype: str | None = None, dtype: str | None = None) -> "ModelConfig":
+    def with_dtypes(
+        self, param_dtype: str | None = None, dtype: str | None = None
+    ) -> "ModelConfig":
         """The same model with other parameter / compute dtypes (every stack)."""
         changes = {}
         for name in _STACKS:
             sub = getattr(self, name)
             if sub is not None:
-                changes[name] = sub.replace(param_dtype=param_dtype or sub.param_dtype,
-                                            dtype=dtype or sub.dtype)
+                changes[name] = sub.replace(
+                    param_dtype=param_dtype or sub.param_dtype, dtype=dtype or sub.dtype
+                )
         return self.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,7 +157,7 @@ class ModelConfig:
         except ConfigError as e:
             message = str(e)
             if message.startswith("ModelConfig:"):
-                message = source + message[len("ModelConfig"):]
+                message = source + message[len("ModelConfig") :]
             raise ConfigError(message) from None
 
 
@@ -149,14 +187,15 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     if path.is_dir():
         native = path / "autoglm_config.json"
         if not native.exists():
-            raise ConfigError(f"{path}: no autoglm_config.json (a Hugging Face directory is read "
-                              "by autoglm_jax.load_config)")
+            raise ConfigError(
+                f"{path}: no autoglm_config.json (a Hugging Face directory is read "
+                "by autoglm_jax.load_config)"
+            )
         return ModelConfig.from_dict(read_json(native), source=str(native))
     if path.name == "autoglm_config.json":
         return ModelConfig.from_dict(read_json(path), source=str(path))
     if path.suffix == ".json":
-        raise ConfigError(f"{path}: a Hugging Face config.json is read by "
-                          "autoglm_jax.load_config")
+        raise ConfigError(f"{path}: a Hugging Face config.json is read by autoglm_jax.load_config")
     if path.suffix == ".toml" or path.exists():
         toml_path = path
     else:
@@ -164,6 +203,7 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
         if not toml_path.exists():
             raise ConfigError(
                 f"unknown preset {str(name_or_path)!r}: no file {toml_path} "
-                f"(presets: {', '.join(preset_names())})")
+                f"(presets: {', '.join(preset_names())})"
+            )
     data = read_toml(toml_path)
     return ModelConfig.from_dict(data, source=str(toml_path))

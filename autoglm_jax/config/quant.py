@@ -63,25 +63,50 @@ class QuantConfig:
         self.validate("QuantConfig")
 
     def validate(self, source: str) -> None:
-        check(self.weights in ("int8", "int4"), source, "weights",
-              f"must be 'int8' or 'int4', got {self.weights!r}")
+        check(
+            self.weights in ("int8", "int4"),
+            source,
+            "weights",
+            f"must be 'int8' or 'int4', got {self.weights!r}",
+        )
         check(self.group_size > 0, source, "group_size", f"must be positive, got {self.group_size}")
-        check(self.activations in ACTIVATION_FORMATS, source, "activations",
-              f"must be one of {list(ACTIVATION_FORMATS)}, got {self.activations!r}")
-        check(self.scope in ("decoder", "all"), source, "scope",
-              f"must be 'decoder' or 'all', got {self.scope!r}")
-        check(0.0 < self.weight_clip <= 1.0, source, "weight_clip",
-              f"must be in (0, 1], got {self.weight_clip}")
+        check(
+            self.activations in ACTIVATION_FORMATS,
+            source,
+            "activations",
+            f"must be one of {list(ACTIVATION_FORMATS)}, got {self.activations!r}",
+        )
+        check(
+            self.scope in ("decoder", "all"),
+            source,
+            "scope",
+            f"must be 'decoder' or 'all', got {self.scope!r}",
+        )
+        check(
+            0.0 < self.weight_clip <= 1.0,
+            source,
+            "weight_clip",
+            f"must be in (0, 1], got {self.weight_clip}",
+        )
         for i, rule in enumerate(self.rules):
-            check(isinstance(rule, QuantRule), source, f"rules[{i}]",
-                  f"expected a QuantRule / table with pattern and weights, got {rule!r}")
-            check(rule.weights in WEIGHT_FORMATS, source, f"rules[{i}].weights",
-                  f"must be one of {list(WEIGHT_FORMATS)}, got {rule.weights!r}")
+            check(
+                isinstance(rule, QuantRule),
+                source,
+                f"rules[{i}]",
+                f"expected a QuantRule / table with pattern and weights, got {rule!r}",
+            )
+            check(
+                rule.weights in WEIGHT_FORMATS,
+                source,
+                f"rules[{i}].weights",
+                f"must be one of {list(WEIGHT_FORMATS)}, got {rule.weights!r}",
+            )
             try:
                 re.compile(rule.pattern)
             except re.error as e:
-                raise ConfigError(f"{source}: field `rules[{i}].pattern`: invalid regex "
-                                  f"{rule.pattern!r}: {e}") from None
+                raise ConfigError(
+                    f"{source}: field `rules[{i}].pattern`: invalid regex {rule.pattern!r}: {e}"
+                ) from None
 
     def format_for(self, path: str) -> str:
         """The weight format ("int8", "int4" or "none") of the Einsum at decoder path `path`."""
@@ -122,14 +147,30 @@ class PruneConfig:
         self.validate("PruneConfig")
 
     def validate(self, source: str) -> None:
-        check(0.0 <= self.flops_reduction < 1.0, source, "flops_reduction",
-              f"must be in [0, 1), got {self.flops_reduction}")
-        check(self.allocation in ("uniform", "global"), source, "allocation",
-              f"must be 'uniform' or 'global', got {self.allocation!r}")
-        check(0.0 <= self.min_keep <= 1.0, source, "min_keep",
-              f"must be in [0, 1], got {self.min_keep}")
-        check(self.calibration_batches > 0, source, "calibration_batches",
-              f"must be positive, got {self.calibration_batches}")
+        check(
+            0.0 <= self.flops_reduction < 1.0,
+            source,
+            "flops_reduction",
+            f"must be in [0, 1), got {self.flops_reduction}",
+        )
+        check(
+            self.allocation in ("uniform", "global"),
+            source,
+            "allocation",
+            f"must be 'uniform' or 'global', got {self.allocation!r}",
+        )
+        check(
+            0.0 <= self.min_keep <= 1.0,
+            source,
+            "min_keep",
+            f"must be in [0, 1], got {self.min_keep}",
+        )
+        check(
+            self.calibration_batches > 0,
+            source,
+            "calibration_batches",
+            f"must be positive, got {self.calibration_batches}",
+        )
 
     def replace(self, **changes: Any) -> "PruneConfig":
         return dataclasses.replace(self, **changes)

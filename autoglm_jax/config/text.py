@@ -45,37 +45,87 @@ class TextConfig:
         self.validate("TextConfig")
 
     def validate(self, source: str) -> None:
-        for name in ("vocab_size", "d_model", "ffw_dim", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim", "max_position_embeddings"):
-            check(getattr(self, name) > 0, source, name, f"must be positive, got {getattr(self, name)}")
-        check(self.variant in ("glm", "glm4"), source, "variant",
-              f"must be 'glm' or 'glm4', got {self.variant!r}")
-        check(self.num_heads % self.num_kv_heads == 0, source, "num_kv_heads",
-              f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
-        check(0.0 < self.partial_rotary_factor <= 1.0, source, "partial_rotary_factor",
-              f"must be in (0, 1], got {self.partial_rotary_factor}")
-        check(self.rotary_dim % 2 == 0 and self.rotary_dim > 0, source, "partial_rotary_factor",
-              f"head_dim * partial_rotary_factor = {self.rotary_dim} must be a positive even number")
+        for name in (
+            "vocab_size",
+            "d_model",
+            "ffw_dim",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
+            check(
+                getattr(self, name) > 0,
+                source,
+                name,
+                f"must be positive, got {getattr(self, name)}",
+            )
+        check(
+            self.variant in ("glm", "glm4"),
+            source,
+            "variant",
+            f"must be 'glm' or 'glm4', got {self.variant!r}",
+        )
+        check(
+            self.num_heads % self.num_kv_heads == 0,
+            source,
+            "num_kv_heads",
+            f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+            f"({self.num_kv_heads})",
+        )
+        check(
+            0.0 < self.partial_rotary_factor <= 1.0,
+            source,
+            "partial_rotary_factor",
+            f"must be in (0, 1], got {self.partial_rotary_factor}",
+        )
+        check(
+            self.rotary_dim % 2 == 0 and self.rotary_dim > 0,
+            source,
+            "partial_rotary_factor",
+            f"head_dim * partial_rotary_factor = {self.rotary_dim} must be a positive even number",
+        )
         check(self.rope_theta > 0, source, "rope_theta", f"must be positive, got {self.rope_theta}")
-        check(self.rms_norm_eps > 0, source, "rms_norm_eps", f"must be positive, got {self.rms_norm_eps}")
+        check(
+            self.rms_norm_eps > 0,
+            source,
+            "rms_norm_eps",
+            f"must be positive, got {self.rms_norm_eps}",
+        )
         if self.mrope_section is not None:
-            check(len(self.mrope_section) == 3 and sum(self.mrope_section) == self.rotary_dim // 2,
-                  source, "mrope_section",
-                  f"must be 3 ints summing to rotary_dim/2 = {self.rotary_dim // 2}, "
-                  f"got {list(self.mrope_section)}")
+            check(
+                len(self.mrope_section) == 3 and sum(self.mrope_section) == self.rotary_dim // 2,
+                source,
+                "mrope_section",
+                f"must be 3 ints summing to rotary_dim/2 = {self.rotary_dim // 2}, "
+                f"got {list(self.mrope_section)}",
+            )
         for name in ("param_dtype", "dtype"):
-            check(getattr(self, name) in DTYPES, source, name,
-                  f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+            check(
+                getattr(self, name) in DTYPES,
+                source,
+                name,
+                f"must be one of {DTYPES}, got {getattr(self, name)!r}",
+            )
         for name in ("layer_ffw_dims", "layer_num_heads"):
             sizes = getattr(self, name)
             if sizes is not None:
-                check(len(sizes) == self.num_layers and all(s > 0 for s in sizes), source, name,
-                      f"must hold {self.num_layers} positive sizes (one per layer), "
-                      f"got {list(sizes)}")
+                check(
+                    len(sizes) == self.num_layers and all(s > 0 for s in sizes),
+                    source,
+                    name,
+                    f"must hold {self.num_layers} positive sizes (one per layer), "
+                    f"got {list(sizes)}",
+                )
         if self.layer_num_heads is not None:
-            check(all(n % self.num_kv_heads == 0 for n in self.layer_num_heads), source,
-                  "layer_num_heads", f"every layer's heads must be a multiple of num_kv_heads "
-                  f"({self.num_kv_heads}), got {list(self.layer_num_heads)}")
+            check(
+                all(n % self.num_kv_heads == 0 for n in self.layer_num_heads),
+                source,
+                "layer_num_heads",
+                f"every layer's heads must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads}), got {list(self.layer_num_heads)}",
+            )
 
     # Derived sizes.
     def ffw_dim_at(self, layer: int) -> int:

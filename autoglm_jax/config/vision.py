@@ -41,27 +41,65 @@ class VisionConfig:
         self.validate("VisionConfig")
 
     def validate(self, source: str) -> None:
-        for name in ("depth", "d_model", "num_heads", "ffw_dim", "out_hidden_size",
-                     "merger_ffw_dim", "patch_size", "temporal_patch_size", "spatial_merge_size",
-                     "in_channels", "image_size"):
-            check(getattr(self, name) > 0, source, name,
-                  f"must be positive, got {getattr(self, name)}")
-        check(self.d_model % self.num_heads == 0, source, "num_heads",
-              f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
+        for name in (
+            "depth",
+            "d_model",
+            "num_heads",
+            "ffw_dim",
+            "out_hidden_size",
+            "merger_ffw_dim",
+            "patch_size",
+            "temporal_patch_size",
+            "spatial_merge_size",
+            "in_channels",
+            "image_size",
+        ):
+            check(
+                getattr(self, name) > 0,
+                source,
+                name,
+                f"must be positive, got {getattr(self, name)}",
+            )
+        check(
+            self.d_model % self.num_heads == 0,
+            source,
+            "num_heads",
+            f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})",
+        )
         # The 2D rotary splits each head into (h, w) halves, each rotated half-split.
-        check(self.head_dim % 4 == 0, source, "num_heads",
-              f"head_dim = d_model / num_heads = {self.head_dim} must be a multiple of 4 "
-              "(2D rotary over h and w)")
-        check(self.image_size % self.patch_size == 0, source, "image_size",
-              f"must be a multiple of patch_size ({self.patch_size}), got {self.image_size}")
-        check(self.rms_norm_eps > 0, source, "rms_norm_eps",
-              f"must be positive, got {self.rms_norm_eps}")
-        check(self.layer_norm_eps > 0, source, "layer_norm_eps",
-              f"must be positive, got {self.layer_norm_eps}")
+        check(
+            self.head_dim % 4 == 0,
+            source,
+            "num_heads",
+            f"head_dim = d_model / num_heads = {self.head_dim} must be a multiple of 4 "
+            "(2D rotary over h and w)",
+        )
+        check(
+            self.image_size % self.patch_size == 0,
+            source,
+            "image_size",
+            f"must be a multiple of patch_size ({self.patch_size}), got {self.image_size}",
+        )
+        check(
+            self.rms_norm_eps > 0,
+            source,
+            "rms_norm_eps",
+            f"must be positive, got {self.rms_norm_eps}",
+        )
+        check(
+            self.layer_norm_eps > 0,
+            source,
+            "layer_norm_eps",
+            f"must be positive, got {self.layer_norm_eps}",
+        )
         check(self.rope_theta > 0, source, "rope_theta", f"must be positive, got {self.rope_theta}")
         for name in ("param_dtype", "dtype"):
-            check(getattr(self, name) in DTYPES, source, name,
-                  f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+            check(
+                getattr(self, name) in DTYPES,
+                source,
+                name,
+                f"must be one of {DTYPES}, got {getattr(self, name)!r}",
+            )
 
     # Derived sizes.
     @property
@@ -81,7 +119,7 @@ class VisionConfig:
     @property
     def merge_factor(self) -> int:
         """Patches per output token (4)."""
-        return self.spatial_merge_size ** 2
+        return self.spatial_merge_size**2
 
     @property
     def image_factor(self) -> int:
@@ -93,13 +131,19 @@ class VisionConfig:
         """Parameter count computed from the sizes (checked against eval_shape in tests)."""
         d, f, o, fm = self.d_model, self.ffw_dim, self.out_hidden_size, self.merger_ffw_dim
         block = d * 3 * d + (3 * d if self.attention_bias else 0) + d * d + 3 * d * f + 2 * d
-        return (self.patch_dim * d + d            # patch_embed (+ bias)
-                + d                               # post_conv_layernorm
-                + self.position_grid ** 2 * d     # position table
-                + self.depth * block
-                + d                               # post_layernorm
-                + self.merge_factor * d * o + o   # downsample (+ bias)
-                + o * o + 2 * o + 3 * o * fm)     # merger: proj, LayerNorm, SwiGLU
+        return (
+            self.patch_dim * d
+            + d  # patch_embed (+ bias)
+            + d  # post_conv_layernorm
+            + self.position_grid**2 * d  # position table
+            + self.depth * block
+            + d  # post_layernorm
+            + self.merge_factor * d * o
+            + o  # downsample (+ bias)
+            + o * o
+            + 2 * o
+            + 3 * o * fm
+        )  # merger: proj, LayerNorm, SwiGLU
 
     def replace(self, **changes: Any) -> "VisionConfig":
         return dataclasses.replace(self, **changes)

@@ -49,25 +49,54 @@ class ViTConfig:
     def validate(self, source: str) -> None:
         for name in ("d_model", "num_layers", "num_heads", "ffw_dim", "num_channels"):
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value > 0, source,
-                  name, f"must be a positive integer, got {value!r}")
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                source,
+                name,
+                f"must be a positive integer, got {value!r}",
+            )
         for name in ("image_size", "patch_size"):
             value = getattr(self, name)
-            check(isinstance(value, tuple) and len(value) == 2
-                  and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value),
-                  source, name, f"must be a positive int or two positive ints, got {value!r}")
-        check(all(i >= p for i, p in zip(self.image_size, self.patch_size)), source, "patch_size",
-              f"{list(self.patch_size)} is larger than image_size {list(self.image_size)}")
-        check(self.d_model % self.num_heads == 0, source, "num_heads",
-              f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})")
+            check(
+                isinstance(value, tuple)
+                and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value),
+                source,
+                name,
+                f"must be a positive int or two positive ints, got {value!r}",
+            )
+        check(
+            all(i >= p for i, p in zip(self.image_size, self.patch_size)),
+            source,
+            "patch_size",
+            f"{list(self.patch_size)} is larger than image_size {list(self.image_size)}",
+        )
+        check(
+            self.d_model % self.num_heads == 0,
+            source,
+            "num_heads",
+            f"d_model ({self.d_model}) must be a multiple of num_heads ({self.num_heads})",
+        )
         if self.pooler_dim is not None:
-            check(isinstance(self.pooler_dim, int) and self.pooler_dim > 0, source, "pooler_dim",
-                  f"must be a positive integer, got {self.pooler_dim!r}")
-        check(self.layer_norm_eps > 0, source, "layer_norm_eps",
-              f"must be positive, got {self.layer_norm_eps}")
+            check(
+                isinstance(self.pooler_dim, int) and self.pooler_dim > 0,
+                source,
+                "pooler_dim",
+                f"must be a positive integer, got {self.pooler_dim!r}",
+            )
+        check(
+            self.layer_norm_eps > 0,
+            source,
+            "layer_norm_eps",
+            f"must be positive, got {self.layer_norm_eps}",
+        )
         for name in ("param_dtype", "dtype"):
-            check(getattr(self, name) in DTYPES, source, name,
-                  f"must be one of {DTYPES}, got {getattr(self, name)!r}")
+            check(
+                getattr(self, name) in DTYPES,
+                source,
+                name,
+                f"must be one of {DTYPES}, got {getattr(self, name)!r}",
+            )
 
     # Derived sizes.
     @property

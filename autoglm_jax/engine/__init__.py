@@ -6,5 +6,13 @@ from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.sampling import SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError
 
-__all__ = ["CompletionOutput", "Engine", "EngineConfig", "PageAllocator", "QueueFullError",
-           "RequestOutput", "SamplingParams", "StreamDelta"]
+__all__ = [
+    "CompletionOutput",
+    "Engine",
+    "EngineConfig",
+    "PageAllocator",
+    "QueueFullError",
+    "RequestOutput",
+    "SamplingParams",
+    "StreamDelta",
+]

@@ -20,14 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autoglm_jax.families import family_of
-from autoglm_jax.engine.multimodal import (EncoderCache, MultimodalInputs, check_media,
-                                           collect_media, prepare)
+from autoglm_jax.engine.multimodal import (
+    EncoderCache,
+    MultimodalInputs,
+    check_media,
+    collect_media,
+    prepare,
+)
 from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.runner import ModelRunner
 from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
+from autoglm_jax.families import family_of
 
 Prompt = str | Sequence[int] | dict
 
@@ -77,8 +82,15 @@ class EngineConfig:
     def validate(self) -> None:
         def bad(field: str, why: str) -> None:
             raise ValueError(f"EngineConfig.{field}: {why}")
-        for f in ("max_num_seqs", "max_num_batched_tokens", "page_size", "max_model_len",
-                  "num_pages", "kv_cache_memory_bytes"):
+
+        for f in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "page_size",
+            "max_model_len",
+            "num_pages",
+            "kv_cache_memory_bytes",
+        ):
             if getattr(self, f) is not None and getattr(self, f) < 1:
                 bad(f, f"must be positive, got {getattr(self, f)}")
         if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
@@ -88,16 +100,24 @@ class EngineConfig:
         if self.max_logprobs < 0:
             bad("max_logprobs", f"must be >= 0, got {self.max_logprobs}")
         if self.kv_cache_dtype not in ("auto", "bfloat16", "float32", "float16", "int8"):
-            bad("kv_cache_dtype", f"must be auto, bfloat16, float32, float16 or int8, "
-                                  f"got {self.kv_cache_dtype!r}")
+            bad(
+                "kv_cache_dtype",
+                f"must be auto, bfloat16, float32, float16 or int8, got {self.kv_cache_dtype!r}",
+            )
         if self.attention_backend not in ("auto", "xla", "pallas"):
             bad("attention_backend", f"must be auto, xla or pallas, got {self.attention_backend!r}")
         if self.scheduling_policy not in ("fcfs", "priority"):
             bad("scheduling_policy", f"must be fcfs or priority, got {self.scheduling_policy!r}")
-        if (not self.enable_chunked_prefill and self.max_model_len is not None
-                and self.max_num_batched_tokens < self.max_model_len):
-            bad("max_num_batched_tokens", "without chunked prefill it must be at least "
-                                          "max_model_len so every prompt fits in one step")
+        if (
+            not self.enable_chunked_prefill
+            and self.max_model_len is not None
+            and self.max_num_batched_tokens < self.max_model_len
+        ):
+            bad(
+                "max_num_batched_tokens",
+                "without chunked prefill it must be at least "
+                "max_model_len so every prompt fits in one step",
+            )
 
 
 @dataclasses.dataclass(eq=False)
@@ -123,8 +143,9 @@ class Engine:
         text = model.config.text
         family = family_of(model.config)
         if config.max_model_len is None:
-            config = dataclasses.replace(config, max_model_len=min(
-                text.max_position_embeddings, DEFAULT_MAX_MODEL_LEN))
+            config = dataclasses.replace(
+                config, max_model_len=min(text.max_position_embeddings, DEFAULT_MAX_MODEL_LEN)
+            )
             config.validate()
         self.config = config
         self.model = model
@@ -137,30 +158,46 @@ class Engine:
         self.kv_dtype = jnp.dtype(kv_dtype)
         pages_per_seq = -(-config.max_model_len // config.page_size)
         itemsize = self.kv_dtype.itemsize + (4 / text.head_dim if kv_dtype == "int8" else 0)
-        self.kv_bytes_per_token = int(2 * text.num_layers * text.num_kv_heads * text.head_dim
-                                      * itemsize)
+        self.kv_bytes_per_token = int(
+            2 * text.num_layers * text.num_kv_heads * text.head_dim * itemsize
+        )
         num_pages = config.num_pages or min(
             config.max_num_seqs * pages_per_seq + 1,
-            max(2, config.kv_cache_memory_bytes // (self.kv_bytes_per_token * config.page_size)))
+            max(2, config.kv_cache_memory_bytes // (self.kv_bytes_per_token * config.page_size)),
+        )
         impl = config.attention_backend
         if impl == "auto":
             impl = "pallas" if jax.default_backend() == "gpu" else "xla"
         self.allocator = PageAllocator(num_pages, config.page_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            self.allocator, max_num_seqs=config.max_num_seqs,
+            self.allocator,
+            max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
-            max_model_len=config.max_model_len, policy=config.scheduling_policy,
+            max_model_len=config.max_model_len,
+            policy=config.scheduling_policy,
             enable_chunked_prefill=config.enable_chunked_prefill,
-            max_waiting=config.max_waiting_requests, max_queue_wait=config.max_queue_wait)
+            max_waiting=config.max_waiting_requests,
+            max_queue_wait=config.max_queue_wait,
+        )
         self.runner = ModelRunner(
-            model.module, model.params, num_layers=text.num_layers,
-            num_kv_heads=text.num_kv_heads, head_dim=text.head_dim, vocab_size=text.vocab_size,
-            num_pages=num_pages, page_size=config.page_size, max_num_seqs=config.max_num_seqs,
+            model.module,
+            model.params,
+            num_layers=text.num_layers,
+            num_kv_heads=text.num_kv_heads,
+            head_dim=text.head_dim,
+            vocab_size=text.vocab_size,
+            num_pages=num_pages,
+            page_size=config.page_size,
+            max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
-            max_pages_per_seq=pages_per_seq, kv_dtype=self.kv_dtype, attention_impl=impl,
-            max_logprobs=config.max_logprobs, mesh=self.mesh,
+            max_pages_per_seq=pages_per_seq,
+            kv_dtype=self.kv_dtype,
+            attention_impl=impl,
+            max_logprobs=config.max_logprobs,
+            mesh=self.mesh,
             mrope=text.mrope_section is not None,
-            multimodal=family.multimodal)
+            multimodal=family.multimodal,
+        )
         self.attention_impl = impl
         self.encoders = None
         if family.multimodal:
@@ -169,7 +206,8 @@ class Engine:
                 a = model.config.audio
                 dummy = np.zeros((1, a.num_mel_bins, a.num_frames), np.float32)
                 template = jax.eval_shape(
-                    lambda: self.encoders.audio_memory_kv(MultimodalInputs(audio_features=dummy)))
+                    lambda: self.encoders.audio_memory_kv(MultimodalInputs(audio_features=dummy))
+                )
                 self.runner.init_memory(template)
         eos = self.tokenizer.stop_token_ids if self.tokenizer is not None else text.eos_token_ids
         self.eos_token_ids = frozenset(int(i) for i in eos)
@@ -180,8 +218,9 @@ class Engine:
         self.num_steps = 0
         self._compilations_at_warmup = 0
 
-    def warmup(self, progress: Callable[[int, int, int, float], None] | None = None,
-               workers: int = 0) -> int:
+    def warmup(
+        self, progress: Callable[[int, int, int, float], None] | None = None, workers: int = 0
+    ) -> int:
         """Compile every program a text request can meet, before the first request: the step
         of each token bucket (`workers` compiles at a time, 0: one per core), the penalty
         priming and the CGA memory reset. Image steps compile when first met.
@@ -199,7 +238,8 @@ class Engine:
 
     def _compilations(self) -> int:
         return self.runner.num_compilations + (
-            self.encoders.num_compilations if self.encoders is not None else 0)
+            self.encoders.num_compilations if self.encoders is not None else 0
+        )
 
     # Requests.
     def encode_prompt(self, prompt: Prompt) -> list[int]:
@@ -227,8 +267,11 @@ class Engine:
             if not isinstance(messages, list) or not messages:
                 raise ValueError("chat prompt: `messages` must be a non-empty list")
             text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, enable_thinking=prompt.get("enable_thinking"),
-                **prompt.get("chat_template_kwargs", {}))
+                messages,
+                add_generation_prompt=True,
+                enable_thinking=prompt.get("enable_thinking"),
+                **prompt.get("chat_template_kwargs", {}),
+            )
             return self.tokenizer.encode(text, add_special_tokens=False)
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -241,9 +284,14 @@ class Engine:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         return ids
 
-    def add_request(self, prompt: Prompt, params: SamplingParams | None = None,
-                    request_id: str | None = None, priority: int = 0,
-                    arrival_time: float | None = None) -> str:
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> str:
         """Queue one completion (n=1; `generate` expands n>1). Raises ValueError for bad
         input and QueueFullError when the waiting queue is full."""
         params = params or SamplingParams()
@@ -253,21 +301,33 @@ class Engine:
             raise ValueError("the prompt is empty")
         limit = self.config.max_model_len
         if len(ids) >= limit:
-            raise ValueError(f"the prompt has {len(ids)} tokens; max_model_len is {limit} "
-                             "(the prompt must leave room for at least one generated token)")
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens; max_model_len is {limit} "
+                "(the prompt must leave room for at least one generated token)"
+            )
         request_id = request_id or f"req-{next(self._counter)}-{uuid.uuid4().hex[:8]}"
         if request_id in self._tracks:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**31))
-        request = Request(request_id, ids, params, seed, arrival_time or time.monotonic(),
-                          priority, extra_hash=mm.content_hash if mm is not None else b"", mm=mm)
+        request = Request(
+            request_id,
+            ids,
+            params,
+            seed,
+            arrival_time or time.monotonic(),
+            priority,
+            extra_hash=mm.content_hash if mm is not None else b"",
+            mm=mm,
+        )
         self.scheduler.add(request)
         max_tokens = min(params.max_tokens or limit, limit - len(ids))
         stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else self.eos_token_ids)
+            frozenset() if params.ignore_eos else self.eos_token_ids
+        )
         detok = None
         if self.tokenizer is not None:
             from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
+
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
         self._tracks[request_id] = _Track(request, detok, stop_ids, max_tokens)
         return request_id
@@ -300,8 +360,11 @@ class Engine:
                 self.runner.prime_penalties(r.slot, r.prompt_token_ids, r.output_token_ids)
             self._admit_media(r)
         sampling = SamplingArrays.build(
-            [c.request.params for c in out.chunks], [c.request.seed for c in out.chunks],
-            [len(c.request.output_token_ids) for c in out.chunks], self.config.max_num_seqs)
+            [c.request.params for c in out.chunks],
+            [c.request.seed for c in out.chunks],
+            [len(c.request.output_token_ids) for c in out.chunks],
+            self.config.max_num_seqs,
+        )
         tokens, chosen, top_ids, top_vals = self.runner.execute(out.chunks, sampling)
         self.num_steps += 1
         now = time.monotonic()
@@ -319,8 +382,9 @@ class Engine:
             if r.params.logprobs is not None:
                 k = r.params.logprobs
                 track.token_logprobs.append(float(chosen[i]))
-                track.logprobs.append({int(t): float(v) for t, v in
-                                       zip(top_ids[i][:k], top_vals[i][:k])})
+                track.logprobs.append(
+                    {int(t): float(v) for t, v in zip(top_ids[i][:k], top_vals[i][:k])}
+                )
             self._process_token(track, token)
             deltas.append(self._delta(track))
         return deltas
@@ -333,8 +397,7 @@ class Engine:
             mm.image_embeds = self.encoders.image_embeds(mm)
         if self.runner.memory is not None:
             has_audio = mm is not None and mm.audio_features is not None
-            self.runner.set_memory(r.slot, self.encoders.audio_memory_kv(mm) if has_audio
-                                   else None)
+            self.runner.set_memory(r.slot, self.encoders.audio_memory_kv(mm) if has_audio else None)
 
     def _process_token(self, track: _Track, token: int) -> None:
         r = track.request
@@ -366,7 +429,7 @@ class Engine:
         if best is None:
             return False
         idx, s = best
-        track.text = track.text[:idx + (len(s) if params.include_stop_str_in_output else 0)]
+        track.text = track.text[: idx + (len(s) if params.include_stop_str_in_output else 0)]
         track.stop_reason = s
         self._finish(track, "stop")
         return True
@@ -383,24 +446,38 @@ class Engine:
             upto = len(track.text)
         else:  # hold back what could still become a stop string
             upto = max(track.emitted_text, len(track.text) - (max(map(len, r.params.stop)) - 1))
-        text = track.text[track.emitted_text:upto]
+        text = track.text[track.emitted_text : upto]
         track.emitted_text = upto
-        new_ids = r.output_token_ids[track.emitted_tokens:]
-        lp = track.logprobs[track.emitted_tokens:] if r.params.logprobs is not None else None
-        tlp = track.token_logprobs[track.emitted_tokens:] if r.params.logprobs is not None else None
+        new_ids = r.output_token_ids[track.emitted_tokens :]
+        lp = track.logprobs[track.emitted_tokens :] if r.params.logprobs is not None else None
+        tlp = (
+            track.token_logprobs[track.emitted_tokens :] if r.params.logprobs is not None else None
+        )
         track.emitted_tokens = len(r.output_token_ids)
-        return StreamDelta(r.request_id, text, list(new_ids), finished, r.finish_reason, lp, tlp,
-                           r.error)
+        return StreamDelta(
+            r.request_id, text, list(new_ids), finished, r.finish_reason, lp, tlp, r.error
+        )
 
     def output(self, request_id: str) -> RequestOutput:
         track = self._tracks[request_id]
         r = track.request
         completion = CompletionOutput(
-            0, track.text, list(r.output_token_ids), r.finish_reason, track.stop_reason,
+            0,
+            track.text,
+            list(r.output_token_ids),
+            r.finish_reason,
+            track.stop_reason,
             list(track.logprobs) if r.params.logprobs is not None else None,
-            list(track.token_logprobs) if r.params.logprobs is not None else None)
-        return RequestOutput(r.request_id, list(r.prompt_token_ids), [completion], r.is_finished,
-                             r.num_cached_tokens, r.error)
+            list(track.token_logprobs) if r.params.logprobs is not None else None,
+        )
+        return RequestOutput(
+            r.request_id,
+            list(r.prompt_token_ids),
+            [completion],
+            r.is_finished,
+            r.num_cached_tokens,
+            r.error,
+        )
 
     def release(self, request_id: str) -> None:
         """Forget a finished request's host-side state."""
@@ -409,16 +486,22 @@ class Engine:
             del self._tracks[request_id]
 
     # Offline and streaming front ends.
-    def generate(self, prompts: Prompt | Sequence[Prompt],
-                 params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 on_finished: Callable[[], None] | None = None) -> list[RequestOutput]:
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ) -> list[RequestOutput]:
         """Run a batch to completion (like vLLM's LLM.generate). Outputs keep prompt order; a
         request with n > 1 gets n completions in `outputs`. `on_finished()` is called as each
         completion finishes (for progress displays)."""
         if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
-        params_list = (list(params) if isinstance(params, (list, tuple))
-                       else [params or SamplingParams()] * len(prompts))
+        params_list = (
+            list(params)
+            if isinstance(params, (list, tuple))
+            else [params or SamplingParams()] * len(prompts)
+        )
         if len(params_list) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params_list)} SamplingParams")
         groups: list[list[str]] = []
@@ -438,16 +521,23 @@ class Engine:
             for k, o in enumerate(outs):
                 o.outputs[0].index = k
             first = outs[0]
-            results.append(RequestOutput(first.request_id, first.prompt_token_ids,
-                                         [o.outputs[0] for o in outs], True,
-                                         first.num_cached_tokens,
-                                         next((o.error for o in outs if o.error), None)))
+            results.append(
+                RequestOutput(
+                    first.request_id,
+                    first.prompt_token_ids,
+                    [o.outputs[0] for o in outs],
+                    True,
+                    first.num_cached_tokens,
+                    next((o.error for o in outs if o.error), None),
+                )
+            )
             for i in ids:
                 self.release(i)
         return results
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None,
-               request_id: str | None = None) -> Iterator[StreamDelta]:
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+    ) -> Iterator[StreamDelta]:
         """Yield text deltas of one request as it decodes (other queued requests run too)."""
         rid = self.add_request(prompt, params, request_id)
         try:
@@ -483,8 +573,7 @@ class Engine:
 
 
 def _uses_penalties(p: SamplingParams) -> bool:
-    return (p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
-            or p.presence_penalty != 0.0)
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
 
 
 __all__ = ["Engine", "EngineConfig", "QueueFullError", "SamplingParams", "Status"]

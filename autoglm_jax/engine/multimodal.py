@@ -62,6 +62,7 @@ def _part_source(part: dict[str, Any], kind: str) -> Any:
         if isinstance(data, str):
             import base64
             import binascii
+
             try:
                 return base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
@@ -94,15 +95,18 @@ def collect_media(prompt: dict[str, Any]) -> tuple[list[Any], list[Any]]:
 def check_media(config: ModelConfig, images: Sequence[Any], audios: Sequence[Any]) -> None:
     """Refuse media the model has no encoder for, naming the modality."""
     if images and getattr(config, "vision", None) is None:
-        raise ValueError(f"this model ({config.model_type}) has no vision tower: it does not "
-                         "accept image input")
+        raise ValueError(
+            f"this model ({config.model_type}) has no vision tower: it does not accept image input"
+        )
     if audios and getattr(config, "audio", None) is None:
-        raise ValueError(f"this model ({config.model_type}) has no audio encoder: it does not "
-                         "accept audio input")
+        raise ValueError(
+            f"this model ({config.model_type}) has no audio encoder: it does not accept audio input"
+        )
 
 
-def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
-            audios: Sequence[Any]) -> tuple[list[int], MultimodalInputs | None]:
+def prepare(
+    config: ModelConfig, ids: list[int], images: Sequence[Any], audios: Sequence[Any]
+) -> tuple[list[int], MultimodalInputs | None]:
     """Expand image placeholders, compute M-RoPE positions, preprocess media."""
     from autoglm_jax.processing.image import process_images
     from autoglm_jax.processing.prompt import expand_image_placeholders
@@ -118,10 +122,17 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
         merge = config.vision.spatial_merge_size
         processed = process_images(list(images))
         grid = processed.image_grid_thw
-        ids = [int(i) for i in expand_image_placeholders(
-            ids, grid, config.image_token_id, merge,
-            image_start_token_id=config.image_start_token_id,
-            image_end_token_id=config.image_end_token_id)]
+        ids = [
+            int(i)
+            for i in expand_image_placeholders(
+                ids,
+                grid,
+                config.image_token_id,
+                merge,
+                image_start_token_id=config.image_start_token_id,
+                image_end_token_id=config.image_end_token_id,
+            )
+        ]
         mm.pixel_values, mm.image_grid_thw = processed.pixel_values, grid
         is_image = np.asarray(ids) == config.image_token_id
         mm.image_ordinal = np.where(is_image, np.cumsum(is_image) - 1, -1).astype(np.int32)
@@ -129,14 +140,21 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
         digest.update(grid.tobytes())
     if audios:
         from autoglm_jax.processing.audio import load_audio
+
         a = config.audio
-        loaded = [load_audio(src, max_seconds=a.max_audio_seconds, n_mels=a.num_mel_bins,
-                             return_frames=True) for src in audios]
+        loaded = [
+            load_audio(
+                src, max_seconds=a.max_audio_seconds, n_mels=a.num_mel_bins, return_frames=True
+            )
+            for src in audios
+        ]
         mm.audio_features = np.concatenate([f for f, _ in loaded], axis=0)
         mm.audio_frames = np.concatenate([n for _, n in loaded]).astype(np.int32)
         if mm.audio_features.shape[0] > a.max_windows:
-            raise ValueError(f"the audio spans {mm.audio_features.shape[0]} 30 s windows; the "
-                             f"model takes at most {a.max_windows}")
+            raise ValueError(
+                f"the audio spans {mm.audio_features.shape[0]} 30 s windows; the "
+                f"model takes at most {a.max_windows}"
+            )
         digest.update(mm.audio_features.tobytes())
         digest.update(mm.audio_frames.tobytes())
     if mrope:
@@ -145,8 +163,7 @@ def prepare(config: ModelConfig, ids: list[int], images: Sequence[Any],
     return ids, mm
 
 
-def mrope_positions(config: ModelConfig, ids: Sequence[int],
-                    grid: Any) -> tuple[np.ndarray, int]:
+def mrope_positions(config: ModelConfig, ids: Sequence[int], grid: Any) -> tuple[np.ndarray, int]:
     """M-RoPE positions i32[3, L] of one prompt and the delta of the tokens generated after it
     (`get_rope_index` with the model's special token ids)."""
     from autoglm_jax.processing.prompt import get_rope_index
@@ -155,15 +172,19 @@ def mrope_positions(config: ModelConfig, ids: Sequence[int],
         return value if value is not None else -1
 
     positions, delta = get_rope_index(
-        np.asarray([ids]), grid, image_token_id=token(config.image_token_id),
+        np.asarray([ids]),
+        grid,
+        image_token_id=token(config.image_token_id),
         video_start_token_id=token(config.video_start_token_id),
         video_end_token_id=token(config.video_end_token_id),
-        spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2)
+        spatial_merge_size=config.vision.spatial_merge_size if config.vision else 2,
+    )
     return np.asarray(positions[:, 0, :], np.int32), int(np.asarray(delta).reshape(-1)[0])
 
 
-def token_positions(mm: MultimodalInputs | None, start: int, n: int,
-                    prompt_len: int, mrope: bool) -> np.ndarray:
+def token_positions(
+    mm: MultimodalInputs | None, start: int, n: int, prompt_len: int, mrope: bool
+) -> np.ndarray:
     """Positions of tokens start..start+n: i32[n], or i32[3, n] under M-RoPE."""
     idx = np.arange(start, start + n, dtype=np.int32)
     if not mrope:
@@ -199,8 +220,10 @@ class EncoderCache:
 
             @jax.jit
             def fn(params: Any, pixel_values: Array) -> Array:
-                return module.apply({"params": params}, pixel_values, grid,
-                                    method=lambda m, pv, g: m.visual(pv, g))
+                return module.apply(
+                    {"params": params}, pixel_values, grid, method=lambda m, pv, g: m.visual(pv, g)
+                )
+
             self._vision[grid] = fn
         return fn(self.params, jnp.asarray(mm.pixel_values))
 
@@ -216,10 +239,20 @@ class EncoderCache:
             @jax.jit
             def fn(params: Any, feats: Array, frames: Array) -> Any:
                 model = AutoGLM(config)
-                memory = model.apply({"params": params}, 1, feats, max_audio_per_row=most,
-                                     audio_frames=frames, method="encode_memory")
+                memory = model.apply(
+                    {"params": params},
+                    1,
+                    feats,
+                    max_audio_per_row=most,
+                    audio_frames=frames,
+                    method="encode_memory",
+                )
                 return model.apply({"params": params}, memory, method="memory_kv")
+
             self._audio[windows] = fn
-        frames = (mm.audio_frames if mm.audio_frames is not None
-                  else np.full((windows,), mm.audio_features.shape[-1], np.int32))
+        frames = (
+            mm.audio_frames
+            if mm.audio_frames is not None
+            else np.full((windows,), mm.audio_features.shape[-1], np.int32)
+        )
         return fn(self.params, jnp.asarray(mm.audio_features), jnp.asarray(frames))

@@ -13,10 +13,11 @@ from autoglm_jax.kernels import KVCache, ragged_paged_attention, ragged_paged_at
 Array = jax.Array
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["slot_mapping", "kv_lens", "block_tables", "cu_q_lens",
-                                "num_seqs"],
-                   meta_fields=["impl", "interpret"])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["slot_mapping", "kv_lens", "block_tables", "cu_q_lens", "num_seqs"],
+    meta_fields=["impl", "interpret"],
+)
 @dataclasses.dataclass(frozen=True)
 class PagedAttention:
     """Metadata of one flat ragged batch (B = 1, T tokens of many sequences)."""
@@ -29,8 +30,9 @@ class PagedAttention:
     impl: str = "xla"  # "xla" | "pallas"
     interpret: bool = False
 
-    def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: KVCache,
-                 sm_scale: float) -> tuple[Array, KVCache]:
+    def __call__(
+        self, q: Array, k: Array, v: Array, *, layer: int, cache: KVCache, sm_scale: float
+    ) -> tuple[Array, KVCache]:
         del layer
         out_dtype = q.dtype
         if cache.k_scales is None and cache.k_pages.dtype != q.dtype:
@@ -38,7 +40,17 @@ class PagedAttention:
         cache = cache.write(k[0], v[0], self.slot_mapping)
         fn = ragged_paged_attention if self.impl == "pallas" else ragged_paged_attention_xla
         kwargs = {"interpret": self.interpret} if self.impl == "pallas" else {}
-        out = fn(q[0], cache.k_pages, cache.v_pages, self.kv_lens, self.block_tables,
-                 self.cu_q_lens, self.num_seqs, sm_scale=sm_scale, k_scales=cache.k_scales,
-                 v_scales=cache.v_scales, **kwargs)
+        out = fn(
+            q[0],
+            cache.k_pages,
+            cache.v_pages,
+            self.kv_lens,
+            self.block_tables,
+            self.cu_q_lens,
+            self.num_seqs,
+            sm_scale=sm_scale,
+            k_scales=cache.k_scales,
+            v_scales=cache.v_scales,
+            **kwargs,
+        )
         return out[None].astype(out_dtype), cache

@@ -31,7 +31,7 @@ def page_hashes(tokens: Sequence[int], page_size: int, extra: bytes = b"") -> li
     out: list[bytes] = []
     parent = None
     for start in range(0, len(tokens) - page_size + 1, page_size):
-        parent = hash_page(parent, tokens[start:start + page_size], extra)
+        parent = hash_page(parent, tokens[start : start + page_size], extra)
         out.append(parent)
     return out
 

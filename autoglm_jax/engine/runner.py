@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from autoglm_jax.engine.multimodal import token_positions
 from autoglm_jax.engine.paged_attention import PagedAttention
@@ -80,12 +81,28 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 class ModelRunner:
-    def __init__(self, module: Any, params: Any, *, num_layers: int, num_kv_heads: int,
-                 head_dim: int, vocab_size: int, num_pages: int, page_size: int,
-                 max_num_seqs: int, max_num_batched_tokens: int, max_pages_per_seq: int,
-                 kv_dtype: Any, attention_impl: str, max_logprobs: int,
-                 mesh: Any = None, interpret: bool = False, mrope: bool = False,
-                 multimodal: bool = False):
+    def __init__(
+        self,
+        module: Any,
+        params: Any,
+        *,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        vocab_size: int,
+        num_pages: int,
+        page_size: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_pages_per_seq: int,
+        kv_dtype: Any,
+        attention_impl: str,
+        max_logprobs: int,
+        mesh: Any = None,
+        interpret: bool = False,
+        mrope: bool = False,
+        multimodal: bool = False,
+    ):
         self.module, self.params = module, params
         self.mrope = mrope
         self.multimodal = multimodal
@@ -97,20 +114,31 @@ class ModelRunner:
         self.interpret = interpret
         self.max_logprobs = max_logprobs
         self.vocab_size = vocab_size
-        caches = [KVCache.allocate(num_pages, page_size, num_kv_heads, head_dim, dtype=kv_dtype)
-                  for _ in range(num_layers)]
+        caches = [
+            KVCache.allocate(num_pages, page_size, num_kv_heads, head_dim, dtype=kv_dtype)
+            for _ in range(num_layers)
+        ]
         if mesh is not None:  # tensor parallel: pages split by KV head like the k/v weights
             tensor = mesh.shape.get("tensor", 1)
             head_axis = "tensor" if tensor > 1 and num_kv_heads % tensor == 0 else None
             pages = NamedSharding(mesh, P(None, None, head_axis, None))
             scales = NamedSharding(mesh, P(None, None, head_axis))
-            caches = [KVCache(*(jax.device_put(x, pages if x.ndim == 4 else scales)
-                                if x is not None else None
-                                for x in (c.k_pages, c.v_pages, c.k_scales, c.v_scales)))
-                      for c in caches]
+            caches = [
+                KVCache(
+                    *(
+                        jax.device_put(x, pages if x.ndim == 4 else scales)
+                        if x is not None
+                        else None
+                        for x in (c.k_pages, c.v_pages, c.k_scales, c.v_scales)
+                    )
+                )
+                for c in caches
+            ]
         self.caches = caches
-        self.penalties = PenaltyState(jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
-                                      jnp.zeros((max_num_seqs, vocab_size), bool))
+        self.penalties = PenaltyState(
+            jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
+            jnp.zeros((max_num_seqs, vocab_size), bool),
+        )
         self.memory: MemoryPool | None = None
         self.max_prompt_len = max_pages_per_seq * page_size
         self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
@@ -131,28 +159,47 @@ class ModelRunner:
         """An all-padding step of the given shape (no sequence: nothing is written or read)."""
         s = self.max_num_seqs
         sampling = SamplingArrays.build([], [], [], s)
-        attention = PagedAttention(np.full((tokens,), -1, np.int32), np.zeros((s,), np.int32),
-                                   np.zeros((s, self.max_pages_per_seq), np.int32),
-                                   np.zeros((s + 1,), np.int32), np.zeros((1,), np.int32),
-                                   impl=self.attention_impl, interpret=self.interpret)
+        attention = PagedAttention(
+            np.full((tokens,), -1, np.int32),
+            np.zeros((s,), np.int32),
+            np.zeros((s, self.max_pages_per_seq), np.int32),
+            np.zeros((s + 1,), np.int32),
+            np.zeros((1,), np.int32),
+            impl=self.attention_impl,
+            interpret=self.interpret,
+        )
         mm_index = np.full((tokens,), -1, np.int32) if self.multimodal else None
-        return StepInputs(np.zeros((tokens,), np.int32),
-                          np.zeros((3, tokens) if self.mrope else (tokens,), np.int32),
-                          attention, np.zeros((s,), np.int32), np.zeros((s,), np.int32),
-                          np.zeros((s,), bool), sampling, None, mm_index,
-                          np.full((tokens,), -1, np.int32) if self.memory is not None else None)
+        return StepInputs(
+            np.zeros((tokens,), np.int32),
+            np.zeros((3, tokens) if self.mrope else (tokens,), np.int32),
+            attention,
+            np.zeros((s,), np.int32),
+            np.zeros((s,), np.int32),
+            np.zeros((s,), bool),
+            sampling,
+            None,
+            mm_index,
+            np.full((tokens,), -1, np.int32) if self.memory is not None else None,
+        )
 
     def _lower(self, x: StepInputs) -> Any:
         return self._step.lower(self.params, self.caches, self.penalties, x, self.memory)
 
-    def compile_steps(self, buckets: Sequence[int] | None = None, workers: int = 0,
-                      progress: Callable[[int, int, int, float], None] | None = None) -> int:
+    def compile_steps(
+        self,
+        buckets: Sequence[int] | None = None,
+        workers: int = 0,
+        progress: Callable[[int, int, int, float], None] | None = None,
+    ) -> int:
         """Compile the text step executables of the token `buckets` (default: all) not
         compiled yet, `workers` at a time (0: one per CPU core). Steps with image rows compile
         when first met. `progress(k, n, bucket, seconds)` is called as each finishes.
         Returns how many were compiled."""
-        todo = [t for t in dict.fromkeys(self.buckets if buckets is None else buckets)
-                if (t, None) not in self._executables]
+        todo = [
+            t
+            for t in dict.fromkeys(self.buckets if buckets is None else buckets)
+            if (t, None) not in self._executables
+        ]
         if not todo:
             return 0
         start = time.perf_counter()
@@ -175,13 +222,19 @@ class ModelRunner:
             self.prime_penalties(0, [], [])
 
     # The jitted functions.
-    def _forward(self, params: Any, caches: list[KVCache], x: StepInputs,
-                 memory: MemoryPool | None) -> tuple[Array, list[KVCache]]:
+    def _forward(
+        self, params: Any, caches: list[KVCache], x: StepInputs, memory: MemoryPool | None
+    ) -> tuple[Array, list[KVCache]]:
         positions = x.positions[:, None] if self.mrope else x.positions[None]
         if not self.multimodal:
             return self.module.apply(
-                {"params": params}, x.input_ids[None], positions, attention=x.attention,
-                kv_caches=caches, logits_indices=x.logits_indices[None])
+                {"params": params},
+                x.input_ids[None],
+                positions,
+                attention=x.attention,
+                kv_caches=caches,
+                logits_indices=x.logits_indices[None],
+            )
 
         def run(m: Any) -> Any:
             embeds = m.language_model.embed(x.input_ids[None])
@@ -191,10 +244,20 @@ class ModelRunner:
             extra = {}
             if memory is not None:
                 from autoglm_jax.nn.fusion import MemoryKV
-                extra = {"memory": MemoryKV(memory.k, memory.v, memory.valid, memory.modality),
-                         "memory_rows": x.memory_rows[None]}
-            return m(None, positions, inputs_embeds=embeds, attention=x.attention,
-                     kv_caches=caches, logits_indices=x.logits_indices[None], **extra)
+
+                extra = {
+                    "memory": MemoryKV(memory.k, memory.v, memory.valid, memory.modality),
+                    "memory_rows": x.memory_rows[None],
+                }
+            return m(
+                None,
+                positions,
+                inputs_embeds=embeds,
+                attention=x.attention,
+                kv_caches=caches,
+                logits_indices=x.logits_indices[None],
+                **extra,
+            )
 
         return self.module.apply({"params": params}, method=run)
 
@@ -205,72 +268,102 @@ class ModelRunner:
         self.memory = MemoryPool(
             tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.k),
             tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.v),
-            jnp.zeros((rows, template.valid.shape[1]), bool), jnp.asarray(modality))
+            jnp.zeros((rows, template.valid.shape[1]), bool),
+            jnp.asarray(modality),
+        )
 
     @staticmethod
     def _set_memory_impl(pool: MemoryPool, slot: Array, mkv: Any) -> MemoryPool:
         """Row `slot` := one request's MemoryKV (R = 1), or an empty row when mkv is None."""
         if mkv is None:
             return dataclasses.replace(pool, valid=pool.valid.at[slot].set(False))
-        return MemoryPool(tuple(p.at[slot].set(k[0]) for p, k in zip(pool.k, mkv.k)),
-                          tuple(p.at[slot].set(v[0]) for p, v in zip(pool.v, mkv.v)),
-                          pool.valid.at[slot].set(mkv.valid[0]), mkv.modality)
+        return MemoryPool(
+            tuple(p.at[slot].set(k[0]) for p, k in zip(pool.k, mkv.k)),
+            tuple(p.at[slot].set(v[0]) for p, v in zip(pool.v, mkv.v)),
+            pool.valid.at[slot].set(mkv.valid[0]),
+            mkv.modality,
+        )
 
     def set_memory(self, slot: int, mkv: Any) -> None:
         self.shapes_compiled.add(("memory", mkv is None))
         self.memory = self._set_memory(self.memory, jnp.int32(slot), mkv)
 
-    def _step_impl(self, params: Any, caches: list[KVCache], pen: PenaltyState,
-                   x: StepInputs, memory: MemoryPool | None = None) -> tuple[Any, ...]:
+    def _step_impl(
+        self,
+        params: Any,
+        caches: list[KVCache],
+        pen: PenaltyState,
+        x: StepInputs,
+        memory: MemoryPool | None = None,
+    ) -> tuple[Any, ...]:
         logits, caches = self._forward(params, caches, x, memory)
-        logits = logits[0, :, :self.vocab_size].astype(jnp.float32)  # [S, V]
-        tokens = sample(logits, x.sampling, lambda: (pen.output_counts[x.seq_slots],
-                                                     pen.prompt_mask[x.seq_slots]))
+        logits = logits[0, :, : self.vocab_size].astype(jnp.float32)  # [S, V]
+        tokens = sample(
+            logits,
+            x.sampling,
+            lambda: (pen.output_counts[x.seq_slots], pen.prompt_mask[x.seq_slots]),
+        )
         s, k = logits.shape[0], self.max_logprobs
         chosen, top_ids, top_vals = jax.lax.cond(  # only when some request asked for them
-            jnp.any(x.sampling.logprobs), lambda: top_logprobs(logits, tokens, k),
-            lambda: (jnp.zeros((s,), jnp.float32), jnp.zeros((s, k), jnp.int32),
-                     jnp.zeros((s, k), jnp.float32)))
+            jnp.any(x.sampling.logprobs),
+            lambda: top_logprobs(logits, tokens, k),
+            lambda: (
+                jnp.zeros((s,), jnp.float32),
+                jnp.zeros((s, k), jnp.int32),
+                jnp.zeros((s, k), jnp.float32),
+            ),
+        )
         rows = jnp.where(x.do_sample, x.seq_slots, pen.output_counts.shape[0])
         new_counts = pen.output_counts.at[rows, tokens].add(1, mode="drop")
-        return (tokens, chosen, top_ids, top_vals), caches, PenaltyState(new_counts,
-                                                                          pen.prompt_mask)
+        return (
+            (tokens, chosen, top_ids, top_vals),
+            caches,
+            PenaltyState(new_counts, pen.prompt_mask),
+        )
 
     @staticmethod
     def _prime_impl(pen: PenaltyState, slot: Array, prompt: Array, outputs: Array) -> PenaltyState:
         """Reset one slot's rows: mark `prompt` tokens, count `outputs` (-1 entries are padding)."""
         v = pen.output_counts.shape[1]
         mask = jnp.zeros((v,), bool).at[jnp.where(prompt >= 0, prompt, v)].set(True, mode="drop")
-        counts = jnp.zeros((v,), jnp.int32).at[jnp.where(outputs >= 0, outputs, v)].add(
-            1, mode="drop")
-        return PenaltyState(pen.output_counts.at[slot].set(counts), pen.prompt_mask.at[slot].set(mask))
+        counts = (
+            jnp.zeros((v,), jnp.int32).at[jnp.where(outputs >= 0, outputs, v)].add(1, mode="drop")
+        )
+        return PenaltyState(
+            pen.output_counts.at[slot].set(counts), pen.prompt_mask.at[slot].set(mask)
+        )
 
     # Host side.
     def prime_penalties(self, slot: int, prompt: Sequence[int], outputs: Sequence[int]) -> None:
         n = self.max_prompt_len  # one shape: a prompt plus its outputs never pass max_model_len
         p = np.full((n,), -1, np.int32)
-        p[:len(prompt)] = prompt
+        p[: len(prompt)] = prompt
         o = np.full((n,), -1, np.int32)
-        o[:len(outputs)] = outputs
+        o[: len(outputs)] = outputs
         self.shapes_compiled.add(("prime",))
         self.penalties = self._prime(self.penalties, jnp.int32(slot), p, o)
 
-    def execute(self, chunks: Sequence[ScheduledChunk],
-                sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
+    def execute(
+        self, chunks: Sequence[ScheduledChunk], sampling: SamplingArrays
+    ) -> tuple[np.ndarray, ...]:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
         for the first len(chunks) sequences."""
         x = self.build_inputs(chunks, sampling)
-        shape = (int(x.input_ids.shape[0]),
-                 None if x.mm_embeds is None else int(x.mm_embeds.shape[0]))
+        shape = (
+            int(x.input_ids.shape[0]),
+            None if x.mm_embeds is None else int(x.mm_embeds.shape[0]),
+        )
         if shape not in self._executables:  # a shape warm-up did not cover (image rows)
             self._executables[shape] = self._lower(x).compile()
             self.shapes_compiled.add(("step", *shape))
         out, self.caches, self.penalties = self._executables[shape](
-            self.params, self.caches, self.penalties, x, self.memory)
-        return tuple(np.asarray(a)[:len(chunks)] for a in out)
+            self.params, self.caches, self.penalties, x, self.memory
+        )
+        return tuple(np.asarray(a)[: len(chunks)] for a in out)
 
-    def _image_rows(self, chunks: Sequence[ScheduledChunk], t: int
-                    ) -> tuple[Array | None, np.ndarray | None]:
+    def _image_rows(
+        self, chunks: Sequence[ScheduledChunk], t: int
+    ) -> tuple[Array | None, np.ndarray | None]:
         """The image embedding rows this step's tokens need, and each token's row."""
         index = np.full((t,), -1, np.int32)
         pieces = []
@@ -278,12 +371,12 @@ class ModelRunner:
         for c in chunks:
             mm = c.request.mm
             if mm is not None and mm.image_ordinal is not None:
-                ordinal = mm.image_ordinal[c.start:c.start + c.num_tokens]
+                ordinal = mm.image_ordinal[c.start : c.start + c.num_tokens]
                 ordinal = np.pad(ordinal, (0, c.num_tokens - len(ordinal)), constant_values=-1)
                 used = ordinal >= 0
                 if used.any():
                     pieces.append(mm.image_embeds[ordinal[used]])
-                    index[row:row + c.num_tokens][used] = count + np.arange(int(used.sum()))
+                    index[row : row + c.num_tokens][used] = count + np.arange(int(used.sum()))
                     count += int(used.sum())
             row += c.num_tokens
         if not self.multimodal:
@@ -295,8 +388,9 @@ class ModelRunner:
         embeds = jnp.pad(embeds, ((0, size - count), (0, 0)))
         return embeds, index
 
-    def build_inputs(self, chunks: Sequence[ScheduledChunk],
-                     sampling: SamplingArrays) -> StepInputs:
+    def build_inputs(
+        self, chunks: Sequence[ScheduledChunk], sampling: SamplingArrays
+    ) -> StepInputs:
         total = sum(c.num_tokens for c in chunks)
         t = _bucket(total, self.buckets)
         s = self.max_num_seqs
@@ -315,25 +409,44 @@ class ModelRunner:
         row = 0
         for i, c in enumerate(chunks):
             r = c.request
-            tokens = r.all_token_ids[c.start:c.start + c.num_tokens]
+            tokens = r.all_token_ids[c.start : c.start + c.num_tokens]
             positions = np.arange(c.start, c.start + c.num_tokens)
-            ids[row:row + c.num_tokens] = tokens
-            pos[..., row:row + c.num_tokens] = token_positions(
-                r.mm, c.start, c.num_tokens, len(r.prompt_token_ids), self.mrope)
-            memory_rows[row:row + c.num_tokens] = r.slot
+            ids[row : row + c.num_tokens] = tokens
+            pos[..., row : row + c.num_tokens] = token_positions(
+                r.mm, c.start, c.num_tokens, len(r.prompt_token_ids), self.mrope
+            )
+            memory_rows[row : row + c.num_tokens] = r.slot
             pages = np.asarray(r.pages, np.int32)
-            slots[row:row + c.num_tokens] = pages[positions // self.page_size] * self.page_size \
-                + positions % self.page_size
+            slots[row : row + c.num_tokens] = (
+                pages[positions // self.page_size] * self.page_size + positions % self.page_size
+            )
             kv_lens[i] = c.start + c.num_tokens
-            tables[i, :len(pages)] = pages
+            tables[i, : len(pages)] = pages
             row += c.num_tokens
             cu[i + 1] = row
             logits_idx[i] = row - 1
             seq_slots[i] = r.slot
             do_sample[i] = c.samples
-        cu[len(chunks) + 1:] = row
-        attention = PagedAttention(slots, kv_lens, tables, cu, np.array([len(chunks)], np.int32),
-                                   impl=self.attention_impl, interpret=self.interpret)
+        cu[len(chunks) + 1 :] = row
+        attention = PagedAttention(
+            slots,
+            kv_lens,
+            tables,
+            cu,
+            np.array([len(chunks)], np.int32),
+            impl=self.attention_impl,
+            interpret=self.interpret,
+        )
         mm_embeds, mm_index = self._image_rows(chunks, t)
-        return StepInputs(ids, pos, attention, logits_idx, seq_slots, do_sample, sampling,
-                          mm_embeds, mm_index, memory_rows if self.memory is not None else None)
+        return StepInputs(
+            ids,
+            pos,
+            attention,
+            logits_idx,
+            seq_slots,
+            do_sample,
+            sampling,
+            mm_embeds,
+            mm_index,
+            memory_rows if self.memory is not None else None,
+        )

@@ -43,12 +43,15 @@ class SamplingParams:
 
     def validate(self, max_logprobs: int = 20) -> None:
         """Raise ValueError naming the field for out-of-range values."""
+
         def bad(field: str, why: str) -> None:
             raise ValueError(f"SamplingParams.{field}: {why}")
+
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", f"must be an integer >= 1, got {self.n!r}")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int)
-                                            or self.max_tokens < 1):
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
             bad("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
         if not 0.0 <= self.temperature <= 100.0:
             bad("temperature", f"must be in [0, 100], got {self.temperature}")
@@ -90,20 +93,26 @@ class SamplingArrays:
     logprobs: Array  # bool[S] whether the request asked for logprobs
 
     @staticmethod
-    def build(params: Sequence[SamplingParams | None], seeds: Sequence[int],
-              token_index: Sequence[int], size: int) -> "SamplingArrays":
+    def build(
+        params: Sequence[SamplingParams | None],
+        seeds: Sequence[int],
+        token_index: Sequence[int],
+        size: int,
+    ) -> "SamplingArrays":
         """Host-side packing of `params` into arrays of length `size` (None rows are padding)."""
+
         def col(fn, dtype, pad):
             out = np.full((size,), pad, dtype)
             for i, p in enumerate(params):
                 if p is not None:
                     out[i] = fn(p)
             return out
+
         seed = np.zeros((size,), np.uint32)
         # Any Python int is a valid seed (negative or huge too): its low 32 bits key the RNG.
-        seed[:len(seeds)] = [int(x) & 0xFFFFFFFF for x in seeds]
+        seed[: len(seeds)] = [int(x) & 0xFFFFFFFF for x in seeds]
         index = np.zeros((size,), np.int32)
-        index[:len(token_index)] = token_index
+        index[: len(token_index)] = token_index
         return SamplingArrays(
             temperature=col(lambda p: p.temperature, np.float32, 0.0),
             top_p=col(lambda p: p.top_p, np.float32, 1.0),
@@ -112,12 +121,15 @@ class SamplingArrays:
             frequency_penalty=col(lambda p: p.frequency_penalty, np.float32, 0.0),
             presence_penalty=col(lambda p: p.presence_penalty, np.float32, 0.0),
             repetition_penalty=col(lambda p: p.repetition_penalty, np.float32, 1.0),
-            seed=seed, token_index=index,
-            logprobs=col(lambda p: p.logprobs is not None, np.bool_, False))
+            seed=seed,
+            token_index=index,
+            logprobs=col(lambda p: p.logprobs is not None, np.bool_, False),
+        )
 
 
-def apply_penalties(logits: Array, s: SamplingArrays, output_counts: Array,
-                    prompt_mask: Array) -> Array:
+def apply_penalties(
+    logits: Array, s: SamplingArrays, output_counts: Array, prompt_mask: Array
+) -> Array:
     """logits f32[S, V]; output_counts i32[S, V]; prompt_mask bool[S, V]."""
     seen = prompt_mask | (output_counts > 0)
     rep = s.repetition_penalty[:, None]
@@ -144,18 +156,20 @@ def _filter(logits: Array, s: SamplingArrays) -> Array:
     return jnp.take_along_axis(filtered_sorted, inverse, axis=-1)
 
 
-def sample(logits: Array, s: SamplingArrays,
-           penalty_rows: Callable[[], tuple[Array, Array]]) -> Array:
+def sample(
+    logits: Array, s: SamplingArrays, penalty_rows: Callable[[], tuple[Array, Array]]
+) -> Array:
     """Next tokens i32[S] from logits f32[S, V] with per-row parameters. `penalty_rows()` gives
     (output_counts i32[S, V], prompt_mask bool[S, V]); it is traced inside a lax.cond, so the
     rows are gathered only when some request uses penalties. Filtering and the random draw are
     skipped the same way when no row needs them."""
     logits = logits.astype(jnp.float32)
-    uses_penalties = jnp.any((s.repetition_penalty != 1.0) | (s.frequency_penalty != 0.0)
-                             | (s.presence_penalty != 0.0))
-    logits = jax.lax.cond(uses_penalties,
-                          lambda x: apply_penalties(x, s, *penalty_rows()),
-                          lambda x: x, logits)
+    uses_penalties = jnp.any(
+        (s.repetition_penalty != 1.0) | (s.frequency_penalty != 0.0) | (s.presence_penalty != 0.0)
+    )
+    logits = jax.lax.cond(
+        uses_penalties, lambda x: apply_penalties(x, s, *penalty_rows()), lambda x: x, logits
+    )
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     greedy = s.temperature < _GREEDY_EPS
 

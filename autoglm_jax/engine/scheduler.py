@@ -94,10 +94,19 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, allocator: PageAllocator, *, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_model_len: int, policy: str = "fcfs",
-                 enable_chunked_prefill: bool = True, max_waiting: int | None = None,
-                 max_queue_wait: float | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        allocator: PageAllocator,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        policy: str = "fcfs",
+        enable_chunked_prefill: bool = True,
+        max_waiting: int | None = None,
+        max_queue_wait: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling_policy must be 'fcfs' or 'priority', got {policy!r}")
         self.pages = allocator
@@ -176,7 +185,7 @@ class Scheduler:
         while len(request.page_hashes) < full:
             i = len(request.page_hashes)
             parent = request.page_hashes[-1] if i else None
-            chunk = tokens[i * self.page_size:(i + 1) * self.page_size]
+            chunk = tokens[i * self.page_size : (i + 1) * self.page_size]
             request.page_hashes.append(hash_page(parent, chunk, request.extra_hash))
         return request.page_hashes[:full]
 
@@ -206,8 +215,9 @@ class Scheduler:
             if n <= 0:
                 continue
             while not self._grow(request, request.num_computed_tokens + n):
-                victim = max((r for r in self.running if id(r) not in scheduled),
-                             key=self._key, default=None)
+                victim = max(
+                    (r for r in self.running if id(r) not in scheduled), key=self._key, default=None
+                )
                 if victim is None:
                     break
                 self.preempt(victim)
@@ -267,11 +277,15 @@ class Scheduler:
         if self.max_queue_wait is None:
             return []
         now = self.clock()
-        expired = [r for r in self.waiting
-                   if not r.admitted and now - r.arrival_time > self.max_queue_wait]
+        expired = [
+            r for r in self.waiting if not r.admitted and now - r.arrival_time > self.max_queue_wait
+        ]
         for r in expired:
-            self.finish(r, "abort", f"request waited longer than max_queue_wait="
-                                    f"{self.max_queue_wait}s in the queue")
+            self.finish(
+                r,
+                "abort",
+                f"request waited longer than max_queue_wait={self.max_queue_wait}s in the queue",
+            )
         return expired
 
     @property

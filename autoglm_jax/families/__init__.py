@@ -28,9 +28,7 @@ from autoglm_jax.families.vit import VIT
 from autoglm_jax.families.whisper import WHISPER
 from autoglm_jax.nn.layers import DotGeneral
 
-FAMILIES: dict[str, Family] = {
-    f.name: f for f in (GLM, GLM4, GLM4V, WHISPER, VIT, AUTOGLM)
-}
+FAMILIES: dict[str, Family] = {f.name: f for f in (GLM, GLM4, GLM4V, WHISPER, VIT, AUTOGLM)}
 
 
 def abstract_params(module: nn.Module, init_args: tuple[Any, ...]) -> Any:
@@ -45,8 +43,9 @@ def register(family: Family) -> None:
 
 def get_family(model_type: Any, source: str) -> Family:
     if model_type not in FAMILIES:
-        raise ConfigError(f"{source}: unsupported model_type {model_type!r} "
-                          f"(supported: {sorted(FAMILIES)})")
+        raise ConfigError(
+            f"{source}: unsupported model_type {model_type!r} (supported: {sorted(FAMILIES)})"
+        )
     return FAMILIES[model_type]
 
 
@@ -59,8 +58,9 @@ def decoder_path(config: ModelConfig) -> tuple[str, ...]:
     rules and pruning are relative to)."""
     path = family_of(config).decoder_path
     if path is None:
-        raise ValueError(f"model_type {config.model_type!r} has no GLM decoder to quantize or "
-                         "prune")
+        raise ValueError(
+            f"model_type {config.model_type!r} has no GLM decoder to quantize or prune"
+        )
     return path
 
 
@@ -78,15 +78,18 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     if path.is_dir() and not (path / "autoglm_config.json").exists():
         path = path / "config.json"
         if not path.exists():
-            raise ConfigError(f"{path.parent}: no config.json (not a Hugging Face checkpoint) "
-                              "and no autoglm_config.json")
+            raise ConfigError(
+                f"{path.parent}: no config.json (not a Hugging Face checkpoint) "
+                "and no autoglm_config.json"
+            )
     if path.suffix == ".json" and path.name != "autoglm_config.json":
         return config_from_hf(read_json(path), source=str(path))
     return load_native_or_preset(name_or_path)
 
 
-register_family_check(lambda config, source: get_family(config.model_type, source).validate(
-    config, source))
+register_family_check(
+    lambda config, source: get_family(config.model_type, source).validate(config, source)
+)
 
 
 def build_module(config: ModelConfig, dot_general: DotGeneral | None = None) -> nn.Module:
@@ -120,8 +123,9 @@ def count_params_by_stack(config: ModelConfig) -> dict[str, int]:
         for name, sub in shapes.items():
             stack = family.param_stacks[name]
             if stack == "fusion":
-                out["projectors"] = count({k: v for k, v in sub.items()
-                                           if k.endswith("_projector")})
+                out["projectors"] = count(
+                    {k: v for k, v in sub.items() if k.endswith("_projector")}
+                )
                 out["cga"] = count({k: v for k, v in sub.items() if k.startswith("blocks_")})
             else:
                 out[stack] = count(sub)
@@ -130,6 +134,18 @@ def count_params_by_stack(config: ModelConfig) -> dict[str, int]:
     return out
 
 
-__all__ = ["FAMILIES", "Family", "abstract_params", "build_module", "compose_autoglm", "config_from_hf",
-           "count_params_by_stack", "decoder_path", "example_inputs", "family_of", "get_family", "load_config",
-           "register"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "abstract_params",
+    "build_module",
+    "compose_autoglm",
+    "config_from_hf",
+    "count_params_by_stack",
+    "decoder_path",
+    "example_inputs",
+    "family_of",
+    "get_family",
+    "load_config",
+    "register",
+]

@@ -72,21 +72,25 @@ class Family:
         """The stacks this family needs and allows, then its own checks; returns config."""
         for name in self.stacks:
             if getattr(config, name) is None:
-                raise ConfigError(f"{source}: field `{name}`: model_type {self.name!r} needs a "
-                                  f"[{name}] table")
+                raise ConfigError(
+                    f"{source}: field `{name}`: model_type {self.name!r} needs a [{name}] table"
+                )
         allowed = set(self.stacks) | set(self.optional_stacks)
         for name in STACKS:
             if name not in allowed and getattr(config, name) is not None:
-                raise ConfigError(f"{source}: field `{name}`: model_type {self.name!r} has no "
-                                  f"{name} stack")
+                raise ConfigError(
+                    f"{source}: field `{name}`: model_type {self.name!r} has no {name} stack"
+                )
         self.check(config, source)
         return config
 
 
 def no_export(why: str) -> Callable[[ModelConfig], dict[str, Any]]:
     """A `config_to_hf` for families with no transformers layout."""
+
     def fail(config: ModelConfig) -> dict[str, Any]:
         raise ConfigError(f"export_hf: {why}")
+
     return fail
 
 

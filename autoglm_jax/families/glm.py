@@ -37,19 +37,28 @@ def _rope_fields(cfg: dict[str, Any], source: str, default_partial: float) -> di
     if rope_type not in _SUPPORTED_ROPE_TYPES:
         raise ConfigError(
             f"{source}: field `rope_type`: unsupported rope type {rope_type!r} "
-            f"(supported: {list(_SUPPORTED_ROPE_TYPES)})")
+            f"(supported: {list(_SUPPORTED_ROPE_TYPES)})"
+        )
     theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
     partial = merged.get("partial_rotary_factor", cfg.get("partial_rotary_factor", default_partial))
     mrope = merged.get("mrope_section")
     for name, value in (("rope_theta", theta), ("partial_rotary_factor", partial)):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"{source}: field `{name}`: expected a number, got {value!r}")
-    return dict(rope_theta=float(theta), partial_rotary_factor=float(partial),
-                mrope_section=tuple(mrope) if mrope is not None else None)
+    return dict(
+        rope_theta=float(theta),
+        partial_rotary_factor=float(partial),
+        mrope_section=tuple(mrope) if mrope is not None else None,
+    )
 
 
-_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-             "num_attention_heads")
+_REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
 
 
 def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> TextConfig:
@@ -67,13 +76,15 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
     elif model_type not in ("glm", "glm4"):
         raise ConfigError(
             f"{source}: unsupported model_type {model_type!r} for the GLM decoder "
-            "(supported: 'glm', 'glm4', 'glm4v')")
+            "(supported: 'glm', 'glm4', 'glm4v')"
+        )
     for key in _REQUIRED:
         if key not in cfg:
             raise ConfigError(f"{source}: missing required field `{key}`")
     if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{source}: field `hidden_act`: only 'silu' is supported, "
-                          f"got {cfg['hidden_act']!r}")
+        raise ConfigError(
+            f"{source}: field `hidden_act`: only 'silu' is supported, got {cfg['hidden_act']!r}"
+        )
     heads = cfg["num_attention_heads"]
     if model_type == "glm4v":
         # Glm4vTextAttention derives its head size itself (hidden_size // heads); a head_dim in
@@ -83,10 +94,12 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
         rope = _rope_fields(cfg, source, default_partial=1.0)
         rotary = int((cfg.get("head_dim") or head_dim) * rope["partial_rotary_factor"])
         if not 0 < rotary <= head_dim or rotary % 2:
-            raise ConfigError(f"{source}: fields `head_dim` and `partial_rotary_factor` give a "
-                              f"rotary size of {rotary}, which must be even and at most the "
-                              f"attention head size hidden_size // num_attention_heads = "
-                              f"{head_dim}")
+            raise ConfigError(
+                f"{source}: fields `head_dim` and `partial_rotary_factor` give a "
+                f"rotary size of {rotary}, which must be even and at most the "
+                f"attention head size hidden_size // num_attention_heads = "
+                f"{head_dim}"
+            )
         rope["partial_rotary_factor"] = rotary / head_dim
         variant, bias = "glm4", True
         if rope["mrope_section"] is None:
@@ -113,8 +126,9 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
             head_dim=int(head_dim),
             variant=variant,
             rms_norm_eps=float(cfg.get("rms_norm_eps", default_eps)),
-            max_position_embeddings=int(cfg.get("max_position_embeddings",
-                                                32768 if model_type == "glm4v" else 131072)),
+            max_position_embeddings=int(
+                cfg.get("max_position_embeddings", 32768 if model_type == "glm4v" else 131072)
+            ),
             attention_bias=bias,
             tie_word_embeddings=tie,
             eos_token_ids=_as_tuple(eos),
@@ -128,11 +142,14 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
 def check_hf_exportable(cfg: TextConfig) -> None:
     """Pruned (per-layer widths) and quantized decoders have no transformers layout."""
     if cfg.layer_ffw_dims is not None or cfg.layer_num_heads is not None:
-        raise ConfigError("TextConfig: per-layer widths (a pruned decoder) have no Hugging Face "
-                          "layout; save the model with ag.save")
+        raise ConfigError(
+            "TextConfig: per-layer widths (a pruned decoder) have no Hugging Face "
+            "layout; save the model with ag.save"
+        )
     if cfg.quant is not None:
-        raise ConfigError("TextConfig: quantized weights have no Hugging Face layout; save the "
-                          "model with ag.save")
+        raise ConfigError(
+            "TextConfig: quantized weights have no Hugging Face layout; save the model with ag.save"
+        )
 
 
 def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
@@ -141,8 +158,11 @@ def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
     if cfg.mrope_section is not None:
         raise ConfigError("TextConfig with mrope_section exports as part of a glm4v model")
     check_hf_exportable(cfg)
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta,
-            "partial_rotary_factor": cfg.partial_rotary_factor}
+    rope = {
+        "rope_type": "default",
+        "rope_theta": cfg.rope_theta,
+        "partial_rotary_factor": cfg.partial_rotary_factor,
+    }
     out = {
         "model_type": cfg.variant,
         "architectures": ["GlmForCausalLM" if cfg.variant == "glm" else "Glm4ForCausalLM"],
@@ -182,8 +202,10 @@ def _glm_family(name: str) -> Family:
     return Family(
         name=name,
         config_from_hf=lambda raw, source: ModelConfig(
-            model_type=name, text=text_config_from_hf(raw, source=source),
-            hf_architecture=hf_architecture(raw)),
+            model_type=name,
+            text=text_config_from_hf(raw, source=source),
+            hf_architecture=hf_architecture(raw),
+        ),
         config_to_hf=lambda config: text_config_to_hf(config.text),
         build=lambda config, dot_general=None: GlmDecoder(config.text, dot_general),
         tensor_maps=lambda config: glm_keys.hf_tensor_maps(config.text),

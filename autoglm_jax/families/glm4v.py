@@ -18,25 +18,30 @@ from autoglm_jax.nn.layers import DotGeneral
 from autoglm_jax.nn.model import Glm4vModel
 
 # transformers' Glm4vConfig defaults (GLM-4.1V); later GLM-V configs use other ids.
-_GLM4V_TOKEN_DEFAULTS = {"image_token_id": 151343, "image_start_token_id": 151339,
-                         "image_end_token_id": 151340, "video_token_id": 151344,
-                         "video_start_token_id": 151341, "video_end_token_id": 151342}
+_GLM4V_TOKEN_DEFAULTS = {
+    "image_token_id": 151343,
+    "image_start_token_id": 151339,
+    "image_end_token_id": 151340,
+    "video_token_id": 151344,
+    "video_start_token_id": 151341,
+    "video_end_token_id": 151342,
+}
 
 
 def _square(value: Any, source: str, field: str) -> int:
     """image_size / patch_size may be an int or a [h, w] pair; only square ones are supported."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
-            raise ConfigError(f"{source}: field `{field}`: only square sizes are supported, "
-                              f"got {list(value)}")
+            raise ConfigError(
+                f"{source}: field `{field}`: only square sizes are supported, got {list(value)}"
+            )
         value = value[0]
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"{source}: field `{field}`: expected an int, got {value!r}")
     return value
 
 
-def _int(cfg: dict[str, Any], key: str, default: int, source: str,
-         alias: str | None = None) -> int:
+def _int(cfg: dict[str, Any], key: str, default: int, source: str, alias: str | None = None) -> int:
     value = cfg.get(key, cfg.get(alias, default) if alias else default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -61,8 +66,10 @@ def vision_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -
             raise ConfigError(f"{source}: field `vision_config`: expected an object")
         cfg, source = vision, f"{source}:vision_config"
     elif model_type not in (None, "glm4v_vision"):
-        raise ConfigError(f"{source}: unsupported model_type {model_type!r} for the vision "
-                          "tower (supported: 'glm4v', 'glm4v_vision')")
+        raise ConfigError(
+            f"{source}: unsupported model_type {model_type!r} for the vision "
+            "tower (supported: 'glm4v', 'glm4v_vision')"
+        )
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{source}: field `hidden_act`: only 'silu' is supported, got {act!r}")
@@ -71,8 +78,10 @@ def vision_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -
         raise ConfigError(f"{source}: field `rope_parameters`: expected an object")
     rope_type = rope.get("rope_type", "axial")
     if rope_type != "axial":
-        raise ConfigError(f"{source}: field `rope_type`: the vision tower supports only 'axial', "
-                          f"got {rope_type!r}")
+        raise ConfigError(
+            f"{source}: field `rope_type`: the vision tower supports only 'axial', "
+            f"got {rope_type!r}"
+        )
     theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
     if not isinstance(theta, (int, float)) or isinstance(theta, bool):
         raise ConfigError(f"{source}: field `rope_theta`: expected a number, got {theta!r}")
@@ -89,8 +98,9 @@ def vision_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -
             out_hidden_size=out_hidden,
             merger_ffw_dim=_int(cfg, "intermediate_size", 13696, source),
             patch_size=_square(cfg.get("patch_size", 14), source, "patch_size"),
-            temporal_patch_size=_square(cfg.get("temporal_patch_size", 2), source,
-                                        "temporal_patch_size"),
+            temporal_patch_size=_square(
+                cfg.get("temporal_patch_size", 2), source, "temporal_patch_size"
+            ),
             spatial_merge_size=_int(cfg, "spatial_merge_size", 2, source),
             in_channels=_int(cfg, "in_channels", 3, source),
             image_size=_square(cfg.get("image_size", 336), source, "image_size"),
@@ -107,7 +117,8 @@ def vision_config_to_hf(cfg: VisionConfig) -> dict[str, Any]:
     if cfg.ffw_dim != cfg.out_hidden_size:
         raise ConfigError(
             f"VisionConfig: field `ffw_dim`: transformers' Glm4vVisionModel ties the block MLP "
-            f"width to out_hidden_size ({cfg.out_hidden_size}), got {cfg.ffw_dim}")
+            f"width to out_hidden_size ({cfg.out_hidden_size}), got {cfg.ffw_dim}"
+        )
     return {
         "model_type": "glm4v_vision",
         "depth": cfg.depth,
@@ -142,8 +153,13 @@ def glm4v_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") ->
     text = text_config_from_hf(cfg, source=source)
     vision = vision_config_from_hf(cfg, source=source)
     try:
-        return ModelConfig(model_type="glm4v", text=text, vision=vision,
-                           hf_architecture=hf_architecture(cfg), **_token_ids(cfg, source))
+        return ModelConfig(
+            model_type="glm4v",
+            text=text,
+            vision=vision,
+            hf_architecture=hf_architecture(cfg),
+            **_token_ids(cfg, source),
+        )
     except ConfigError as e:
         raise ConfigError(str(e).replace("ModelConfig", source, 1)) from None
 
@@ -157,10 +173,13 @@ def glm4v_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     if t.num_heads * t.head_dim != t.d_model:
         raise ConfigError(
             f"TextConfig: field `head_dim`: transformers' Glm4vTextModel uses hidden_size / "
-            f"num_attention_heads = {t.d_model // t.num_heads}, got {t.head_dim}")
+            f"num_attention_heads = {t.d_model // t.num_heads}, got {t.head_dim}"
+        )
     if not (t.sandwich_norm and t.attention_bias and t.mrope_section is not None):
-        raise ConfigError("TextConfig: a glm4v decoder has sandwich norms (variant 'glm4'), "
-                          "q/k/v biases and M-RoPE sections")
+        raise ConfigError(
+            "TextConfig: a glm4v decoder has sandwich norms (variant 'glm4'), "
+            "q/k/v biases and M-RoPE sections"
+        )
     text = {
         "model_type": "glm4v_text",
         "vocab_size": t.vocab_size,
@@ -172,9 +191,12 @@ def glm4v_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "hidden_act": "silu",
         "max_position_embeddings": t.max_position_embeddings,
         "rms_norm_eps": t.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta,
-                            "partial_rotary_factor": t.partial_rotary_factor,
-                            "mrope_section": list(t.mrope_section)},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": t.rope_theta,
+            "partial_rotary_factor": t.partial_rotary_factor,
+            "mrope_section": list(t.mrope_section),
+        },
         "pad_token_id": t.pad_token_id,
     }
     if t.eos_token_ids:
@@ -196,11 +218,14 @@ def glm4v_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 def glm4v_tensor_maps(cfg: ModelConfig) -> list[TensorMap]:
     """Every tensor of a Glm4vForConditionalGeneration checkpoint."""
-    return (vision_keys.hf_tensor_maps(cfg.vision, prefix="model.visual.",
-                                       path_prefix=("visual",))
-            + glm_keys.hf_tensor_maps(cfg.text, prefix="model.language_model.",
-                                      head_key="lm_head.weight",
-                                      path_prefix=("language_model",)))
+    return vision_keys.hf_tensor_maps(
+        cfg.vision, prefix="model.visual.", path_prefix=("visual",)
+    ) + glm_keys.hf_tensor_maps(
+        cfg.text,
+        prefix="model.language_model.",
+        head_key="lm_head.weight",
+        path_prefix=("language_model",),
+    )
 
 
 def image_inputs(config: ModelConfig) -> tuple[Any, ...]:
@@ -210,8 +235,9 @@ def image_inputs(config: ModelConfig) -> tuple[Any, ...]:
     if c.vision is None:
         return (np.zeros((1, 2), np.int32), None, None, None)
     m = c.vision.spatial_merge_size
-    ids = np.asarray([[c.image_start_token_id or 0, c.image_token_id,
-                       c.image_end_token_id or 0]], np.int32)
+    ids = np.asarray(
+        [[c.image_start_token_id or 0, c.image_token_id, c.image_end_token_id or 0]], np.int32
+    )
     pixels = jnp.zeros((m * m, c.vision.patch_dim), jnp.float32)
     return (ids, None, pixels, np.asarray([[1, m, m]], np.int32))
 

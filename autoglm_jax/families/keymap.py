@@ -34,28 +34,37 @@ class TensorMap:
     to_hf: Transform = _identity
 
 
-def linear_weight(hf_key: str, path: ParamPath, in_shape: tuple[int, ...],
-                  out_shape: tuple[int, ...]) -> TensorMap:
+def linear_weight(
+    hf_key: str, path: ParamPath, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> TensorMap:
     """An nn.Linear weight [out, in] as a kernel [*in_shape, *out_shape]."""
     n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     return TensorMap(
-        hf_key, path,
+        hf_key,
+        path,
         to_flax=lambda w: np.ascontiguousarray(w.T).reshape(*in_shape, *out_shape),
-        to_hf=lambda k: np.ascontiguousarray(k.reshape(n_in, n_out).T))
+        to_hf=lambda k: np.ascontiguousarray(k.reshape(n_in, n_out).T),
+    )
 
 
-def reshaped(hf_key: str, path: ParamPath, flax_shape: tuple[int, ...],
-             hf_shape: tuple[int, ...]) -> TensorMap:
+def reshaped(
+    hf_key: str, path: ParamPath, flax_shape: tuple[int, ...], hf_shape: tuple[int, ...]
+) -> TensorMap:
     """A tensor whose layout is the same up to a reshape (biases split into heads)."""
-    return TensorMap(hf_key, path, to_flax=lambda w: w.reshape(flax_shape),
-                     to_hf=lambda k: k.reshape(hf_shape))
+    return TensorMap(
+        hf_key, path, to_flax=lambda w: w.reshape(flax_shape), to_hf=lambda k: k.reshape(hf_shape)
+    )
 
 
 def transposed(hf_key: str, path: ParamPath, axes: tuple[int, ...]) -> TensorMap:
     """A tensor stored with permuted axes (conv kernels: torch [O, I, k] -> flax [k, I, O])."""
     inverse = tuple(int(i) for i in np.argsort(axes))
-    return TensorMap(hf_key, path, to_flax=lambda w: np.ascontiguousarray(w.transpose(axes)),
-                     to_hf=lambda k: np.ascontiguousarray(k.transpose(inverse)))
+    return TensorMap(
+        hf_key,
+        path,
+        to_flax=lambda w: np.ascontiguousarray(w.transpose(axes)),
+        to_hf=lambda k: np.ascontiguousarray(k.transpose(inverse)),
+    )
 
 
 def get_path(tree: dict[str, Any], path: ParamPath) -> Any:

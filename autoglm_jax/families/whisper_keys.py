@@ -7,8 +7,8 @@ are not ours: keys under `IGNORED_PREFIXES` are skipped by the loader, not repor
 
 from __future__ import annotations
 
-from autoglm_jax.families.keymap import TensorMap, linear_weight, reshaped, transposed
 from autoglm_jax.config.audio import AudioConfig
+from autoglm_jax.families.keymap import TensorMap, linear_weight, reshaped, transposed
 
 # Decoder side of WhisperForConditionalGeneration ("model.decoder.", "proj_out.") and of a bare
 # WhisperModel ("decoder.").
@@ -20,8 +20,9 @@ def is_ignored(key: str) -> bool:
     return key.startswith(IGNORED_PREFIXES)
 
 
-def hf_tensor_maps(c: AudioConfig, *, prefix: str = "model.encoder.",
-                   path_prefix: tuple[str, ...] = ()) -> list[TensorMap]:
+def hf_tensor_maps(
+    c: AudioConfig, *, prefix: str = "model.encoder.", path_prefix: tuple[str, ...] = ()
+) -> list[TensorMap]:
     """Every tensor of the Whisper encoder. `prefix` is "model.encoder." for
     WhisperForConditionalGeneration and "encoder." for WhisperModel; `path_prefix` nests the
     params (composites)."""
@@ -41,13 +42,18 @@ def hf_tensor_maps(c: AudioConfig, *, prefix: str = "model.encoder.",
         hf, fx = f"{prefix}layers.{i}.", (*p, f"layers_{i}")
         attn = (*fx, "self_attn")
         for name in ("q_proj", "k_proj", "v_proj"):
-            maps.append(linear_weight(f"{hf}self_attn.{name}.weight", (*attn, name, "kernel"),
-                                      (d,), (n, h)))
+            maps.append(
+                linear_weight(f"{hf}self_attn.{name}.weight", (*attn, name, "kernel"), (d,), (n, h))
+            )
             if name != "k_proj":  # Whisper's k_proj has no bias
-                maps.append(reshaped(f"{hf}self_attn.{name}.bias", (*attn, name, "bias"),
-                                     (n, h), (n * h,)))
-        maps.append(linear_weight(f"{hf}self_attn.out_proj.weight", (*attn, "out_proj", "kernel"),
-                                  (n, h), (d,)))
+                maps.append(
+                    reshaped(f"{hf}self_attn.{name}.bias", (*attn, name, "bias"), (n, h), (n * h,))
+                )
+        maps.append(
+            linear_weight(
+                f"{hf}self_attn.out_proj.weight", (*attn, "out_proj", "kernel"), (n, h), (d,)
+            )
+        )
         maps.append(TensorMap(f"{hf}self_attn.out_proj.bias", (*attn, "out_proj", "bias")))
         maps.append(linear_weight(f"{hf}fc1.weight", (*fx, "fc1", "kernel"), (d,), (f,)))
         maps.append(TensorMap(f"{hf}fc1.bias", (*fx, "fc1", "bias")))

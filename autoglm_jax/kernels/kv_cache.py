@@ -46,8 +46,8 @@ def _flat_slots(slot_mapping: jax.Array, num_slots: int) -> jax.Array:
 def _scatter(pages: jax.Array, new: jax.Array, slots: jax.Array, layer=None) -> jax.Array:
     """pages [L?, P, page, ...] with new [T, ...] written at flat slots i32[T] (of `layer`)."""
     lead = 0 if layer is None else 1
-    p, page = pages.shape[lead: lead + 2]
-    flat = pages.reshape(*pages.shape[:lead], p * page, *pages.shape[lead + 2:])
+    p, page = pages.shape[lead : lead + 2]
+    flat = pages.reshape(*pages.shape[:lead], p * page, *pages.shape[lead + 2 :])
     idx = _flat_slots(slots, p * page)
     idx = idx if layer is None else (layer, idx)
     # In place when the pages are donated. (XLA:CPU widens bf16/f16 scatters to f32 over the
@@ -64,8 +64,10 @@ def write_kv(
     layer=None,  # i32[] layer of stacked pages; None for one layer
 ) -> tuple[jax.Array, jax.Array]:
     """Writes this step's K/V into their slots. Jit it with the pages donated to update in place."""
-    return (_scatter(k_pages, k_new, slot_mapping, layer),
-            _scatter(v_pages, v_new, slot_mapping, layer))
+    return (
+        _scatter(k_pages, k_new, slot_mapping, layer),
+        _scatter(v_pages, v_new, slot_mapping, layer),
+    )
 
 
 def write_kv_quantized(
@@ -81,12 +83,17 @@ def write_kv_quantized(
     """Quantizes this step's K/V per token and head and writes values and scales."""
     kq, ks = quantize_kv(k_new)
     vq, vs = quantize_kv(v_new)
-    return tuple(_scatter(x, new, slot_mapping, layer)
-                 for x, new in ((k_pages, kq), (v_pages, vq), (k_scales, ks), (v_scales, vs)))
+    return tuple(
+        _scatter(x, new, slot_mapping, layer)
+        for x, new in ((k_pages, kq), (v_pages, vq), (k_scales, ks), (v_scales, vs))
+    )
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["k_pages", "v_pages", "k_scales", "v_scales"], meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["k_pages", "v_pages", "k_scales", "v_scales"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class KVCache:
     """Paged K/V for one layer ([P, ...]) or for all layers stacked ([L, P, ...])."""
@@ -162,8 +169,18 @@ class KVCache:
         # A stacked cache is scattered at (layer, slot) directly, so a donated stack is
         # updated in place rather than through a copied layer slice.
         if self.quantized:
-            return KVCache(*write_kv_quantized(self.k_pages, self.v_pages, self.k_scales,
-                                               self.v_scales, k_new, v_new, slot_mapping, layer))
+            return KVCache(
+                *write_kv_quantized(
+                    self.k_pages,
+                    self.v_pages,
+                    self.k_scales,
+                    self.v_scales,
+                    k_new,
+                    v_new,
+                    slot_mapping,
+                    layer,
+                )
+            )
         return KVCache(*write_kv(self.k_pages, self.v_pages, k_new, v_new, slot_mapping, layer))
 
     def read(
@@ -173,11 +190,13 @@ class KVCache:
         """Gathers K/V at flat slots of an unstacked cache (for tests and debugging)."""
         if self.stacked:
             raise ValueError("read() needs one layer: use cache.layer(i).read(slots)")
+
         def get(pages, scales):
             x = pages.reshape(-1, *pages.shape[2:])[slots]
             if scales is not None:
                 return dequantize_kv(x, scales.reshape(-1, scales.shape[-1])[slots])
             return x
+
         return get(self.k_pages, self.k_scales), get(self.v_pages, self.v_scales)
 
 

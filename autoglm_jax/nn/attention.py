@@ -18,8 +18,9 @@ Array = jax.Array
 
 
 class AttentionBackend(Protocol):
-    def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: Any,
-                 sm_scale: float) -> tuple[Array, Any]: ...
+    def __call__(
+        self, q: Array, k: Array, v: Array, *, layer: int, cache: Any, sm_scale: float
+    ) -> tuple[Array, Any]: ...
 
 
 def dense_attention(q: Array, k: Array, v: Array, mask: Array, sm_scale: float) -> Array:
@@ -58,8 +59,9 @@ class DenseCausal:
 
     segment_ids: Array | None = None  # i32[B, T]
 
-    def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: Any,
-                 sm_scale: float) -> tuple[Array, Any]:
+    def __call__(
+        self, q: Array, k: Array, v: Array, *, layer: int, cache: Any, sm_scale: float
+    ) -> tuple[Array, Any]:
         del layer
         mask = causal_mask(self.segment_ids, q.shape[0], q.shape[1])
         return dense_attention(q, k, v, mask, sm_scale), cache
@@ -72,8 +74,9 @@ class DenseBidirectional:
 
     segment_ids: Array | None = None  # i32[B, T]
 
-    def __call__(self, q: Array, k: Array, v: Array, *, layer: int, cache: Any,
-                 sm_scale: float) -> tuple[Array, Any]:
+    def __call__(
+        self, q: Array, k: Array, v: Array, *, layer: int, cache: Any, sm_scale: float
+    ) -> tuple[Array, Any]:
         del layer
         b, t = q.shape[:2]
         if self.segment_ids is None:

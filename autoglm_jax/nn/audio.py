@@ -42,7 +42,7 @@ def _conv_windows(x: Array, stride: int) -> Array:
     t = x.shape[1]
     padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
     t_out = (t + 2 - _TAPS) // stride + 1
-    taps = [padded[:, k:k + stride * (t_out - 1) + 1:stride] for k in range(_TAPS)]
+    taps = [padded[:, k : k + stride * (t_out - 1) + 1 : stride] for k in range(_TAPS)]
     return jnp.stack(taps, axis=2)
 
 
@@ -58,12 +58,21 @@ class WhisperBlock(nn.Module):
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         ln = lambda name: LayerNorm(c.layer_norm_eps, param_dtype=pdtype, name=name)  # noqa: E731
         attention = EncoderSelfAttention(
-            c.d_model, c.num_heads, c.head_dim, k_bias=False, scale_queries=True,
-            out_name="out_proj", dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
-            name="self_attn")
+            c.d_model,
+            c.num_heads,
+            c.head_dim,
+            k_bias=False,
+            scale_queries=True,
+            out_name="out_proj",
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="self_attn",
+        )
         h = x + attention(ln("self_attn_layer_norm")(x))
-        return h + gelu_mlp(ln("final_layer_norm")(h), c.d_model, c.ffw_dim, dtype, pdtype,
-                            self.dot_general)
+        return h + gelu_mlp(
+            ln("final_layer_norm")(h), c.d_model, c.ffw_dim, dtype, pdtype, self.dot_general
+        )
 
 
 class WhisperEncoder(nn.Module):
@@ -87,14 +96,22 @@ class WhisperEncoder(nn.Module):
             raise ValueError(
                 f"WhisperEncoder expects log-mel features [batch, {c.num_mel_bins}, "
                 f"{c.num_frames}] (30 s; pad shorter audio, split longer audio with "
-                f"encode_long), got shape {tuple(input_features.shape)}")
+                f"encode_long), got shape {tuple(input_features.shape)}"
+            )
         x = jnp.swapaxes(input_features.astype(dtype), 1, 2)  # [B, F, M]
 
         def stem(name: str, x: Array, c_in: int, stride: int) -> Array:
-            y = Einsum("BTXC,XCD->BTD", (_TAPS, c_in, c.d_model), (None, None, "embed"),
-                       bias_shape=(c.d_model,), bias_axes=("embed",), dtype=dtype,
-                       param_dtype=pdtype, dot_general=self.dot_general,
-                       name=name)(_conv_windows(x, stride))
+            y = Einsum(
+                "BTXC,XCD->BTD",
+                (_TAPS, c_in, c.d_model),
+                (None, None, "embed"),
+                bias_shape=(c.d_model,),
+                bias_axes=("embed",),
+                dtype=dtype,
+                param_dtype=pdtype,
+                dot_general=self.dot_general,
+                name=name,
+            )(_conv_windows(x, stride))
             return jax.nn.gelu(y, approximate=False)
 
         x = stem("conv1", x, c.num_mel_bins, 1)
@@ -102,8 +119,11 @@ class WhisperEncoder(nn.Module):
         positions = self.param(
             "embed_positions",
             nn.with_logical_partitioning(
-                lambda key, shape, dt: jnp.asarray(sinusoids(*shape), dt), (None, "embed")),
-            (c.max_source_positions, c.d_model), pdtype)
+                lambda key, shape, dt: jnp.asarray(sinusoids(*shape), dt), (None, "embed")
+            ),
+            (c.max_source_positions, c.d_model),
+            pdtype,
+        )
         x = x + positions.astype(dtype)[None]
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         for i in range(c.num_layers):
@@ -114,8 +134,13 @@ class WhisperEncoder(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dot_general"))
-def encode_long(params: Any, config: AudioConfig, features_windows: Array, *,
-                dot_general: DotGeneral | None = None) -> Array:
+def encode_long(
+    params: Any,
+    config: AudioConfig,
+    features_windows: Array,
+    *,
+    dot_general: DotGeneral | None = None,
+) -> Array:
     """Encode audio split into 30 s windows and concatenate the encodings along time.
 
     features_windows f32[W, M, F] -> [W * F/2, D], or batched f32[B, W, M, F] -> [B, W * F/2, D].
@@ -128,13 +153,15 @@ def encode_long(params: Any, config: AudioConfig, features_windows: Array, *,
     if squeeze:
         x = x[None]
     if x.ndim != 4:
-        raise ValueError(f"encode_long expects features [W, M, F] or [B, W, M, F], "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"encode_long expects features [W, M, F] or [B, W, M, F], got shape {tuple(x.shape)}"
+        )
     b, w = x.shape[:2]
     if w < 1 or w > config.max_windows:
         raise ValueError(
             f"encode_long got {w} windows of {config.window_seconds:g} s; the configured maximum "
-            f"is {config.max_windows} (max_audio_seconds={config.max_audio_seconds:g})")
+            f"is {config.max_windows} (max_audio_seconds={config.max_audio_seconds:g})"
+        )
     module = WhisperEncoder(config, dot_general)
     out = module.apply({"params": params}, x.reshape(b * w, *x.shape[2:]))  # [B*W, F/2, D]
     out = out.reshape(b, w * out.shape[1], out.shape[2])

@@ -31,8 +31,7 @@ def split_static(batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return arrays, (grid_tuple(grid) if grid is not None else None)
 
 
-def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None
-                   ) -> dict[str, Any]:
+def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None) -> dict[str, Any]:
     """The keyword arguments of `module.apply(..., batch["inputs"], **kw)` for a training
     batch: positions (M-RoPE [B, 3, T] turned [3, B, T]), segment ids, and the batch's media
     (pixel_values with the static image `grid` tuple, audio features with their rows)."""
@@ -42,18 +41,25 @@ def forward_kwargs(module: nn.Module, batch: dict[str, Array], grid: Any = None
     kw: dict[str, Any] = dict(positions=positions, segment_ids=batch.get("segment_ids"))
     if any(k in batch for k in MEDIA_KEYS):
         if not isinstance(module, Glm4vModel):
-            raise ValueError(f"a {type(module).__name__} takes text only; image/audio batches "
-                             "need a glm4v or autoglm model")
+            raise ValueError(
+                f"a {type(module).__name__} takes text only; image/audio batches "
+                "need a glm4v or autoglm model"
+            )
         if "pixel_values" in batch:
             if grid is None:
                 raise ValueError("pixel_values need the batch's image_grid_thw")
             kw.update(pixel_values=batch["pixel_values"], image_grid_thw=grid)
         if "input_features" in batch:
             if not isinstance(module, AutoGLM):
-                raise ValueError(f"a {type(module).__name__} has no audio encoder (the batch "
-                                 "holds input_features)")
+                raise ValueError(
+                    f"a {type(module).__name__} has no audio encoder (the batch "
+                    "holds input_features)"
+                )
             b = batch["inputs"].shape[0]
-            kw.update(input_features=batch["input_features"], audio_rows=batch["audio_rows"],
-                      max_audio_per_row=batch["input_features"].shape[0] // b,
-                      audio_frames=batch.get("audio_frames"))
+            kw.update(
+                input_features=batch["input_features"],
+                audio_rows=batch["audio_rows"],
+                max_audio_per_row=batch["input_features"].shape[0] // b,
+                audio_frames=batch.get("audio_frames"),
+            )
     return kw

@@ -43,8 +43,8 @@ Array = jax.Array
 class Memory:
     """Projected modality memory: what the CGA blocks attend to."""
 
-    tokens: Array    # f[R, S, D] in the decoder width; modalities concatenated along S
-    valid: Array     # bool[R, S] slots that hold a real token (padding and absent inputs False)
+    tokens: Array  # f[R, S, D] in the decoder width; modalities concatenated along S
+    valid: Array  # bool[R, S] slots that hold a real token (padding and absent inputs False)
     modality: Array  # i32[S] index into ModelConfig.modalities of each slot
 
 
@@ -55,8 +55,8 @@ class MemoryKV:
 
     k: tuple[Array, ...]  # per block f[R, S, K, H]
     v: tuple[Array, ...]  # per block f[R, S, K, H]
-    valid: Array          # bool[R, S]
-    modality: Array       # i32[S]
+    valid: Array  # bool[R, S]
+    modality: Array  # i32[S]
 
 
 def _concrete(x: Any) -> np.ndarray | None:
@@ -72,12 +72,20 @@ def default_rows(num_inputs: int, num_rows: int, what: str) -> np.ndarray:
         return np.arange(num_inputs, dtype=np.int32)
     if num_rows == 1:
         return np.zeros((num_inputs,), np.int32)
-    raise ValueError(f"{num_inputs} {what} for a batch of {num_rows} rows: pass {what}_rows "
-                     f"(i32[{num_inputs}], the batch row of each input, -1 for none)")
+    raise ValueError(
+        f"{num_inputs} {what} for a batch of {num_rows} rows: pass {what}_rows "
+        f"(i32[{num_inputs}], the batch row of each input, -1 for none)"
+    )
 
 
-def slots_per_row(rows: Any, num_inputs: int, num_rows: int, given: int | None,
-                  limit: int | None = None, what: str = "inputs") -> int:
+def slots_per_row(
+    rows: Any,
+    num_inputs: int,
+    num_rows: int,
+    given: int | None,
+    limit: int | None = None,
+    what: str = "inputs",
+) -> int:
     """How many inputs one row's memory holds: `given`, else the most any row has (concrete
     rows), else every input (traced rows). More than `limit` per row is an error."""
     slots = _slots_per_row(rows, num_inputs, num_rows, given)
@@ -105,24 +113,26 @@ def _slots_per_row(rows: Any, num_inputs: int, num_rows: int, given: int | None)
     return given if given is not None else num_inputs
 
 
-def place_in_rows(encoded: Array, rows: Any, num_rows: int, slots: int,
-                  input_valid: Array | None = None) -> tuple[Array, Array]:
+def place_in_rows(
+    encoded: Array, rows: Any, num_rows: int, slots: int, input_valid: Array | None = None
+) -> tuple[Array, Array]:
     """Inputs to rows: encoded [A, L, D] and rows i32[A] (-1: unused) -> tokens [R, W*L, D]
     and valid bool[R, W*L] with W = slots; each row's inputs in order, then padding.
     input_valid bool[A, L]: which tokens of each input are real (default all).
     Jit-friendly (rows may be traced); inputs past a row's `slots` are dropped."""
     a, length, d = encoded.shape
     rows = jnp.asarray(rows, jnp.int32)
-    same = rows[:, None] == rows[None, :]                                    # [A, A]
-    earlier = jnp.tril(jnp.ones((a, a), bool), -1)                           # a' < a
-    slot = jnp.sum(same & earlier, axis=1)                                   # [A]
-    place = ((rows[None, None, :] == jnp.arange(num_rows)[:, None, None])
-             & (slot[None, None, :] == jnp.arange(slots)[None, :, None]))    # [R, W, A]
-    filled = place.any(-1)                                                   # [R, W]
-    source = jnp.argmax(place, axis=-1)                                      # [R, W]
-    tokens = jnp.take(encoded, source.reshape(-1), axis=0)                   # [R*W, L, D]
+    same = rows[:, None] == rows[None, :]  # [A, A]
+    earlier = jnp.tril(jnp.ones((a, a), bool), -1)  # a' < a
+    slot = jnp.sum(same & earlier, axis=1)  # [A]
+    place = (rows[None, None, :] == jnp.arange(num_rows)[:, None, None]) & (
+        slot[None, None, :] == jnp.arange(slots)[None, :, None]
+    )  # [R, W, A]
+    filled = place.any(-1)  # [R, W]
+    source = jnp.argmax(place, axis=-1)  # [R, W]
+    tokens = jnp.take(encoded, source.reshape(-1), axis=0)  # [R*W, L, D]
     tokens = jnp.where(filled.reshape(-1)[:, None, None], tokens, jnp.zeros((), encoded.dtype))
-    valid = jnp.repeat(filled, length, axis=1)                               # [R, W*L]
+    valid = jnp.repeat(filled, length, axis=1)  # [R, W*L]
     if input_valid is not None:
         valid = valid & jnp.take(input_valid, source.reshape(-1), axis=0).reshape(valid.shape)
     return tokens.reshape(num_rows, slots * length, d), valid
@@ -144,9 +154,16 @@ def stack_frames(x: Array, n: int) -> Array:
     return x.reshape(a, t // n, n * d)
 
 
-def cga_attention(q: Array, k: Array, v: Array, valid: Array, modality: Array,
-                  num_modalities: int, memory_rows: Array | None,
-                  sm_scale: float) -> tuple[Array, Array]:
+def cga_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    valid: Array,
+    modality: Array,
+    num_modalities: int,
+    memory_rows: Array | None,
+    sm_scale: float,
+) -> tuple[Array, Array]:
     """Cross-attention of text queries over a memory, one softmax per modality.
 
     q [B, T, N, H]; k/v [R, S, K, H]; valid bool[R, S]; modality i32[S].
@@ -160,21 +177,22 @@ def cga_attention(q: Array, k: Array, v: Array, valid: Array, modality: Array,
     if memory_rows is None:
         if r != b:
             raise ValueError(f"memory has {r} rows for a batch of {b}: pass memory_rows")
-        slot_ok = jnp.broadcast_to(valid[:, None, :], (b, t, s))             # [B, T, S]
+        slot_ok = jnp.broadcast_to(valid[:, None, :], (b, t, s))  # [B, T, S]
     else:
-        slot_row = jnp.repeat(jnp.arange(r), s)                              # [R*S]
+        slot_row = jnp.repeat(jnp.arange(r), s)  # [R*S]
         slot_ok = valid.reshape(-1)[None, None, :] & (
-            slot_row[None, None, :] == memory_rows[:, :, None])              # [B, T, R*S]
+            slot_row[None, None, :] == memory_rows[:, :, None]
+        )  # [B, T, R*S]
         k = jnp.broadcast_to(k.reshape(1, r * s, kv, h), (b, r * s, kv, h))
         v = jnp.broadcast_to(v.reshape(1, r * s, kv, h), (b, r * s, kv, h))
         modality = jnp.tile(modality, r)
-    of_mod = modality[None, :] == jnp.arange(num_modalities)[:, None]        # [E, S]
-    mask = slot_ok[:, None, :, :] & of_mod[None, :, None, :]                 # [B, E, T, S]
+    of_mod = modality[None, :] == jnp.arange(num_modalities)[:, None]  # [E, S]
+    mask = slot_ok[:, None, :, :] & of_mod[None, :, None, :]  # [B, E, T, S]
     qg = q.reshape(b, t, kv, n // kv, h)
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=jnp.float32)
-    logits = logits[:, None] * sm_scale                                      # [B, 1, K, G, T, S]
+    logits = logits[:, None] * sm_scale  # [B, 1, K, G, T, S]
     logits = jnp.where(mask[:, :, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)                  # [B, E, K, G, T, S]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # [B, E, K, G, T, S]
     out = jnp.einsum("BEKGTS,BSKH->BTEKGH", probs, v).reshape(b, t, num_modalities, n, h)
     present = jnp.any(mask, axis=-1).transpose(0, 2, 1).astype(jnp.float32)  # [B, T, E]
     return out, present
@@ -192,13 +210,29 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
-        y = Einsum("ALC,CF->ALF", (c, self.hidden), (None, "mlp"), bias_shape=(self.hidden,),
-                   bias_axes=("mlp",), dtype=self.dtype, param_dtype=self.param_dtype,
-                   dot_general=self.dot_general, name="fc1")(x)
+        y = Einsum(
+            "ALC,CF->ALF",
+            (c, self.hidden),
+            (None, "mlp"),
+            bias_shape=(self.hidden,),
+            bias_axes=("mlp",),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dot_general=self.dot_general,
+            name="fc1",
+        )(x)
         y = jax.nn.gelu(y, approximate=False)
-        return Einsum("ALF,FD->ALD", (self.hidden, self.out), ("mlp", "embed"),
-                      bias_shape=(self.out,), bias_axes=("embed",), dtype=self.dtype,
-                      param_dtype=self.param_dtype, dot_general=self.dot_general, name="fc2")(y)
+        return Einsum(
+            "ALF,FD->ALD",
+            (self.hidden, self.out),
+            ("mlp", "embed"),
+            bias_shape=(self.out,),
+            bias_axes=("embed",),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            dot_general=self.dot_general,
+            name="fc2",
+        )(y)
 
 
 class CgaBlock(nn.Module):
@@ -214,8 +248,9 @@ class CgaBlock(nn.Module):
         n, kv, h, f = c.num_heads, c.num_kv_heads, c.head_dim, c.ffw_dim
 
         def einsum(eq: str, shape: tuple[int, ...], axes: tuple[str | None, ...]) -> Einsum:
-            return Einsum(eq, shape, axes, dtype=dtype, param_dtype=pdtype,
-                          dot_general=self.dot_general)
+            return Einsum(
+                eq, shape, axes, dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general
+            )
 
         self.query_norm = RMSNorm(c.rms_norm_eps, pdtype)
         self.memory_norm = RMSNorm(c.rms_norm_eps, pdtype)
@@ -244,15 +279,23 @@ class CgaBlock(nn.Module):
         logits = jnp.einsum("BTD,DE->BTE", x.astype(jnp.float32), w.astype(jnp.float32))
         return jnp.tanh(alpha.astype(jnp.float32)) * jax.nn.sigmoid(logits) * present
 
-    def __call__(self, h: Array, k: Array, v: Array, valid: Array, modality: Array,
-                 memory_rows: Array | None = None) -> Array:
+    def __call__(
+        self,
+        h: Array,
+        k: Array,
+        v: Array,
+        valid: Array,
+        modality: Array,
+        memory_rows: Array | None = None,
+    ) -> Array:
         """h [B, T, D] -> [B, T, D]; k/v [R, S, K, H] from `kv`."""
         c = self.config.fusion
         x = self.query_norm(h)
         q = self.q_proj(x)
-        out, present = cga_attention(q, k, v, valid, modality, len(self.config.modalities),
-                                     memory_rows, c.head_dim ** -0.5)
-        g = self._gates(x, self.attn_gate, self.attn_alpha, present)         # [B, T, E]
+        out, present = cga_attention(
+            q, k, v, valid, modality, len(self.config.modalities), memory_rows, c.head_dim**-0.5
+        )
+        g = self._gates(x, self.attn_gate, self.attn_alpha, present)  # [B, T, E]
         mixed = jnp.einsum("BTENH,BTE->BTNH", out.astype(jnp.float32), g).astype(q.dtype)
         h = h + self.o_proj(mixed).astype(h.dtype)
         y = self.mlp_norm(h)
@@ -277,8 +320,9 @@ class CgaFusion(nn.Module):
             self.audio_projector = Projector(hidden, d, dtype, pdtype, self.dot_general)
         if cfg.vit is not None:
             self.vit_projector = Projector(hidden, d, dtype, pdtype, self.dot_general)
-        self.blocks = [CgaBlock(cfg, self.dot_general)
-                       for _ in range(c.num_blocks(cfg.text.num_layers))]
+        self.blocks = [
+            CgaBlock(cfg, self.dot_general) for _ in range(c.num_blocks(cfg.text.num_layers))
+        ]
 
     def project_audio(self, audio_hidden: Array) -> Array:
         """Whisper output [A, 1500, D_audio] -> [A, 1500/stack, D]."""
@@ -288,48 +332,71 @@ class CgaFusion(nn.Module):
         """ViT output [I, 1 + P, D_vit] -> patch tokens [I, P, D] (the CLS token is dropped)."""
         return self.vit_projector(vit_hidden[:, 1:])
 
-    def memory(self, num_rows: int, audio_hidden: Array | None = None, audio_rows: Any = None,
-               vit_hidden: Array | None = None, vit_rows: Any = None, *,
-               max_audio_per_row: int | None = None,
-               max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
+    def memory(
+        self,
+        num_rows: int,
+        audio_hidden: Array | None = None,
+        audio_rows: Any = None,
+        vit_hidden: Array | None = None,
+        vit_rows: Any = None,
+        *,
+        max_audio_per_row: int | None = None,
+        max_vit_per_row: int | None = None,
+        audio_frames: Any = None,
+    ) -> Memory:
         """Project encoder outputs and lay them out per batch row (see `place_in_rows`).
         audio_frames i32[A]: real mel frames of each audio window; the slots past them (the
         window's padding) are not attended. None: every slot of a window is."""
         parts = []
-        for name, hidden, rows, most in ((AUDIO, audio_hidden, audio_rows, max_audio_per_row),
-                                         (VIT, vit_hidden, vit_rows, max_vit_per_row)):
+        for name, hidden, rows, most in (
+            (AUDIO, audio_hidden, audio_rows, max_audio_per_row),
+            (VIT, vit_hidden, vit_rows, max_vit_per_row),
+        ):
             if hidden is None:
                 continue
             tokens = self.project_audio(hidden) if name == AUDIO else self.project_vit(hidden)
             if rows is None:
                 rows = default_rows(hidden.shape[0], num_rows, name)
             limit = self.config.audio.max_windows if name == AUDIO else None
-            slots = slots_per_row(rows, hidden.shape[0], num_rows, most, limit,
-                                  "audio windows" if name == AUDIO else "ViT images")
-            input_valid = (audio_slot_valid(audio_frames, tokens.shape[1],
-                                            self.config.fusion.audio_stack)
-                           if name == AUDIO and audio_frames is not None else None)
+            slots = slots_per_row(
+                rows,
+                hidden.shape[0],
+                num_rows,
+                most,
+                limit,
+                "audio windows" if name == AUDIO else "ViT images",
+            )
+            input_valid = (
+                audio_slot_valid(audio_frames, tokens.shape[1], self.config.fusion.audio_stack)
+                if name == AUDIO and audio_frames is not None
+                else None
+            )
             placed, valid = place_in_rows(tokens, rows, num_rows, slots, input_valid)
             index = self.config.modalities.index(name)
             parts.append((placed, valid, np.full((placed.shape[1],), index, np.int32)))
         if not parts:
             raise ValueError("no audio or ViT inputs to build a memory from")
-        return Memory(jnp.concatenate([p[0] for p in parts], axis=1),
-                      jnp.concatenate([p[1] for p in parts], axis=1),
-                      jnp.asarray(np.concatenate([p[2] for p in parts])))
+        return Memory(
+            jnp.concatenate([p[0] for p in parts], axis=1),
+            jnp.concatenate([p[1] for p in parts], axis=1),
+            jnp.asarray(np.concatenate([p[2] for p in parts])),
+        )
 
     def memory_kv(self, memory: Memory) -> MemoryKV:
         """Every block's (k, v) of `memory`: computed once per request, reused every step."""
         kvs = [block.kv(memory.tokens) for block in self.blocks]
-        return MemoryKV(tuple(k for k, _ in kvs), tuple(v for _, v in kvs), memory.valid,
-                        memory.modality)
+        return MemoryKV(
+            tuple(k for k, _ in kvs), tuple(v for _, v in kvs), memory.valid, memory.modality
+        )
 
-    def apply_block(self, j: int, h: Array, mkv: MemoryKV,
-                    memory_rows: Array | None = None) -> Array:
+    def apply_block(
+        self, j: int, h: Array, mkv: MemoryKV, memory_rows: Array | None = None
+    ) -> Array:
         return self.blocks[j](h, mkv.k[j], mkv.v[j], mkv.valid, mkv.modality, memory_rows)
 
-    def __call__(self, h: Array, audio_hidden: Array | None = None,
-                 vit_hidden: Array | None = None) -> Array:
+    def __call__(
+        self, h: Array, audio_hidden: Array | None = None, vit_hidden: Array | None = None
+    ) -> Array:
         """Every part once (parameter init): project, K/V, then all blocks on h [B, T, D]."""
         mkv = self.memory_kv(self.memory(h.shape[0], audio_hidden, vit_hidden=vit_hidden))
         for j in range(len(self.blocks)):

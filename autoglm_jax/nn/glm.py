@@ -15,9 +15,17 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import TextConfig
 from autoglm_jax.nn.attention import AttentionBackend, DenseCausal
+from autoglm_jax.nn.layers import (
+    DotGeneral,
+    Einsum,
+    EinsumPolicy,
+    Embed,
+    RMSNorm,
+    apply_interleaved_rope,
+    dtype_of,
+    rope_angles,
+)
 from autoglm_jax.nn.quantized import QuantizedWeights
-from autoglm_jax.nn.layers import (DotGeneral, Einsum, EinsumPolicy, Embed, RMSNorm,
-                                   apply_interleaved_rope, dtype_of, rope_angles)
 
 Array = jax.Array
 LayerHook = Callable[[int, Array], Array]
@@ -28,24 +36,39 @@ class GlmAttention(nn.Module):
     dot_general: DotGeneral | EinsumPolicy | None = None
 
     @nn.compact
-    def __call__(self, x: Array, angles: Array, backend: AttentionBackend, layer: int,
-                 cache: Any) -> tuple[Array, Any]:
+    def __call__(
+        self, x: Array, angles: Array, backend: AttentionBackend, layer: int, cache: Any
+    ) -> tuple[Array, Any]:
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         n, k, h, d = c.num_heads_at(layer), c.num_kv_heads, c.head_dim, c.d_model
 
         def proj(name: str, heads: int, head_axis: str) -> Array:
-            return Einsum("BTD,DNH->BTNH", (d, heads, h), ("embed", head_axis, "head_dim"),
-                          bias_shape=(heads, h) if c.attention_bias else None,
-                          bias_axes=(head_axis, "head_dim"), dtype=dtype, param_dtype=pdtype,
-                          dot_general=self.dot_general, name=name)(x)
+            return Einsum(
+                "BTD,DNH->BTNH",
+                (d, heads, h),
+                ("embed", head_axis, "head_dim"),
+                bias_shape=(heads, h) if c.attention_bias else None,
+                bias_axes=(head_axis, "head_dim"),
+                dtype=dtype,
+                param_dtype=pdtype,
+                dot_general=self.dot_general,
+                name=name,
+            )(x)
 
         q = apply_interleaved_rope(proj("q_proj", n, "heads"), angles)
         key = apply_interleaved_rope(proj("k_proj", k, "kv_heads"), angles)
         value = proj("v_proj", k, "kv_heads")
-        out, cache = backend(q, key, value, layer=layer, cache=cache, sm_scale=h ** -0.5)
-        out = Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), dtype=dtype,
-                     param_dtype=pdtype, dot_general=self.dot_general, name="o_proj")(out)
+        out, cache = backend(q, key, value, layer=layer, cache=cache, sm_scale=h**-0.5)
+        out = Einsum(
+            "BTNH,NHD->BTD",
+            (n, h, d),
+            ("heads", "head_dim", "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="o_proj",
+        )(out)
         return out, cache
 
 
@@ -62,12 +85,25 @@ class GlmMLP(nn.Module):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         f = self.ffw_dim or c.ffw_dim
-        gate_up = Einsum("BTD,DCF->BTCF", (c.d_model, 2, f), ("embed", None, "mlp"),
-                         dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
-                         name="gate_up_proj")(x)
+        gate_up = Einsum(
+            "BTD,DCF->BTCF",
+            (c.d_model, 2, f),
+            ("embed", None, "mlp"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="gate_up_proj",
+        )(x)
         hidden = jax.nn.silu(gate_up[..., 0, :]) * gate_up[..., 1, :]
-        return Einsum("BTF,FD->BTD", (f, c.d_model), ("mlp", "embed"), dtype=dtype,
-                      param_dtype=pdtype, dot_general=self.dot_general, name="down_proj")(hidden)
+        return Einsum(
+            "BTF,FD->BTD",
+            (f, c.d_model),
+            ("mlp", "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="down_proj",
+        )(hidden)
 
 
 class GlmBlock(nn.Module):
@@ -75,8 +111,9 @@ class GlmBlock(nn.Module):
     dot_general: DotGeneral | EinsumPolicy | None = None
 
     @nn.compact
-    def __call__(self, x: Array, angles: Array, backend: AttentionBackend, layer: int,
-                 cache: Any) -> tuple[Array, Any]:
+    def __call__(
+        self, x: Array, angles: Array, backend: AttentionBackend, layer: int, cache: Any
+    ) -> tuple[Array, Any]:
         c = self.config
         pdtype = dtype_of(c.param_dtype)
 
@@ -84,12 +121,14 @@ class GlmBlock(nn.Module):
             return RMSNorm(c.rms_norm_eps, pdtype, name=name)
 
         attn, cache = GlmAttention(c, self.dot_general, name="self_attn")(
-            norm("input_layernorm")(x), angles, backend, layer, cache)
+            norm("input_layernorm")(x), angles, backend, layer, cache
+        )
         if c.sandwich_norm:
             attn = norm("post_self_attn_layernorm")(attn)
         h = x + attn
         mlp = GlmMLP(c, self.dot_general, c.ffw_dim_at(layer), name="mlp")(
-            norm("post_attention_layernorm")(h))
+            norm("post_attention_layernorm")(h)
+        )
         if c.sandwich_norm:
             mlp = norm("post_mlp_layernorm")(mlp)
         return h + mlp, cache
@@ -115,18 +154,32 @@ class GlmDecoder(nn.Module):
         self.layers = [GlmBlock(c, dot_general) for _ in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, pdtype)
         if not c.tie_word_embeddings:
-            self.lm_head = Einsum("BTD,DV->BTV", (c.d_model, c.vocab_size), ("embed", "vocab"),
-                                  dtype=dtype, param_dtype=pdtype, dot_general=dot_general)
+            self.lm_head = Einsum(
+                "BTD,DV->BTV",
+                (c.d_model, c.vocab_size),
+                ("embed", "vocab"),
+                dtype=dtype,
+                param_dtype=pdtype,
+                dot_general=dot_general,
+            )
 
     def embed(self, input_ids: Array) -> Array:
         """Token embeddings [B, T, D] at the compute dtype."""
         return self.embed_tokens(input_ids)
 
-    def __call__(self, input_ids: Array | None = None, positions: Array | None = None, *,
-                 inputs_embeds: Array | None = None, segment_ids: Array | None = None,
-                 attention: AttentionBackend | None = None, kv_caches: Sequence[Any] | None = None,
-                 logits_indices: Array | None = None, layer_hook: LayerHook | None = None,
-                 return_hidden: bool = False) -> Any:
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        positions: Array | None = None,
+        *,
+        inputs_embeds: Array | None = None,
+        segment_ids: Array | None = None,
+        attention: AttentionBackend | None = None,
+        kv_caches: Sequence[Any] | None = None,
+        logits_indices: Array | None = None,
+        layer_hook: LayerHook | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
         """
         input_ids     i32[B, T] (or inputs_embeds [B, T, D])
         positions     i32[B, T] or M-RoPE i32[3, B, T]; default arange(T)
@@ -139,7 +192,11 @@ class GlmDecoder(nn.Module):
         Each layer's output is sown to the "intermediates" collection as `hidden_states`.
         """
         c = self.config
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(dtype_of(c.dtype))
+        x = (
+            self.embed(input_ids)
+            if inputs_embeds is None
+            else inputs_embeds.astype(dtype_of(c.dtype))
+        )
         b, t = x.shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))

@@ -12,7 +12,6 @@ Logical axis names attached to weights (mapped to mesh axes by `autoglm_jax.shar
 from __future__ import annotations
 
 import math
-
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -41,8 +40,12 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", _init_with_axes(nn.initializers.ones, ("norm",)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale",
+            _init_with_axes(nn.initializers.ones, ("norm",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return scale.astype(x.dtype) * y.astype(x.dtype)
@@ -58,15 +61,17 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         d = x.shape[-1]
-        scale = self.param("scale", _init_with_axes(nn.initializers.ones, ("norm",)), (d,),
-                           self.param_dtype)
+        scale = self.param(
+            "scale", _init_with_axes(nn.initializers.ones, ("norm",)), (d,), self.param_dtype
+        )
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
         if self.use_bias:
-            bias = self.param("bias", _init_with_axes(nn.initializers.zeros, ("norm",)), (d,),
-                              self.param_dtype)
+            bias = self.param(
+                "bias", _init_with_axes(nn.initializers.zeros, ("norm",)), (d,), self.param_dtype
+            )
             y = y + bias.astype(jnp.float32)
         return y.astype(x.dtype)
 
@@ -107,9 +112,12 @@ class FanInInit(EinsumPolicy):
     def einsum(self, module: "Einsum", x: Array) -> Array:
         _, contract = contracting_axes(module.equation)
         fan_in = math.prod(module.shape[a] for a in contract)
-        kernel = module.param("kernel", _init_with_axes(nn.initializers.normal(fan_in ** -0.5),
-                                                        module.axes),
-                              module.shape, module.param_dtype)
+        kernel = module.param(
+            "kernel",
+            _init_with_axes(nn.initializers.normal(fan_in**-0.5), module.axes),
+            module.shape,
+            module.param_dtype,
+        )
         return module.product(x, kernel)
 
 
@@ -141,24 +149,31 @@ class Einsum(nn.Module):
         else:
             y = self.product(x, self.float_kernel(), self.dot_general)
         if self.bias_shape is not None:
-            bias = self.param("bias", _init_with_axes(nn.initializers.zeros,
-                                                      self.bias_axes or (None,) * len(self.bias_shape)),
-                              self.bias_shape, self.param_dtype)
+            bias = self.param(
+                "bias",
+                _init_with_axes(
+                    nn.initializers.zeros, self.bias_axes or (None,) * len(self.bias_shape)
+                ),
+                self.bias_shape,
+                self.param_dtype,
+            )
             y = y + bias.astype(self.dtype)
         return y
 
     def float_kernel(self) -> Array:
         """The float "kernel" param (created on init), in its param dtype."""
-        return self.param("kernel", _init_with_axes(self.kernel_init, self.axes), self.shape,
-                          self.param_dtype)
+        return self.param(
+            "kernel", _init_with_axes(self.kernel_init, self.axes), self.shape, self.param_dtype
+        )
 
     def product(self, x: Array, kernel: Array, dot_general: DotGeneral | None = None) -> Array:
         """`equation` applied to x and kernel at the compute dtype."""
         kernel = kernel.astype(self.dtype)
         if dot_general is None:
             return jnp.einsum(self.equation, x, kernel, preferred_element_type=self.dtype)
-        return jnp.einsum(self.equation, x, kernel, _dot_general=dot_general,
-                          preferred_element_type=self.dtype)
+        return jnp.einsum(
+            self.equation, x, kernel, _dot_general=dot_general, preferred_element_type=self.dtype
+        )
 
 
 class Embed(nn.Module):
@@ -171,8 +186,11 @@ class Embed(nn.Module):
 
     def setup(self) -> None:
         self.embedding = self.param(
-            "embedding", _init_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
-            (self.vocab_size, self.d_model), self.param_dtype)
+            "embedding",
+            _init_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (self.vocab_size, self.d_model),
+            self.param_dtype,
+        )
 
     def __call__(self, ids: Array) -> Array:
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
@@ -203,8 +221,9 @@ def mrope_axis_of_frequency(num_freqs: int, mrope_section: Sequence[int] | None)
     return axes
 
 
-def rope_angles(positions: Array, rotary_dim: int, theta: float,
-                mrope_section: Sequence[int] | None = None) -> Array:
+def rope_angles(
+    positions: Array, rotary_dim: int, theta: float, mrope_section: Sequence[int] | None = None
+) -> Array:
     """Rotation angles f32[B, T, R] for int positions [B, T] or M-RoPE positions [3, B, T]."""
     inv_freq = jnp.asarray(rope_inv_freq(rotary_dim, theta))
     if positions.ndim == 2:

@@ -71,11 +71,13 @@ class Glm4vModel(nn.Module):
         quant = self.config.text.quant if self.config.text is not None else None
         if quant is None or quant.scope != "all":
             return self.dot_general
-        return QuantizedWeights(quant, decoder_path=self.path + ("language_model",),
-                                inner=self.dot_general)
+        return QuantizedWeights(
+            quant, decoder_path=self.path + ("language_model",), inner=self.dot_general
+        )
 
-    def embed_inputs(self, input_ids: Array, pixel_values: Array | None = None,
-                     image_grid_thw: Any = None) -> Array:
+    def embed_inputs(
+        self, input_ids: Array, pixel_values: Array | None = None, image_grid_thw: Any = None
+    ) -> Array:
         """Token embeddings [B, T, D] with the image embeddings spliced at the image tokens."""
         c = self.config
         x = self.language_model.embed(input_ids)
@@ -93,12 +95,14 @@ class Glm4vModel(nn.Module):
                 raise ValueError(
                     f"image features and image tokens do not match: input_ids hold {n} image "
                     f"tokens ({c.image_token_id}), the images give {want} "
-                    "(expand the placeholders with expand_image_placeholders)")
+                    "(expand the placeholders with expand_image_placeholders)"
+                )
         image_embeds = self.visual(pixel_values, image_grid_thw)
         return splice_embeddings(x, image_embeds, input_ids, c.image_token_id)
 
-    def mrope_positions(self, input_ids: Any, image_grid_thw: Any = None,
-                        attention_mask: Any = None) -> np.ndarray:
+    def mrope_positions(
+        self, input_ids: Any, image_grid_thw: Any = None, attention_mask: Any = None
+    ) -> np.ndarray:
         """i32[3, B, T] M-RoPE positions computed on the host (`get_rope_index`)."""
         c = self.config
         ids = _concrete(input_ids)
@@ -107,53 +111,102 @@ class Glm4vModel(nn.Module):
             raise TypeError(
                 "M-RoPE positions are computed on the host from input_ids (and "
                 "attention_mask), which are traced here: under jax.jit compute them with "
-                "autoglm_jax.processing.prompt.get_rope_index and pass positions=")
+                "autoglm_jax.processing.prompt.get_rope_index and pass positions="
+            )
         merge = c.vision.spatial_merge_size if c.vision is not None else 2
         positions, _ = get_rope_index(
-            ids, image_grid_thw, mask,
+            ids,
+            image_grid_thw,
+            mask,
             image_token_id=c.image_token_id if c.image_token_id is not None else -1,
-            video_start_token_id=(c.video_start_token_id
-                                  if c.video_start_token_id is not None else -1),
+            video_start_token_id=(
+                c.video_start_token_id if c.video_start_token_id is not None else -1
+            ),
             video_end_token_id=c.video_end_token_id if c.video_end_token_id is not None else -1,
-            spatial_merge_size=merge)
+            spatial_merge_size=merge,
+        )
         return positions
 
-    def _decode(self, input_ids: Array | None, positions: Array | None,
-                pixel_values: Array | None, image_grid_thw: Any, attention_mask: Array | None,
-                inputs_embeds: Array | None, segment_ids: Array | None,
-                attention: AttentionBackend | None, kv_caches: Any,
-                logits_indices: Array | None, return_hidden: bool, layer_hook: Any) -> Any:
+    def _decode(
+        self,
+        input_ids: Array | None,
+        positions: Array | None,
+        pixel_values: Array | None,
+        image_grid_thw: Any,
+        attention_mask: Array | None,
+        inputs_embeds: Array | None,
+        segment_ids: Array | None,
+        attention: AttentionBackend | None,
+        kv_caches: Any,
+        logits_indices: Array | None,
+        return_hidden: bool,
+        layer_hook: Any,
+    ) -> Any:
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grid_thw)
         elif pixel_values is not None:
-            raise ValueError("pixel_values are spliced at the image tokens of input_ids; "
-                             "with inputs_embeds, splice them yourself")
-        if positions is None and input_ids is not None and (
-                image_grid_thw is not None or attention_mask is not None):
-            positions = jnp.asarray(self.mrope_positions(input_ids, image_grid_thw,
-                                                         attention_mask))
+            raise ValueError(
+                "pixel_values are spliced at the image tokens of input_ids; "
+                "with inputs_embeds, splice them yourself"
+            )
+        if (
+            positions is None
+            and input_ids is not None
+            and (image_grid_thw is not None or attention_mask is not None)
+        ):
+            positions = jnp.asarray(self.mrope_positions(input_ids, image_grid_thw, attention_mask))
         if attention_mask is not None:
             keep = jnp.asarray(attention_mask).astype(bool)
-            segment_ids = (keep.astype(jnp.int32) if segment_ids is None
-                           else jnp.where(keep, segment_ids + 1, 0))
+            segment_ids = (
+                keep.astype(jnp.int32)
+                if segment_ids is None
+                else jnp.where(keep, segment_ids + 1, 0)
+            )
         return self.language_model(
-            None, positions, inputs_embeds=inputs_embeds, segment_ids=segment_ids,
-            attention=attention, kv_caches=kv_caches, logits_indices=logits_indices,
-            layer_hook=layer_hook, return_hidden=return_hidden)
+            None,
+            positions,
+            inputs_embeds=inputs_embeds,
+            segment_ids=segment_ids,
+            attention=attention,
+            kv_caches=kv_caches,
+            logits_indices=logits_indices,
+            layer_hook=layer_hook,
+            return_hidden=return_hidden,
+        )
 
-    def __call__(self, input_ids: Array | None = None, positions: Array | None = None,
-                 pixel_values: Array | None = None, image_grid_thw: Any = None, *,
-                 attention_mask: Array | None = None, inputs_embeds: Array | None = None,
-                 segment_ids: Array | None = None, attention: AttentionBackend | None = None,
-                 kv_caches: Any = None, logits_indices: Array | None = None,
-                 return_hidden: bool = False) -> Any:
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        positions: Array | None = None,
+        pixel_values: Array | None = None,
+        image_grid_thw: Any = None,
+        *,
+        attention_mask: Array | None = None,
+        inputs_embeds: Array | None = None,
+        segment_ids: Array | None = None,
+        attention: AttentionBackend | None = None,
+        kv_caches: Any = None,
+        logits_indices: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
         """Logits f32[B, T, V] (the decoder's outputs; see GlmDecoder for the keyword
         arguments, which the engine uses as with a text model)."""
-        return self._decode(input_ids, positions, pixel_values, image_grid_thw, attention_mask,
-                            inputs_embeds, segment_ids, attention, kv_caches, logits_indices,
-                            return_hidden, None)
+        return self._decode(
+            input_ids,
+            positions,
+            pixel_values,
+            image_grid_thw,
+            attention_mask,
+            inputs_embeds,
+            segment_ids,
+            attention,
+            kv_caches,
+            logits_indices,
+            return_hidden,
+            None,
+        )
 
 
 class AutoGLM(Glm4vModel):
@@ -169,10 +222,18 @@ class AutoGLM(Glm4vModel):
             self.vit_encoder = ViTEncoder(c.vit, self.encoder_dot_general())
         self.fusion = CgaFusion(c, self.encoder_dot_general())
 
-    def encode_memory(self, num_rows: int, input_features: Array | None = None,
-                      audio_rows: Any = None, vit_pixel_values: Array | None = None,
-                      vit_rows: Any = None, *, max_audio_per_row: int | None = None,
-                      max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
+    def encode_memory(
+        self,
+        num_rows: int,
+        input_features: Array | None = None,
+        audio_rows: Any = None,
+        vit_pixel_values: Array | None = None,
+        vit_rows: Any = None,
+        *,
+        max_audio_per_row: int | None = None,
+        max_vit_per_row: int | None = None,
+        audio_frames: Any = None,
+    ) -> Memory:
         """Run the encoders and projectors: a Memory with `num_rows` rows. audio_frames
         i32[A]: real mel frames per audio window (None: the whole window is attended)."""
         c = self.config
@@ -185,24 +246,44 @@ class AutoGLM(Glm4vModel):
             if c.vit is None:
                 raise ValueError("this model has no ViT encoder (vit_pixel_values given)")
             vit_hidden = self.vit_encoder(vit_pixel_values)[0]
-        return self.fusion.memory(num_rows, audio_hidden, audio_rows, vit_hidden, vit_rows,
-                                  max_audio_per_row=max_audio_per_row,
-                                  max_vit_per_row=max_vit_per_row, audio_frames=audio_frames)
+        return self.fusion.memory(
+            num_rows,
+            audio_hidden,
+            audio_rows,
+            vit_hidden,
+            vit_rows,
+            max_audio_per_row=max_audio_per_row,
+            max_vit_per_row=max_vit_per_row,
+            audio_frames=audio_frames,
+        )
 
     def memory_kv(self, memory: Memory) -> MemoryKV:
         return self.fusion.memory_kv(memory)
 
-    def __call__(self, input_ids: Array | None = None, positions: Array | None = None,
-                 pixel_values: Array | None = None, image_grid_thw: Any = None,
-                 input_features: Array | None = None, vit_pixel_values: Array | None = None, *,
-                 audio_rows: Any = None, vit_rows: Any = None,
-                 max_audio_per_row: int | None = None, max_vit_per_row: int | None = None,
-                 audio_frames: Any = None,
-                 memory: MemoryKV | None = None, memory_rows: Array | None = None,
-                 attention_mask: Array | None = None, inputs_embeds: Array | None = None,
-                 segment_ids: Array | None = None, attention: AttentionBackend | None = None,
-                 kv_caches: Any = None, logits_indices: Array | None = None,
-                 return_hidden: bool = False) -> Any:
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        positions: Array | None = None,
+        pixel_values: Array | None = None,
+        image_grid_thw: Any = None,
+        input_features: Array | None = None,
+        vit_pixel_values: Array | None = None,
+        *,
+        audio_rows: Any = None,
+        vit_rows: Any = None,
+        max_audio_per_row: int | None = None,
+        max_vit_per_row: int | None = None,
+        audio_frames: Any = None,
+        memory: MemoryKV | None = None,
+        memory_rows: Array | None = None,
+        attention_mask: Array | None = None,
+        inputs_embeds: Array | None = None,
+        segment_ids: Array | None = None,
+        attention: AttentionBackend | None = None,
+        kv_caches: Any = None,
+        logits_indices: Array | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
         """Logits f32[B, T, V]. Audio/ViT inputs (or a precomputed `memory`) feed the CGA
         blocks; without them the model is exactly its base decoder. `audio_frames` i32[A]
         (real mel frames per audio window, `processing.audio.window_frames`) keeps the blocks
@@ -210,10 +291,18 @@ class AutoGLM(Glm4vModel):
         maps each token to a memory row (flat token batches of several requests)."""
         if memory is None and (input_features is not None or vit_pixel_values is not None):
             ref = input_ids if input_ids is not None else inputs_embeds
-            memory = self.memory_kv(self.encode_memory(
-                ref.shape[0], input_features, audio_rows, vit_pixel_values, vit_rows,
-                max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row,
-                audio_frames=audio_frames))
+            memory = self.memory_kv(
+                self.encode_memory(
+                    ref.shape[0],
+                    input_features,
+                    audio_rows,
+                    vit_pixel_values,
+                    vit_rows,
+                    max_audio_per_row=max_audio_per_row,
+                    max_vit_per_row=max_vit_per_row,
+                    audio_frames=audio_frames,
+                )
+            )
         hook = None
         if memory is not None:
             fusion_cfg = self.config.fusion
@@ -222,9 +311,20 @@ class AutoGLM(Glm4vModel):
                 j = fusion_cfg.block_after_layer(i)
                 return h if j is None else self.fusion.apply_block(j, h, memory, memory_rows)
 
-        return self._decode(input_ids, positions, pixel_values, image_grid_thw, attention_mask,
-                            inputs_embeds, segment_ids, attention, kv_caches, logits_indices,
-                            return_hidden, hook)
+        return self._decode(
+            input_ids,
+            positions,
+            pixel_values,
+            image_grid_thw,
+            attention_mask,
+            inputs_embeds,
+            segment_ids,
+            attention,
+            kv_caches,
+            logits_indices,
+            return_hidden,
+            hook,
+        )
 
 
 class ViTModel(nn.Module):
@@ -247,23 +347,41 @@ def init_fusion_params(config: ModelConfig, key: Array) -> Any:
     the encoders or the decoder."""
     c = config
     d = c.text.d_model
-    audio = (jnp.zeros((1, c.audio.max_source_positions, c.audio.d_model), jnp.float32)
-             if c.audio is not None else None)
-    vit = (jnp.zeros((1, c.vit.seq_len, c.vit.d_model), jnp.float32)
-           if c.vit is not None else None)
+    audio = (
+        jnp.zeros((1, c.audio.max_source_positions, c.audio.d_model), jnp.float32)
+        if c.audio is not None
+        else None
+    )
+    vit = jnp.zeros((1, c.vit.seq_len, c.vit.d_model), jnp.float32) if c.vit is not None else None
     return CgaFusion(c).init(key, jnp.zeros((1, 1, d), jnp.float32), audio, vit)["params"]
 
 
-def encode_memory(config: ModelConfig, params: Any, num_rows: int,
-                  input_features: Array | None = None, audio_rows: Any = None,
-                  vit_pixel_values: Array | None = None, vit_rows: Any = None, *,
-                  max_audio_per_row: int | None = None,
-                  max_vit_per_row: int | None = None, audio_frames: Any = None) -> Memory:
+def encode_memory(
+    config: ModelConfig,
+    params: Any,
+    num_rows: int,
+    input_features: Array | None = None,
+    audio_rows: Any = None,
+    vit_pixel_values: Array | None = None,
+    vit_rows: Any = None,
+    *,
+    max_audio_per_row: int | None = None,
+    max_vit_per_row: int | None = None,
+    audio_frames: Any = None,
+) -> Memory:
     """Encoders + projectors of an autoglm model (params: the whole model's tree)."""
     return AutoGLM(config).apply(
-        {"params": params}, num_rows, input_features, audio_rows, vit_pixel_values, vit_rows,
-        max_audio_per_row=max_audio_per_row, max_vit_per_row=max_vit_per_row,
-        audio_frames=audio_frames, method="encode_memory")
+        {"params": params},
+        num_rows,
+        input_features,
+        audio_rows,
+        vit_pixel_values,
+        vit_rows,
+        max_audio_per_row=max_audio_per_row,
+        max_vit_per_row=max_vit_per_row,
+        audio_frames=audio_frames,
+        method="encode_memory",
+    )
 
 
 def memory_kv(config: ModelConfig, params: Any, memory: Memory) -> MemoryKV:

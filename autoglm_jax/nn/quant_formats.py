@@ -118,7 +118,7 @@ def _grouped(w: Array, layout: Layout) -> Array:
 
 def _ungrouped(x: Array, layout: Layout) -> Array:
     """Inverse of `_grouped`: [..., n_groups, group] -> kernel shape."""
-    x = x.reshape(*x.shape[:-2], -1)[..., :layout.shape[layout.group_axis]]
+    x = x.reshape(*x.shape[:-2], -1)[..., : layout.shape[layout.group_axis]]
     return jnp.moveaxis(x, -1, layout.group_axis)
 
 
@@ -128,8 +128,9 @@ def _scale(amax: Array, layout: Layout, clip: float, dtype: Any) -> Array:
     return jnp.where(scale > 0, scale, 1.0)  # all-zero channels (or bf16 underflow)
 
 
-def quantize(w: Array, layout: Layout, clip: float = 1.0,
-             scale_dtype: Any = jnp.float32) -> tuple[Array, Array]:
+def quantize(
+    w: Array, layout: Layout, clip: float = 1.0, scale_dtype: Any = jnp.float32
+) -> tuple[Array, Array]:
     """Float kernel -> (stored kernel i8[layout.stored_shape], scale[layout.scale_shape] in
     `scale_dtype`). Values are rounded against the scale as stored."""
     w = w.astype(jnp.float32)
@@ -142,8 +143,10 @@ def quantize(w: Array, layout: Layout, clip: float = 1.0,
     scale = _scale(jnp.max(jnp.abs(g), axis=-1), layout, clip, scale_dtype)  # [..., n_groups]
     q = jnp.clip(jnp.round(g / scale[..., None]), -layout.qmax, layout.qmax).astype(jnp.int8)
     packed = pack_int4(q.reshape(*q.shape[:-2], -1))
-    return (jnp.moveaxis(packed, -1, layout.group_axis),
-            jnp.moveaxis(scale, -1, layout.group_axis).astype(scale_dtype))
+    return (
+        jnp.moveaxis(packed, -1, layout.group_axis),
+        jnp.moveaxis(scale, -1, layout.group_axis).astype(scale_dtype),
+    )
 
 
 def dequantize(q: Array, scale: Array, layout: Layout) -> Array:
@@ -152,14 +155,13 @@ def dequantize(q: Array, scale: Array, layout: Layout) -> Array:
     if layout.format == "int8":
         return q.astype(jnp.float32) * scale
     values = unpack_int4(jnp.moveaxis(q, layout.group_axis, -1))
-    values = values[..., :layout.num_groups * layout.group]
+    values = values[..., : layout.num_groups * layout.group]
     values = values.reshape(*values.shape[:-1], layout.num_groups, layout.group)
     w = values.astype(jnp.float32) * jnp.moveaxis(scale, layout.group_axis, -1)[..., None]
     return _ungrouped(w, layout)
 
 
-def clip_mask(w: Array, layout: Layout, clip: float = 1.0,
-              scale_dtype: Any = jnp.float32) -> Array:
+def clip_mask(w: Array, layout: Layout, clip: float = 1.0, scale_dtype: Any = jnp.float32) -> Array:
     """bool[kernel shape]: values `quantize` does not clip (those that round to at most qmax
     in magnitude; with clip = 1 that is all of them)."""
     w = w.astype(jnp.float32)
@@ -227,5 +229,4 @@ fake_quant_activations.defvjp(_act_fwd, _act_bwd)
 
 def tree_bytes(tree: object) -> int:
     """Bytes the arrays of a pytree occupy (itemsize x size; packed int4 counts as stored)."""
-    return sum(int(math.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(tree))
+    return sum(int(math.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

@@ -20,20 +20,27 @@ import jax.numpy as jnp
 
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.nn.layers import DotGeneral, Einsum, EinsumPolicy
-from autoglm_jax.nn.quant_formats import (Layout, contracting_axes, dequantize,
-                                       fake_quant_activations, layout_for, quantize)
+from autoglm_jax.nn.quant_formats import (
+    Layout,
+    contracting_axes,
+    dequantize,
+    fake_quant_activations,
+    layout_for,
+    quantize,
+)
 
 Array = jax.Array
 
 
-def weight_format(config: QuantConfig, module_path: tuple[str, ...],
-                  decoder: tuple[str, ...]) -> str:
-    """"int8", "int4" or "none" for the Einsum at `module_path` (from the root module).
+def weight_format(
+    config: QuantConfig, module_path: tuple[str, ...], decoder: tuple[str, ...]
+) -> str:
+    """ "int8", "int4" or "none" for the Einsum at `module_path` (from the root module).
     Einsums outside the decoder (encoders, fusion) are quantized only with scope "all", their
     rules matched against the path from the root."""
-    if tuple(module_path[:len(decoder)]) != tuple(decoder):
+    if tuple(module_path[: len(decoder)]) != tuple(decoder):
         return config.format_for("/".join(module_path)) if config.scope == "all" else "none"
-    return config.format_for("/".join(module_path[len(decoder):]))
+    return config.format_for("/".join(module_path[len(decoder) :]))
 
 
 def einsum_layout(config: QuantConfig, module: Einsum, decoder: tuple[str, ...]) -> Layout | None:
@@ -54,8 +61,10 @@ def quantize_input(config: QuantConfig, module: Einsum, x: Array) -> Array:
 
 def check_plain_dot_general(inner: Any) -> None:
     if isinstance(inner, EinsumPolicy):
-        raise TypeError(f"a quantization policy cannot wrap another policy ({inner!r}); "
-                        "pass a plain dot_general or None")
+        raise TypeError(
+            f"a quantization policy cannot wrap another policy ({inner!r}); "
+            "pass a plain dot_general or None"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +104,18 @@ class QuantizedWeights(QuantPolicy):
             w = module.kernel_init(module.make_rng("params"), layout.shape, jnp.float32)
             q0, s0 = quantize(w, layout, self.config.weight_clip, module.param_dtype)
             init_q, init_s = (lambda *_: q0), (lambda *_: s0)
-        kernel = module.param("kernel", nn.with_logical_partitioning(init_q, module.axes),
-                              layout.stored_shape, jnp.int8)
-        scale = module.param("scale", nn.with_logical_partitioning(
-            init_s, layout.scale_axes(module.axes)), layout.scale_shape, module.param_dtype)
+        kernel = module.param(
+            "kernel",
+            nn.with_logical_partitioning(init_q, module.axes),
+            layout.stored_shape,
+            jnp.int8,
+        )
+        scale = module.param(
+            "scale",
+            nn.with_logical_partitioning(init_s, layout.scale_axes(module.axes)),
+            layout.scale_shape,
+            module.param_dtype,
+        )
         _check_stored(module, kernel, scale, layout)
         w = dequantize(kernel, scale, layout)
         return module.product(quantize_input(self.config, module, x), w, self.inner)
@@ -107,8 +124,11 @@ class QuantizedWeights(QuantPolicy):
 def _check_stored(module: Einsum, kernel: Array, scale: Array, layout: Layout) -> None:
     path = "/".join(module.path)
     if kernel.dtype != jnp.int8 or tuple(kernel.shape) != layout.stored_shape:
-        raise ValueError(f"{path}/kernel: expected a quantized {layout.format} kernel "
-                         f"i8{list(layout.stored_shape)}, got {kernel.dtype}{list(kernel.shape)}")
+        raise ValueError(
+            f"{path}/kernel: expected a quantized {layout.format} kernel "
+            f"i8{list(layout.stored_shape)}, got {kernel.dtype}{list(kernel.shape)}"
+        )
     if tuple(scale.shape) != layout.scale_shape:
-        raise ValueError(f"{path}/scale: expected shape {list(layout.scale_shape)}, "
-                         f"got {list(scale.shape)}")
+        raise ValueError(
+            f"{path}/scale: expected shape {list(layout.scale_shape)}, got {list(scale.shape)}"
+        )

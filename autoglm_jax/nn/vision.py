@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autoglm_jax.config.vision import VisionConfig
-from autoglm_jax.nn.layers import (DotGeneral, Einsum, LayerNorm, RMSNorm, apply_half_rope,
-                                   dtype_of)
+from autoglm_jax.nn.layers import DotGeneral, Einsum, LayerNorm, RMSNorm, apply_half_rope, dtype_of
 
 Array = jax.Array
 Grid = tuple[tuple[int, int, int], ...]
@@ -53,7 +52,8 @@ def grid_tuple(image_grid_thw: Any) -> Grid:
         raise TypeError(
             "image_grid_thw must be concrete (a host numpy array or a tuple of (t, h, w)); "
             "it sets static shapes in the vision tower. Under jax.jit close over it or pass it "
-            "as a static argument (see grid_tuple)") from None
+            "as a static argument (see grid_tuple)"
+        ) from None
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise ValueError(f"image_grid_thw must have shape [num_images, 3], got {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
@@ -105,8 +105,8 @@ class VisionLayout:
     """Host-side arrays for one static grid (numpy; become constants under jit)."""
 
     grid: Grid
-    h_pos: np.ndarray        # i32[P] row of each patch inside its frame
-    w_pos: np.ndarray        # i32[P] column of each patch inside its frame
+    h_pos: np.ndarray  # i32[P] row of each patch inside its frame
+    w_pos: np.ndarray  # i32[P] column of each patch inside its frame
     segment_ids: np.ndarray  # i32[P] attention segment (one per image frame)
     segments: tuple[tuple[int, int], ...]  # (start, length) of each segment, in order
 
@@ -120,8 +120,10 @@ def vision_layout(grid: Grid, merge: int) -> VisionLayout:
     segment = start = 0
     for i, (t, h, w) in enumerate(grid):
         if t < 1 or h < 1 or w < 1 or h % merge or w % merge:
-            raise ValueError(f"image_grid_thw[{i}] = {(t, h, w)}: t must be >= 1 and h, w "
-                             f"positive multiples of spatial_merge_size ({merge})")
+            raise ValueError(
+                f"image_grid_thw[{i}] = {(t, h, w)}: t must be >= 1 and h, w "
+                f"positive multiples of spatial_merge_size ({merge})"
+            )
         hpos, wpos = merge_block_positions(h, w, merge)
         for _ in range(t):
             h_all.append(hpos)
@@ -133,8 +135,9 @@ def vision_layout(grid: Grid, merge: int) -> VisionLayout:
     if not h_all:
         empty = np.zeros((0,), np.int32)
         return VisionLayout(grid, empty, empty, empty, ())
-    return VisionLayout(grid, np.concatenate(h_all), np.concatenate(w_all),
-                        np.concatenate(seg_all), tuple(segments))
+    return VisionLayout(
+        grid, np.concatenate(h_all), np.concatenate(w_all), np.concatenate(seg_all), tuple(segments)
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,14 +158,15 @@ def _softmax_attention(q: Array, k: Array, v: Array, mask: Array | None, scale: 
     return jnp.einsum("NTS,SNH->TNH", probs, v, preferred_element_type=v.dtype)
 
 
-def per_image_attention(q: Array, k: Array, v: Array, layout: VisionLayout,
-                        scale: float) -> Array:
+def per_image_attention(q: Array, k: Array, v: Array, layout: VisionLayout, scale: float) -> Array:
     """Dense attention inside each segment, on static slices: cost sum(n_i^2), not P^2 (the
     default). Scores and softmax in fp32."""
     if len(layout.segments) == 1:
         return _softmax_attention(q, k, v, None, scale)
-    outs = [_softmax_attention(q[a:a + n], k[a:a + n], v[a:a + n], None, scale)
-            for a, n in layout.segments]
+    outs = [
+        _softmax_attention(q[a : a + n], k[a : a + n], v[a : a + n], None, scale)
+        for a, n in layout.segments
+    ]
     return jnp.concatenate(outs, axis=0)
 
 
@@ -198,16 +202,30 @@ class VisionAttention(nn.Module):
         cfg = self.config
         d, n, h = cfg.d_model, cfg.num_heads, cfg.head_dim
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-        qkv = Einsum("TD,DCNH->TCNH", (d, 3, n, h), ("embed", "fused", "heads", "head_dim"),
-                     bias_shape=(3, n, h) if cfg.attention_bias else None,
-                     bias_axes=("fused", "heads", "head_dim"), dtype=dtype, param_dtype=pdtype,
-                     dot_general=self.dot_general, name="qkv")(x)
+        qkv = Einsum(
+            "TD,DCNH->TCNH",
+            (d, 3, n, h),
+            ("embed", "fused", "heads", "head_dim"),
+            bias_shape=(3, n, h) if cfg.attention_bias else None,
+            bias_axes=("fused", "heads", "head_dim"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="qkv",
+        )(x)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         q = apply_half_rope(q, cos, sin)
         k = apply_half_rope(k, cos, sin)
-        out = self.attention_fn(q, k, v, layout, h ** -0.5)
-        return Einsum("TNH,NHD->TD", (n, h, d), ("heads", "head_dim", "embed"), dtype=dtype,
-                      param_dtype=pdtype, dot_general=self.dot_general, name="proj")(out)
+        out = self.attention_fn(q, k, v, layout, h**-0.5)
+        return Einsum(
+            "TNH,NHD->TD",
+            (n, h, d),
+            ("heads", "head_dim", "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="proj",
+        )(out)
 
 
 class SwiGLU(nn.Module):
@@ -225,8 +243,9 @@ class SwiGLU(nn.Module):
         d, f = self.d_model, self.ffw_dim
         gate = Einsum("TD,DF->TF", (d, f), ("embed", "mlp"), name="gate_proj", **kw)(x)
         up = Einsum("TD,DF->TF", (d, f), ("embed", "mlp"), name="up_proj", **kw)(x)
-        return Einsum("TF,FD->TD", (f, d), ("mlp", "embed"), name="down_proj",
-                      **kw)(jax.nn.silu(gate) * up)
+        return Einsum("TF,FD->TD", (f, d), ("mlp", "embed"), name="down_proj", **kw)(
+            jax.nn.silu(gate) * up
+        )
 
 
 class VisionBlock(nn.Module):
@@ -240,10 +259,12 @@ class VisionBlock(nn.Module):
         pdtype = dtype_of(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm1")(x)
         x = x + VisionAttention(cfg, self.attention_fn, self.dot_general, name="attn")(
-            h, cos, sin, layout)
+            h, cos, sin, layout
+        )
         h = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="norm2")(x)
-        return x + SwiGLU(cfg.d_model, cfg.ffw_dim, dtype_of(cfg.dtype), pdtype,
-                          self.dot_general, name="mlp")(h)
+        return x + SwiGLU(
+            cfg.d_model, cfg.ffw_dim, dtype_of(cfg.dtype), pdtype, self.dot_general, name="mlp"
+        )(h)
 
 
 class PatchMerger(nn.Module):
@@ -257,8 +278,15 @@ class PatchMerger(nn.Module):
         cfg = self.config
         o = cfg.out_hidden_size
         dtype, pdtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-        x = Einsum("TC,CD->TD", (o, o), ("mlp", "embed"), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="proj")(x)
+        x = Einsum(
+            "TC,CD->TD",
+            (o, o),
+            ("mlp", "embed"),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="proj",
+        )(x)
         x = LayerNorm(cfg.layer_norm_eps, param_dtype=pdtype, name="post_projection_norm")(x)
         x = jax.nn.gelu(x, approximate=False)
         return SwiGLU(o, cfg.merger_ffw_dim, dtype, pdtype, self.dot_general, name="mlp")(x)
@@ -285,42 +313,63 @@ class Glm4vVisionTower(nn.Module):
             raise ValueError("image_grid_thw is empty: there are no images to encode")
         layout = vision_layout(grid, cfg.spatial_merge_size)
         if pixel_values.ndim != 2 or pixel_values.shape[1] != cfg.patch_dim:
-            raise ValueError(f"pixel_values must have shape [num_patches, {cfg.patch_dim}], "
-                             f"got {pixel_values.shape}")
+            raise ValueError(
+                f"pixel_values must have shape [num_patches, {cfg.patch_dim}], "
+                f"got {pixel_values.shape}"
+            )
         if pixel_values.shape[0] != layout.num_patches:
             raise ValueError(
                 f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
-                f"{[list(g) for g in grid]} describes {layout.num_patches}")
+                f"{[list(g) for g in grid]} describes {layout.num_patches}"
+            )
 
         # Conv3d with kernel == stride over a (C, T, 14, 14) patch is a Linear over 1176.
-        x = Einsum("PC,CD->PD", (cfg.patch_dim, cfg.d_model), (None, "embed"),
-                   bias_shape=(cfg.d_model,), bias_axes=("embed",), dtype=dtype,
-                   param_dtype=pdtype, dot_general=self.dot_general, name="patch_embed")(
-                       pixel_values)
+        x = Einsum(
+            "PC,CD->PD",
+            (cfg.patch_dim, cfg.d_model),
+            (None, "embed"),
+            bias_shape=(cfg.d_model,),
+            bias_axes=("embed",),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="patch_embed",
+        )(pixel_values)
         x = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="post_conv_layernorm")(x)
 
         table = self.param(
             "position_embedding",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (cfg.position_grid ** 2, cfg.d_model), pdtype)
+            (cfg.position_grid**2, cfg.d_model),
+            pdtype,
+        )
         pos = self._resampled_positions(table, grid)
         x = x + pos.astype(pdtype).astype(x.dtype)
 
-        cos, sin = vision_rope(jnp.asarray(layout.h_pos), jnp.asarray(layout.w_pos),
-                               cfg.head_dim, cfg.rope_theta)
+        cos, sin = vision_rope(
+            jnp.asarray(layout.h_pos), jnp.asarray(layout.w_pos), cfg.head_dim, cfg.rope_theta
+        )
         for i in range(cfg.depth):
             x = VisionBlock(cfg, self.attention_fn, self.dot_general, name=f"blocks_{i}")(
-                x, cos, sin, layout)
+                x, cos, sin, layout
+            )
         x = RMSNorm(cfg.rms_norm_eps, param_dtype=pdtype, name="post_layernorm")(x)
 
         # Each run of merge^2 consecutive patches is one 2x2 block (HF order): a Conv2d with
         # kernel == stride. X, Y: row and column inside the window; E: out_hidden_size.
         m = cfg.spatial_merge_size
         x = x.reshape(-1, m, m, cfg.d_model)
-        x = Einsum("TXYD,XYDE->TE", (m, m, cfg.d_model, cfg.out_hidden_size),
-                   (None, None, "embed", "mlp"), bias_shape=(cfg.out_hidden_size,),
-                   bias_axes=("mlp",), dtype=dtype, param_dtype=pdtype,
-                   dot_general=self.dot_general, name="downsample")(x)
+        x = Einsum(
+            "TXYD,XYDE->TE",
+            (m, m, cfg.d_model, cfg.out_hidden_size),
+            (None, None, "embed", "mlp"),
+            bias_shape=(cfg.out_hidden_size,),
+            bias_axes=("mlp",),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="downsample",
+        )(x)
         return PatchMerger(cfg, self.dot_general, name="merger")(x)
 
     def _resampled_positions(self, table: Array, grid: Grid) -> Array:
@@ -333,10 +382,12 @@ class Glm4vVisionTower(nn.Module):
             rows = jnp.asarray(bicubic_resample_matrix(h, g))  # [h, G]
             cols = jnp.asarray(bicubic_resample_matrix(w, g))  # [w, G]
             # Row pass then column pass, both in fp32 (y, x: target row, column).
-            resampled = jnp.einsum("yI,IJD->yJD", rows, table2d,
-                                   precision=jax.lax.Precision.HIGHEST)
-            resampled = jnp.einsum("xJ,yJD->yxD", cols, resampled,
-                                   precision=jax.lax.Precision.HIGHEST)
+            resampled = jnp.einsum(
+                "yI,IJD->yJD", rows, table2d, precision=jax.lax.Precision.HIGHEST
+            )
+            resampled = jnp.einsum(
+                "xJ,yJD->yxD", cols, resampled, precision=jax.lax.Precision.HIGHEST
+            )
             hpos, wpos = merge_block_positions(h, w, cfg.spatial_merge_size)
             frame = resampled.reshape(h * w, d)[jnp.asarray(hpos * w + wpos)]
             parts.extend([frame] * t)
@@ -348,4 +399,3 @@ class Glm4vVisionTower(nn.Module):
 def count_params(params: Any) -> int:
     """Number of scalars in a params tree (works on ShapeDtypeStructs from eval_shape)."""
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
-

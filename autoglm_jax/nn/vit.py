@@ -28,7 +28,7 @@ def patchify(pixel_values: Array, patch_size: tuple[int, int]) -> Array:
     b, ch, height, width = pixel_values.shape
     ph, pw = patch_size
     gh, gw = height // ph, width // pw
-    x = pixel_values[:, :, :gh * ph, :gw * pw].reshape(b, ch, gh, ph, gw, pw)
+    x = pixel_values[:, :, : gh * ph, : gw * pw].reshape(b, ch, gh, ph, gw, pw)
     return x.transpose(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch, ph, pw)
 
 
@@ -45,16 +45,27 @@ class ViTEmbeddings(nn.Module):
         b = pixel_values.shape[0]
         ph, pw = c.patch_size
         patches = patchify(pixel_values.astype(dtype), c.patch_size)  # [B, P, C, X, Y]
-        x = Einsum("BPCXY,CXYD->BPD", (c.num_channels, ph, pw, c.d_model),
-                   (None, None, None, "embed"), bias_shape=(c.d_model,), bias_axes=("embed",),
-                   dtype=dtype, param_dtype=pdtype, dot_general=self.dot_general,
-                   name="patch_embeddings")(patches)
+        x = Einsum(
+            "BPCXY,CXYD->BPD",
+            (c.num_channels, ph, pw, c.d_model),
+            (None, None, None, "embed"),
+            bias_shape=(c.d_model,),
+            bias_axes=("embed",),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="patch_embeddings",
+        )(patches)
         init = nn.initializers.truncated_normal(0.02)
-        cls_token = self.param("cls_token", nn.with_logical_partitioning(init, ("embed",)),
-                               (c.d_model,), pdtype)
-        positions = self.param("position_embeddings",
-                               nn.with_logical_partitioning(init, (None, "embed")),
-                               (c.seq_len, c.d_model), pdtype)
+        cls_token = self.param(
+            "cls_token", nn.with_logical_partitioning(init, ("embed",)), (c.d_model,), pdtype
+        )
+        positions = self.param(
+            "position_embeddings",
+            nn.with_logical_partitioning(init, (None, "embed")),
+            (c.seq_len, c.d_model),
+            pdtype,
+        )
         cls_tokens = jnp.broadcast_to(cls_token.astype(dtype), (b, 1, c.d_model))
         return jnp.concatenate([cls_tokens, x], axis=1) + positions.astype(dtype)[None]
 
@@ -70,12 +81,20 @@ class ViTBlock(nn.Module):
         c = self.config
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         ln = lambda name: LayerNorm(c.layer_norm_eps, param_dtype=pdtype, name=name)  # noqa: E731
-        attention = EncoderSelfAttention(c.d_model, c.num_heads, c.head_dim, qkv_bias=c.qkv_bias,
-                                         dtype=dtype, param_dtype=pdtype,
-                                         dot_general=self.dot_general, name="attention")
+        attention = EncoderSelfAttention(
+            c.d_model,
+            c.num_heads,
+            c.head_dim,
+            qkv_bias=c.qkv_bias,
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="attention",
+        )
         h = x + attention(ln("layernorm_before")(x))
-        return h + gelu_mlp(ln("layernorm_after")(h), c.d_model, c.ffw_dim, dtype, pdtype,
-                            self.dot_general)
+        return h + gelu_mlp(
+            ln("layernorm_after")(h), c.d_model, c.ffw_dim, dtype, pdtype, self.dot_general
+        )
 
 
 class ViTEncoder(nn.Module):
@@ -100,8 +119,10 @@ class ViTEncoder(nn.Module):
         dtype, pdtype = dtype_of(c.dtype), dtype_of(c.param_dtype)
         expected = (c.num_channels, *c.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(f"ViTEncoder expects pixel_values [batch, {expected[0]}, "
-                             f"{expected[1]}, {expected[2]}], got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"ViTEncoder expects pixel_values [batch, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}], got {tuple(pixel_values.shape)}"
+            )
         x = ViTEmbeddings(c, self.dot_general, name="embeddings")(pixel_values)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         for i in range(c.num_layers):
@@ -112,7 +133,15 @@ class ViTEncoder(nn.Module):
         if not c.add_pooling_layer:
             return x, None
         # E: the pooler's output width.
-        pooled = Einsum("BD,DE->BE", (c.d_model, c.pooler_width), ("embed", None),
-                        bias_shape=(c.pooler_width,), bias_axes=(None,), dtype=dtype,
-                        param_dtype=pdtype, dot_general=self.dot_general, name="pooler")(x[:, 0])
+        pooled = Einsum(
+            "BD,DE->BE",
+            (c.d_model, c.pooler_width),
+            ("embed", None),
+            bias_shape=(c.pooler_width,),
+            bias_axes=(None,),
+            dtype=dtype,
+            param_dtype=pdtype,
+            dot_general=self.dot_general,
+            name="pooler",
+        )(x[:, 0])
         return x, jnp.tanh(pooled)

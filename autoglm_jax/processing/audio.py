@@ -67,19 +67,25 @@ def _decode_samples(raw: bytes, fmt: int, bits: int, channels: int, name: str) -
         elif bits == 32:
             x = (np.frombuffer(raw, "<i4").astype(np.float64) / float(1 << 31)).astype(np.float32)
         else:
-            raise AudioError(f"{name}: unsupported sample width: {bits}-bit PCM "
-                             "(supported: 8, 16, 24, 32-bit PCM and 32/64-bit float)")
+            raise AudioError(
+                f"{name}: unsupported sample width: {bits}-bit PCM "
+                "(supported: 8, 16, 24, 32-bit PCM and 32/64-bit float)"
+            )
     elif fmt == _FORMAT_IEEE_FLOAT:
         if bits == 32:
             x = np.frombuffer(raw, "<f4").astype(np.float32)
         elif bits == 64:
             x = np.frombuffer(raw, "<f8").astype(np.float32)
         else:
-            raise AudioError(f"{name}: unsupported sample width: {bits}-bit float "
-                             "(supported: 32 and 64-bit float)")
+            raise AudioError(
+                f"{name}: unsupported sample width: {bits}-bit float "
+                "(supported: 32 and 64-bit float)"
+            )
     else:
-        raise AudioError(f"{name}: unsupported WAV encoding (format tag 0x{fmt:04x}); only PCM "
-                         "and IEEE float are supported")
+        raise AudioError(
+            f"{name}: unsupported WAV encoding (format tag 0x{fmt:04x}); only PCM "
+            "and IEEE float are supported"
+        )
     return x.reshape(-1, channels)
 
 
@@ -97,8 +103,7 @@ def read_wav(source: AudioSource) -> tuple[np.ndarray, int]:
     if len(data) == 0:
         raise AudioError(f"{name}: empty file (0 bytes), expected a WAV file")
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        raise AudioError(f"{name}: not a WAV file (no RIFF/WAVE header; starts with "
-                         f"{data[:12]!r})")
+        raise AudioError(f"{name}: not a WAV file (no RIFF/WAVE header; starts with {data[:12]!r})")
     if data[:4] == b"RIFX":
         raise AudioError(f"{name}: big-endian WAV (RIFX) is not supported")
     fmt_chunk: bytes | None = None
@@ -106,23 +111,27 @@ def read_wav(source: AudioSource) -> tuple[np.ndarray, int]:
     streaming = False
     pos = 12
     while pos + 8 <= len(data):
-        chunk_id = data[pos:pos + 4]
-        (size,) = struct.unpack("<I", data[pos + 4:pos + 8])
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
         body_start = pos + 8
         if chunk_id == b"data":
             available = len(data) - body_start
             if size == _STREAMING_SIZE:  # "until the end of the file"
                 size, streaming = available, True
             if size > available:
-                raise AudioError(f"{name}: truncated WAV: the data chunk declares {size} bytes "
-                                 f"but only {available} are present")
-            raw = data[body_start:body_start + size]
+                raise AudioError(
+                    f"{name}: truncated WAV: the data chunk declares {size} bytes "
+                    f"but only {available} are present"
+                )
+            raw = data[body_start : body_start + size]
             break
         if body_start + size > len(data):
-            raise AudioError(f"{name}: truncated WAV: chunk {chunk_id!r} declares {size} bytes "
-                             f"but only {len(data) - body_start} are present")
+            raise AudioError(
+                f"{name}: truncated WAV: chunk {chunk_id!r} declares {size} bytes "
+                f"but only {len(data) - body_start} are present"
+            )
         if chunk_id == b"fmt ":
-            fmt_chunk = data[body_start:body_start + size]
+            fmt_chunk = data[body_start : body_start + size]
         pos = body_start + size + (size & 1)  # chunks are padded to even sizes
     if fmt_chunk is None:
         raise AudioError(f"{name}: truncated or invalid WAV: no `fmt ` chunk before the data")
@@ -133,21 +142,27 @@ def read_wav(source: AudioSource) -> tuple[np.ndarray, int]:
     fmt, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", fmt_chunk[:16])
     if fmt == _FORMAT_EXTENSIBLE:
         if len(fmt_chunk) < 26:
-            raise AudioError(f"{name}: invalid WAV: WAVE_FORMAT_EXTENSIBLE `fmt ` chunk is "
-                             f"{len(fmt_chunk)} bytes (< 26)")
+            raise AudioError(
+                f"{name}: invalid WAV: WAVE_FORMAT_EXTENSIBLE `fmt ` chunk is "
+                f"{len(fmt_chunk)} bytes (< 26)"
+            )
         (fmt,) = struct.unpack("<H", fmt_chunk[24:26])  # first 2 bytes of the subformat GUID
     if channels < 1:
         raise AudioError(f"{name}: invalid WAV: {channels} channels")
     if rate < 1:
         raise AudioError(f"{name}: invalid WAV: sample rate {rate}")
     if bits % 8 or bits == 0 or block_align != channels * bits // 8:
-        raise AudioError(f"{name}: unsupported sample width: {bits} bits per sample with "
-                         f"block align {block_align} for {channels} channel(s)")
+        raise AudioError(
+            f"{name}: unsupported sample width: {bits} bits per sample with "
+            f"block align {block_align} for {channels} channel(s)"
+        )
     if streaming:  # a stream cut mid-frame: keep the whole frames
-        raw = raw[:len(raw) - len(raw) % block_align]
+        raw = raw[: len(raw) - len(raw) % block_align]
     if len(raw) % block_align:
-        raise AudioError(f"{name}: truncated WAV: data is {len(raw)} bytes, not a whole number "
-                         f"of {block_align}-byte frames")
+        raise AudioError(
+            f"{name}: truncated WAV: data is {len(raw)} bytes, not a whole number "
+            f"of {block_align}-byte frames"
+        )
     if len(raw) == 0:
         raise AudioError(f"{name}: zero-length audio (the WAV has no samples)")
     frames = _decode_samples(raw, fmt, bits, channels, name)
@@ -170,8 +185,9 @@ def _lowpass(up: int, down: int) -> tuple[np.ndarray, int]:
     return h * (up / h.sum()), half
 
 
-def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE,
-             *, chunk: int = 1 << 16) -> np.ndarray:
+def resample(
+    waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE, *, chunk: int = 1 << 16
+) -> np.ndarray:
     """Polyphase resampling f32[n] -> f32[ceil(n * target_sr / orig_sr)], zero-phase,
     anti-aliased (same filter and alignment as scipy.signal.resample_poly)."""
     x = np.asarray(waveform, dtype=np.float64)
@@ -191,7 +207,7 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE,
     # taps h[p + j*up] against x[(m*down + half) // up - j].
     taps = -(-h.shape[0] // up)
     h_poly = np.zeros(taps * up)
-    h_poly[:h.shape[0]] = h
+    h_poly[: h.shape[0]] = h
     h_poly = h_poly.reshape(taps, up).T  # [up, taps]: h_poly[p, j] = h[p + j*up]
     pad = taps
     xp = np.concatenate([np.zeros(pad), x, np.zeros(pad)])
@@ -215,8 +231,11 @@ def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
     freq = np.asarray(freq, dtype=np.float64)
     logstep = 27.0 / np.log(6.4)
-    return np.where(freq >= 1000.0, 15.0 + np.log(np.maximum(freq, 1e-10) / 1000.0) * logstep,
-                    3.0 * freq / 200.0)
+    return np.where(
+        freq >= 1000.0,
+        15.0 + np.log(np.maximum(freq, 1e-10) / 1000.0) * logstep,
+        3.0 * freq / 200.0,
+    )
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
@@ -225,8 +244,13 @@ def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
     return np.where(mels >= 15.0, 1000.0 * np.exp(logstep * (mels - 15.0)), 200.0 * mels / 3.0)
 
 
-def mel_filter_bank(n_mels: int, n_fft: int = N_FFT, sampling_rate: int = SAMPLE_RATE,
-                    f_min: float = 0.0, f_max: float = 8000.0) -> np.ndarray:
+def mel_filter_bank(
+    n_mels: int,
+    n_fft: int = N_FFT,
+    sampling_rate: int = SAMPLE_RATE,
+    f_min: float = 0.0,
+    f_max: float = 8000.0,
+) -> np.ndarray:
     """f64[n_fft/2 + 1, n_mels]: Slaney-scale triangles with Slaney area normalisation
     (librosa's `filters.mel(norm="slaney")`, transformers' `mel_filter_bank(norm="slaney",
     mel_scale="slaney")`)."""
@@ -256,8 +280,9 @@ def _hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
 
 
-def log_mel_spectrogram(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE,
-                        n_mels: int = 80) -> np.ndarray:
+def log_mel_spectrogram(
+    waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE, n_mels: int = 80
+) -> np.ndarray:
     """Whisper's input features for one 30 s window: f32[n_mels, 3000].
 
     The waveform (mono f32[n], resampled to 16 kHz if `sampling_rate` differs) is zero-padded or
@@ -280,9 +305,9 @@ def log_mel_spectrogram(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE,
     half = N_FFT // 2
     x = np.pad(x, (half, half), mode="reflect")
     n_frames = 1 + (x.shape[0] - N_FFT) // HOP_LENGTH  # 3001; the last one is dropped
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:n_frames - 1]
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][: n_frames - 1]
     spectrum = np.fft.rfft(frames * _hann(N_FFT), axis=-1)  # [3000, 201]
-    power = spectrum.real ** 2 + spectrum.imag ** 2
+    power = spectrum.real**2 + spectrum.imag**2
     mel = power @ _filters(n_mels)  # [3000, n_mels]
     log_spec = np.log10(np.maximum(mel, 1e-10)).T
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
@@ -302,8 +327,13 @@ def window_frames(num_samples: int) -> np.ndarray:
     return np.clip(-(-left // HOP_LENGTH), 1, N_FRAMES).astype(np.int32)
 
 
-def log_mel_windows(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE, n_mels: int = 80,
-                    max_seconds: float | None = None, return_frames: bool = False) -> Any:
+def log_mel_windows(
+    waveform: np.ndarray,
+    sampling_rate: int = SAMPLE_RATE,
+    n_mels: int = 80,
+    max_seconds: float | None = None,
+    return_frames: bool = False,
+) -> Any:
     """f32[W, n_mels, 3000]: the waveform resampled to 16 kHz, split into consecutive 30 s
     windows (the last zero-padded), each turned into features by `log_mel_spectrogram`.
     return_frames: (features, `window_frames`), the real frames of each window.
@@ -317,18 +347,25 @@ def log_mel_windows(waveform: np.ndarray, sampling_rate: int = SAMPLE_RATE, n_me
         raise AudioError("zero-length audio: the waveform has no samples")
     seconds = x.shape[0] / sampling_rate
     if max_seconds is not None and seconds > max_seconds + 1e-9:
-        raise AudioError(f"audio clip is {seconds:.2f} s long, longer than the configured "
-                         f"maximum of {max_seconds:g} s")
+        raise AudioError(
+            f"audio clip is {seconds:.2f} s long, longer than the configured "
+            f"maximum of {max_seconds:g} s"
+        )
     if sampling_rate != SAMPLE_RATE:
         x = resample(x, sampling_rate, SAMPLE_RATE)
     w = num_windows(x.shape[0])
-    feats = np.stack([log_mel_spectrogram(x[i * N_SAMPLES:(i + 1) * N_SAMPLES], SAMPLE_RATE,
-                                          n_mels) for i in range(w)])
+    feats = np.stack(
+        [
+            log_mel_spectrogram(x[i * N_SAMPLES : (i + 1) * N_SAMPLES], SAMPLE_RATE, n_mels)
+            for i in range(w)
+        ]
+    )
     return (feats, window_frames(x.shape[0])) if return_frames else feats
 
 
-def load_audio(source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80,
-               return_frames: bool = False) -> Any:
+def load_audio(
+    source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80, return_frames: bool = False
+) -> Any:
     """A WAV file (path, bytes or binary file object) -> Whisper features f32[W, n_mels, 3000]:
     read, mixed to mono, resampled to 16 kHz, split into 30 s windows (W = ceil(seconds / 30)).
     return_frames: (features, i32[W] real mel frames per window).
@@ -343,6 +380,20 @@ def load_audio(source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80
         raise AudioError(f"{name}: {e}") from None
 
 
-__all__ = ["AudioError", "CHUNK_SECONDS", "HOP_LENGTH", "N_FFT", "N_FRAMES", "N_SAMPLES",
-           "SAMPLE_RATE", "load_audio", "log_mel_spectrogram", "log_mel_windows",
-           "mel_filter_bank", "num_windows", "read_wav", "resample", "window_frames"]
+__all__ = [
+    "AudioError",
+    "CHUNK_SECONDS",
+    "HOP_LENGTH",
+    "N_FFT",
+    "N_FRAMES",
+    "N_SAMPLES",
+    "SAMPLE_RATE",
+    "load_audio",
+    "log_mel_spectrogram",
+    "log_mel_windows",
+    "mel_filter_bank",
+    "num_windows",
+    "read_wav",
+    "resample",
+    "window_frames",
+]

@@ -35,7 +35,8 @@ ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike, bytes, bytearray]
 # Pillow modes we convert to RGB. 16/32-bit integer and float modes ("I", "I;16", "F", ...)
 # are refused: converting them clips to 8 bits, which silently ruins the picture.
 _SUPPORTED_MODES = frozenset(
-    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 
 
 class ImageError(ValueError):
@@ -61,14 +62,17 @@ class ImageProcessorConfig:
     rescale_factor: float = 1 / 255
 
     def __post_init__(self) -> None:
-        for name in ("min_pixels", "max_pixels", "patch_size", "temporal_patch_size",
-                     "merge_size"):
+        for name in ("min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"ImageProcessorConfig: field `{name}`: must be positive, "
-                                  f"got {getattr(self, name)}")
+                raise ConfigError(
+                    f"ImageProcessorConfig: field `{name}`: must be positive, "
+                    f"got {getattr(self, name)}"
+                )
         if self.min_pixels > self.max_pixels:
-            raise ConfigError(f"ImageProcessorConfig: field `min_pixels`: {self.min_pixels} is "
-                              f"larger than max_pixels {self.max_pixels}")
+            raise ConfigError(
+                f"ImageProcessorConfig: field `min_pixels`: {self.min_pixels} is "
+                f"larger than max_pixels {self.max_pixels}"
+            )
         for name in ("image_mean", "image_std"):
             if len(getattr(self, name)) != 3:
                 raise ConfigError(f"ImageProcessorConfig: field `{name}`: expected 3 values")
@@ -84,7 +88,8 @@ class ImageProcessorConfig:
 
 
 def image_processor_config_from_hf(
-        cfg: dict[str, Any], *, source: str = "preprocessor_config.json") -> ImageProcessorConfig:
+    cfg: dict[str, Any], *, source: str = "preprocessor_config.json"
+) -> ImageProcessorConfig:
     """ImageProcessorConfig from a preprocessor_config.json dict (`size` with shortest_edge /
     longest_edge, or the older top-level min_pixels / max_pixels)."""
     size = cfg.get("size") or {}
@@ -110,9 +115,15 @@ def image_processor_config_from_hf(
         raise ConfigError(str(e).replace("ImageProcessorConfig", source, 1)) from None
 
 
-def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int = 2,
-                 factor: int = 28, min_pixels: int = 112 * 112,
-                 max_pixels: int = 14 * 14 * 2 * 2 * 2 * 6144) -> tuple[int, int]:
+def smart_resize(
+    num_frames: int,
+    height: int,
+    width: int,
+    temporal_factor: int = 2,
+    factor: int = 28,
+    min_pixels: int = 112 * 112,
+    max_pixels: int = 14 * 14 * 2 * 2 * 2 * 6144,
+) -> tuple[int, int]:
     """(height, width) multiples of `factor` near the input's, keeping the aspect ratio, with
     num_frames * h * w within [min_pixels, max_pixels]. A port of transformers' glm4v
     `smart_resize` (same rounding; ImageError where it raises ValueError)."""
@@ -126,8 +137,10 @@ def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int 
         width = int(width * scale)
     ratio = max(height, width) / min(height, width)
     if ratio > 200:
-        raise ImageError(f"image aspect ratio must be at most 200, got {ratio} ({width}x{height} "
-                         f"pixels after scaling small sides up to {factor})")
+        raise ImageError(
+            f"image aspect ratio must be at most 200, got {ratio} ({width}x{height} "
+            f"pixels after scaling small sides up to {factor})"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     t_bar = round(num_frames / temporal_factor) * temporal_factor
@@ -161,17 +174,20 @@ def _open_bytes(data: bytes, what: str) -> Image.Image:
         img = Image.open(io.BytesIO(data))
         img.load()  # decode now, so truncated or corrupt data fails here
     except Exception as e:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise ImageError(f"{what}: corrupt or unrecognized image data ({type(e).__name__}: {e})"
-                         ) from None
+        raise ImageError(
+            f"{what}: corrupt or unrecognized image data ({type(e).__name__}: {e})"
+        ) from None
     return ImageOps.exif_transpose(img)  # as transformers' load_image does for files
 
 
 def _to_rgb_pil(img: Image.Image, what: str) -> np.ndarray:
     """uint8 [H, W, 3]; transparency composited onto white (transformers' convert_to_rgb)."""
     if img.mode not in _SUPPORTED_MODES:
-        raise ImageError(f"{what}: unsupported image mode {img.mode!r} "
-                         f"(supported: {', '.join(sorted(_SUPPORTED_MODES))}); convert it to "
-                         "8-bit RGB first")
+        raise ImageError(
+            f"{what}: unsupported image mode {img.mode!r} "
+            f"(supported: {', '.join(sorted(_SUPPORTED_MODES))}); convert it to "
+            "8-bit RGB first"
+        )
     if img.width == 0 or img.height == 0:
         raise ImageError(f"{what}: image has zero size ({img.width}x{img.height} pixels)")
     if "A" in img.getbands() or img.info.get("transparency") is not None:
@@ -190,8 +206,10 @@ def _to_rgb_array(arr: np.ndarray, what: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ImageError(f"{what}: numpy images must have shape [H, W] or [H, W, 1|3|4] "
-                         f"(channels last), got {arr.shape}")
+        raise ImageError(
+            f"{what}: numpy images must have shape [H, W] or [H, W, 1|3|4] "
+            f"(channels last), got {arr.shape}"
+        )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageError(f"{what}: image has zero size ({arr.shape[1]}x{arr.shape[0]} pixels)")
     c = arr.shape[-1]
@@ -228,8 +246,10 @@ def load_image(image: ImageInput, index: int = 0) -> np.ndarray:
             raise FileNotFoundError(f"{what}: no such image file")
         with open(path, "rb") as f:
             return _to_rgb_pil(_open_bytes(f.read(), what), what)
-    raise ImageError(f"{what}: unsupported input type {type(image).__name__} (expected a PIL "
-                     "image, a uint8 numpy array, a file path, bytes or a data URL)")
+    raise ImageError(
+        f"{what}: unsupported input type {type(image).__name__} (expected a PIL "
+        "image, a uint8 numpy array, a file path, bytes or a data URL)"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,20 +258,27 @@ def load_image(image: ImageInput, index: int = 0) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedImages:
-    pixel_values: np.ndarray    # f32[P, 1176] patches of all images, in order
+    pixel_values: np.ndarray  # f32[P, 1176] patches of all images, in order
     image_grid_thw: np.ndarray  # i32[n, 3] (t, h, w) in patches per image
 
     def num_image_tokens(self, merge_size: int = 2) -> list[int]:
         """`<|image|>` tokens per image: t * h * w / merge_size^2."""
-        return [int(n) // merge_size ** 2 for n in self.image_grid_thw.prod(axis=1)]
+        return [int(n) // merge_size**2 for n in self.image_grid_thw.prod(axis=1)]
 
 
-def resized_size(height: int, width: int,
-                 config: ImageProcessorConfig = ImageProcessorConfig()) -> tuple[int, int]:
+def resized_size(
+    height: int, width: int, config: ImageProcessorConfig = ImageProcessorConfig()
+) -> tuple[int, int]:
     """The (height, width) an image of this size is resized to."""
-    return smart_resize(config.temporal_patch_size, height, width,
-                        temporal_factor=config.temporal_patch_size, factor=config.factor,
-                        min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    return smart_resize(
+        config.temporal_patch_size,
+        height,
+        width,
+        temporal_factor=config.temporal_patch_size,
+        factor=config.factor,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+    )
 
 
 def patchify(image: np.ndarray, config: ImageProcessorConfig) -> tuple[np.ndarray, int, int]:
@@ -265,8 +292,9 @@ def patchify(image: np.ndarray, config: ImageProcessorConfig) -> tuple[np.ndarra
     return x.reshape(gh * gw, c * t * p * p), gh, gw
 
 
-def process_image_array(rgb: np.ndarray, config: ImageProcessorConfig
-                        ) -> tuple[np.ndarray, tuple[int, int, int]]:
+def process_image_array(
+    rgb: np.ndarray, config: ImageProcessorConfig
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """uint8 RGB [H, W, 3] -> (f32[patches, 1176], (1, gh, gw))."""
     height, width = rgb.shape[:2]
     rh, rw = resized_size(height, width, config)
@@ -281,8 +309,9 @@ def process_image_array(rgb: np.ndarray, config: ImageProcessorConfig
     return patches, (1, gh, gw)
 
 
-def process_images(images: ImageInput | Sequence[ImageInput],
-                   config: ImageProcessorConfig | None = None) -> ProcessedImages:
+def process_images(
+    images: ImageInput | Sequence[ImageInput], config: ImageProcessorConfig | None = None
+) -> ProcessedImages:
     """Preprocess one image or a list of images into the vision tower's inputs."""
     config = config or ImageProcessorConfig()
     if not isinstance(images, (list, tuple)):
@@ -298,5 +327,6 @@ def process_images(images: ImageInput | Sequence[ImageInput],
             raise ImageError(f"image {i} ({_describe(image)}): {e}") from None
         patches.append(p)
         grids.append(thw)
-    return ProcessedImages(np.concatenate(patches, axis=0).astype(np.float32, copy=False),
-                           np.asarray(grids, np.int32))
+    return ProcessedImages(
+        np.concatenate(patches, axis=0).astype(np.float32, copy=False), np.asarray(grids, np.int32)
+    )

@@ -34,9 +34,12 @@ def _grid_array(grid: Any, name: str) -> np.ndarray | None:
     return arr
 
 
-def make_mm_token_type_ids(input_ids: Any, image_token_id: int = IMAGE_TOKEN_ID,
-                      video_start_token_id: int = VIDEO_START_TOKEN_ID,
-                      video_end_token_id: int = VIDEO_END_TOKEN_ID) -> np.ndarray:
+def make_mm_token_type_ids(
+    input_ids: Any,
+    image_token_id: int = IMAGE_TOKEN_ID,
+    video_start_token_id: int = VIDEO_START_TOKEN_ID,
+    video_end_token_id: int = VIDEO_END_TOKEN_ID,
+) -> np.ndarray:
     """i32[B, L] (or [L]): 0 text, 1 image token, 2 image token inside a video segment
     (GLM-4.1V writes video frames with the image token between video begin/end markers)."""
     ids = np.asarray(input_ids)
@@ -53,19 +56,29 @@ def make_mm_token_type_ids(input_ids: Any, image_token_id: int = IMAGE_TOKEN_ID,
 def vision_position_ids(start: int, grid_thw: Sequence[int], spatial_merge_size: int) -> np.ndarray:
     """i64[3, t*h*w/m^2]: (t, h, w) positions of one image's tokens, offset by `start`."""
     t, h, w = (int(v) for v in grid_thw)
-    gt, gh, gw = np.meshgrid(np.arange(t), np.arange(h // spatial_merge_size) + start,
-                             np.arange(w // spatial_merge_size) + start, indexing="ij")
+    gt, gh, gw = np.meshgrid(
+        np.arange(t),
+        np.arange(h // spatial_merge_size) + start,
+        np.arange(w // spatial_merge_size) + start,
+        indexing="ij",
+    )
     pos = np.stack([gt, gh, gw]).reshape(3, -1)
     pos[0] += start
     return pos
 
 
-def get_rope_index(input_ids: Any, image_grid_thw: Any = None, attention_mask: Any = None, *,
-                   video_grid_thw: Any = None, mm_token_type_ids: Any = None,
-                   image_token_id: int = IMAGE_TOKEN_ID,
-                   video_start_token_id: int = VIDEO_START_TOKEN_ID,
-                   video_end_token_id: int = VIDEO_END_TOKEN_ID,
-                   spatial_merge_size: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def get_rope_index(
+    input_ids: Any,
+    image_grid_thw: Any = None,
+    attention_mask: Any = None,
+    *,
+    video_grid_thw: Any = None,
+    mm_token_type_ids: Any = None,
+    image_token_id: int = IMAGE_TOKEN_ID,
+    video_start_token_id: int = VIDEO_START_TOKEN_ID,
+    video_end_token_id: int = VIDEO_END_TOKEN_ID,
+    spatial_merge_size: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
     """3D M-RoPE positions for GLM-4.1V prompts (numpy port of transformers' get_rope_index).
 
     input_ids i[B, L] (already expanded: one `<|image|>` per vision token); image_grid_thw
@@ -79,8 +92,11 @@ def get_rope_index(input_ids: Any, image_grid_thw: Any = None, attention_mask: A
     ids = np.asarray(input_ids)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [B, L], got {ids.shape}")
-    types = (make_mm_token_type_ids(ids, image_token_id, video_start_token_id, video_end_token_id)
-             if mm_token_type_ids is None else np.asarray(mm_token_type_ids))
+    types = (
+        make_mm_token_type_ids(ids, image_token_id, video_start_token_id, video_end_token_id)
+        if mm_token_type_ids is None
+        else np.asarray(mm_token_type_ids)
+    )
     if types.shape != ids.shape:
         raise ValueError(f"mm_token_type_ids shape {types.shape} != input_ids shape {ids.shape}")
     mask = None if attention_mask is None else np.asarray(attention_mask).astype(bool)
@@ -91,8 +107,10 @@ def get_rope_index(input_ids: Any, image_grid_thw: Any = None, attention_mask: A
     if videos is not None:  # GLM separates video frames with timestamps: one grid per frame
         videos = np.repeat(videos, videos[:, 0], axis=0)
         videos[:, 0] = 1
-    grid_iters = {IMAGE: iter(images) if images is not None else iter(()),
-                  VIDEO: iter(videos) if videos is not None else iter(())}
+    grid_iters = {
+        IMAGE: iter(images) if images is not None else iter(()),
+        VIDEO: iter(videos) if videos is not None else iter(()),
+    }
     merge = spatial_merge_size
 
     batch, length = ids.shape
@@ -116,10 +134,11 @@ def get_rope_index(input_ids: Any, image_grid_thw: Any = None, attention_mask: A
             if pos.shape[1] != n:
                 raise ValueError(
                     f"row {b}: a run of {n} {kind} tokens does not match its grid "
-                    f"{[int(v) for v in grid]}, which needs t*h*w/{merge ** 2} = {pos.shape[1]}")
+                    f"{[int(v) for v in grid]}, which needs t*h*w/{merge**2} = {pos.shape[1]}"
+                )
             pieces.append(pos)
             current += max(int(grid[1]), int(grid[2])) // merge
-        row = (np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int64))
+        row = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.int64)
         if mask is None:
             position_ids[:, b] = row
         else:
@@ -128,10 +147,15 @@ def get_rope_index(input_ids: Any, image_grid_thw: Any = None, attention_mask: A
     return position_ids.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
 
 
-def expand_image_placeholders(token_ids: Sequence[int] | np.ndarray, image_grid_thw: Any,
-                              image_token_id: int = IMAGE_TOKEN_ID, merge_size: int = 2, *,
-                              image_start_token_id: int | None = IMAGE_START_TOKEN_ID,
-                              image_end_token_id: int | None = IMAGE_END_TOKEN_ID) -> np.ndarray:
+def expand_image_placeholders(
+    token_ids: Sequence[int] | np.ndarray,
+    image_grid_thw: Any,
+    image_token_id: int = IMAGE_TOKEN_ID,
+    merge_size: int = 2,
+    *,
+    image_start_token_id: int | None = IMAGE_START_TOKEN_ID,
+    image_end_token_id: int | None = IMAGE_END_TOKEN_ID,
+) -> np.ndarray:
     """i32[L']: each single `<|image|>` in token_ids [L] replaced by t*h*w/merge_size^2 copies,
     one per vision token of the matching image (images in order). With start/end ids given,
     each placeholder must sit between `<|begin_of_image|>` and `<|end_of_image|>`."""
@@ -142,30 +166,40 @@ def expand_image_placeholders(token_ids: Sequence[int] | np.ndarray, image_grid_
     grids = np.zeros((0, 3), np.int64) if grids is None else grids
     where = np.flatnonzero(ids == image_token_id)
     if len(where) != len(grids):
-        raise ValueError(f"the prompt has {len(where)} image placeholders but "
-                         f"{len(grids)} images were given")
+        raise ValueError(
+            f"the prompt has {len(where)} image placeholders but {len(grids)} images were given"
+        )
     for k, i in enumerate(where):
         if image_start_token_id is not None and (i == 0 or ids[i - 1] != image_start_token_id):
-            raise ValueError(f"image placeholder {k} at index {i} is not preceded by "
-                             f"<|begin_of_image|> ({image_start_token_id})")
-        if image_end_token_id is not None and (i + 1 >= len(ids)
-                                               or ids[i + 1] != image_end_token_id):
-            raise ValueError(f"image placeholder {k} at index {i} is not followed by "
-                             f"<|end_of_image|> ({image_end_token_id})")
+            raise ValueError(
+                f"image placeholder {k} at index {i} is not preceded by "
+                f"<|begin_of_image|> ({image_start_token_id})"
+            )
+        if image_end_token_id is not None and (
+            i + 1 >= len(ids) or ids[i + 1] != image_end_token_id
+        ):
+            raise ValueError(
+                f"image placeholder {k} at index {i} is not followed by "
+                f"<|end_of_image|> ({image_end_token_id})"
+            )
     pieces, prev = [], 0
     for i, grid in zip(where, grids):
         t, h, w = (int(v) for v in grid)
         if h % merge_size or w % merge_size:
             raise ValueError(f"image grid {[t, h, w]}: h and w must be multiples of {merge_size}")
         pieces.append(ids[prev:i])
-        pieces.append(np.full((t * h * w // merge_size ** 2,), image_token_id, np.int64))
+        pieces.append(np.full((t * h * w // merge_size**2,), image_token_id, np.int64))
         prev = i + 1
     pieces.append(ids[prev:])
     return np.concatenate(pieces).astype(np.int32)
 
 
-def splice_embeddings(text_embeds: jax.Array, image_embeds: jax.Array, input_ids: jax.Array,
-                      image_token_id: int = IMAGE_TOKEN_ID) -> jax.Array:
+def splice_embeddings(
+    text_embeds: jax.Array,
+    image_embeds: jax.Array,
+    input_ids: jax.Array,
+    image_token_id: int = IMAGE_TOKEN_ID,
+) -> jax.Array:
     """text_embeds [B, T, D] with the rows at image tokens of input_ids [B, T] replaced by
     image_embeds [P, D], consumed in row-major (batch, then position) order as HF's
     masked_scatter does. Jit-friendly: a cumulative-count gather, no boolean indexing.
@@ -176,8 +210,8 @@ def splice_embeddings(text_embeds: jax.Array, image_embeds: jax.Array, input_ids
     b, t, d = text_embeds.shape
     if image_embeds.shape[0] == 0:
         return text_embeds
-    is_image = input_ids == image_token_id                                   # [B, T]
-    index = jnp.cumsum(is_image.reshape(-1).astype(jnp.int32)) - 1           # [B*T]
+    is_image = input_ids == image_token_id  # [B, T]
+    index = jnp.cumsum(is_image.reshape(-1).astype(jnp.int32)) - 1  # [B*T]
     index = jnp.clip(index, 0, image_embeds.shape[0] - 1)
     gathered = jnp.take(image_embeds, index, axis=0).reshape(b, t, d)
     return jnp.where(is_image[..., None], gathered.astype(text_embeds.dtype), text_embeds)

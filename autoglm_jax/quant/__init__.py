@@ -7,17 +7,46 @@ gradients), export to integer weights, and the quantized matmuls inference runs.
 """
 
 from autoglm_jax.config.quant import PruneConfig, QuantConfig, QuantRule
-from autoglm_jax.quant.export import (abstract_bytes, export_quantized, quantized_config,
-                                      weight_bytes)
-from autoglm_jax.nn.quant_formats import (Layout, dequantize, layout_for, pack_int4, quantize,
-                                       tree_bytes, unpack_int4)
-from autoglm_jax.quant.qat import FakeQuant, fake_quant, fake_quant_policy, qat_model, qat_module
 from autoglm_jax.families import decoder_path
+from autoglm_jax.nn.quant_formats import (
+    Layout,
+    dequantize,
+    layout_for,
+    pack_int4,
+    quantize,
+    tree_bytes,
+    unpack_int4,
+)
 from autoglm_jax.nn.quantized import QuantizedWeights, QuantPolicy
+from autoglm_jax.quant.export import (
+    abstract_bytes,
+    export_quantized,
+    quantized_config,
+    weight_bytes,
+)
+from autoglm_jax.quant.qat import FakeQuant, fake_quant, fake_quant_policy, qat_model, qat_module
 
 __all__ = [
-    "FakeQuant", "Layout", "PruneConfig", "QuantConfig", "QuantPolicy", "QuantRule",
-    "QuantizedWeights", "abstract_bytes", "decoder_path", "dequantize", "export_quantized",
-    "fake_quant", "fake_quant_policy", "layout_for", "pack_int4", "qat_model", "qat_module",
-    "quantize", "quantized_config", "tree_bytes", "unpack_int4", "weight_bytes",
+    "FakeQuant",
+    "Layout",
+    "PruneConfig",
+    "QuantConfig",
+    "QuantPolicy",
+    "QuantRule",
+    "QuantizedWeights",
+    "abstract_bytes",
+    "decoder_path",
+    "dequantize",
+    "export_quantized",
+    "fake_quant",
+    "fake_quant_policy",
+    "layout_for",
+    "pack_int4",
+    "qat_model",
+    "qat_module",
+    "quantize",
+    "quantized_config",
+    "tree_bytes",
+    "unpack_int4",
+    "weight_bytes",
 ]

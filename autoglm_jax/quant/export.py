@@ -21,9 +21,9 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
+from autoglm_jax.families import abstract_params, decoder_path, get_family
 from autoglm_jax.nn.layers import Einsum
 from autoglm_jax.nn.quant_formats import dequantize, quantize, tree_bytes
-from autoglm_jax.families import abstract_params, decoder_path, get_family
 from autoglm_jax.nn.quantized import QuantPolicy
 
 Array = jax.Array
@@ -91,11 +91,14 @@ def export_quantized(model: Any, quant: QuantConfig) -> Any:
     got = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), params)
     want = jax.tree.map(lambda x: (tuple(x.shape), jnp.dtype(x.dtype)), expected)
     if got != want:
-        raise ValueError("export produced a param tree the compressed module does not expect: "
-                         f"{jax.tree_util.tree_structure(got)} vs "
-                         f"{jax.tree_util.tree_structure(want)}")
-    return dataclasses.replace(model, config=new_cfg, params=params, module=module,
-                               random_init=False)
+        raise ValueError(
+            "export produced a param tree the compressed module does not expect: "
+            f"{jax.tree_util.tree_structure(got)} vs "
+            f"{jax.tree_util.tree_structure(want)}"
+        )
+    return dataclasses.replace(
+        model, config=new_cfg, params=params, module=module, random_init=False
+    )
 
 
 def weight_bytes(model: Any) -> dict[str, int]:
@@ -110,8 +113,12 @@ def weight_bytes(model: Any) -> dict[str, int]:
     float_cfg = cfg.replace(text=cfg.text.replace(quant=None)) if cfg.text is not None else cfg
     arch = get_family(cfg.model_type, "model")
     floats = nn.unbox(abstract_params(arch.build(float_cfg, None), arch.init_args(float_cfg)))
-    out = {"total": tree_bytes(model.params), "bf16": 2 * _size(floats),
-           "quantized": 0, "quantized_bf16": 0}
+    out = {
+        "total": tree_bytes(model.params),
+        "bf16": 2 * _size(floats),
+        "quantized": 0,
+        "quantized_bf16": 0,
+    }
 
     def walk(tree: Any, ref: Any) -> None:
         if not isinstance(tree, dict):

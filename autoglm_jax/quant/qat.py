@@ -28,30 +28,35 @@ import jax.numpy as jnp
 
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
+from autoglm_jax.families import decoder_path
 from autoglm_jax.nn.layers import DotGeneral, Einsum
 from autoglm_jax.nn.quant_formats import Layout, clip_mask, dequantize, quantize
-from autoglm_jax.families import decoder_path
 from autoglm_jax.nn.quantized import QuantPolicy, quantize_input
 
 Array = jax.Array
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def fake_quant(w: Array, layout: Layout, clip: float = 1.0, scale_dtype: Any = jnp.float32
-               ) -> Array:
+def fake_quant(
+    w: Array, layout: Layout, clip: float = 1.0, scale_dtype: Any = jnp.float32
+) -> Array:
     """f32 `dequantize(quantize(w))` (the exported weight's exact values), with the
     straight-through gradient: the identity inside the clipping range, zero outside."""
     return dequantize(*quantize(w, layout, clip, scale_dtype), layout)
 
 
-def _fq_fwd(w: Array, layout: Layout, clip: float, scale_dtype: Any
-            ) -> tuple[Array, tuple[Array, Array]]:
-    return (dequantize(*quantize(w, layout, clip, scale_dtype), layout),
-            (clip_mask(w, layout, clip, scale_dtype), jnp.zeros((), w.dtype)))
+def _fq_fwd(
+    w: Array, layout: Layout, clip: float, scale_dtype: Any
+) -> tuple[Array, tuple[Array, Array]]:
+    return (
+        dequantize(*quantize(w, layout, clip, scale_dtype), layout),
+        (clip_mask(w, layout, clip, scale_dtype), jnp.zeros((), w.dtype)),
+    )
 
 
-def _fq_bwd(layout: Layout, clip: float, scale_dtype: Any, res: tuple[Array, Array],
-            g: Array) -> tuple[Array]:
+def _fq_bwd(
+    layout: Layout, clip: float, scale_dtype: Any, res: tuple[Array, Array], g: Array
+) -> tuple[Array]:
     mask, like = res
     return (jnp.where(mask, g, 0).astype(like.dtype),)
 
@@ -73,8 +78,9 @@ class FakeQuant(QuantPolicy):
         return module.product(quantize_input(self.config, module, x), w, self.inner)
 
 
-def fake_quant_policy(quant: QuantConfig, model_config: ModelConfig,
-                      inner: DotGeneral | None = None) -> FakeQuant:
+def fake_quant_policy(
+    quant: QuantConfig, model_config: ModelConfig, inner: DotGeneral | None = None
+) -> FakeQuant:
     """The QAT policy for a model of `model_config` (glm, glm4, glm4v, autoglm)."""
     return FakeQuant(quant, decoder_path(model_config), inner)
 
@@ -82,14 +88,17 @@ def fake_quant_policy(quant: QuantConfig, model_config: ModelConfig,
 def qat_module(module: nn.Module, quant: QuantConfig, model_config: ModelConfig) -> nn.Module:
     """`module` (a built model, unbound) with the QAT policy injected; same param tree."""
     if getattr(module, "dot_general", None) is not None:
-        raise ValueError(f"{type(module).__name__} already has a dot_general "
-                         f"({module.dot_general!r}); build it with fake_quant_policy(...)")
+        raise ValueError(
+            f"{type(module).__name__} already has a dot_general "
+            f"({module.dot_general!r}); build it with fake_quant_policy(...)"
+        )
     return module.clone(dot_general=fake_quant_policy(quant, model_config))
 
 
 def qat_model(model: Any, quant: QuantConfig) -> Any:
     """An `ag.Model` whose module fake-quantizes per `quant` (params shared, not copied)."""
     if model.config.text is not None and model.config.text.quant is not None:
-        raise ValueError("the model's weights are already stored quantized; QAT starts from "
-                         "a float model")
+        raise ValueError(
+            "the model's weights are already stored quantized; QAT starts from a float model"
+        )
     return dataclasses.replace(model, module=qat_module(model.module, quant, model.config))

@@ -1,6 +1,6 @@
 """The FastAPI app: routes, API-key and body-size guards, OpenAI-shaped errors.
 
-    app = create_app(engine, ServeConfig(served_model_name="tiny"))   # owns an EngineThread (lifespan)
+    app = create_app(engine, ServeConfig(served_model_name="tiny"))  # owns an EngineThread
     app = create_app(engine_thread, config)                # a thread you start and stop
 
 Every error, including bad JSON, unknown routes and anything unexpected, is answered as
@@ -34,8 +34,9 @@ from autoglm_jax.serve.serving import OpenAIServing
 log = logging.getLogger("autoglm_jax.serve")
 
 
-def _json_error(status: int, message: str, param: str | None = None,
-                headers: dict[str, str] | None = None) -> JSONResponse:
+def _json_error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(proto.error_body(status, message, param), status, headers=headers)
 
 
@@ -56,17 +57,18 @@ class _Guard:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode(), self.api_key.encode()):
-                response = _json_error(401, "Invalid or missing API key (send Authorization: "
-                                            "Bearer <key>)")
+                token.strip().encode(), self.api_key.encode()
+            ):
+                response = _json_error(
+                    401, "Invalid or missing API key (send Authorization: Bearer <key>)"
+                )
                 return await response(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 too_big = int(length) > self.max_body
             except ValueError:
-                return await _json_error(400, "invalid Content-Length header")(
-                    scope, receive, send)
+                return await _json_error(400, "invalid Content-Length header")(scope, receive, send)
             if too_big:
                 return await self._too_large(scope, receive, send)
         seen = 0
@@ -83,8 +85,10 @@ class _Guard:
         return await self.app(scope, limited_receive, send)
 
     def _too_large_message(self) -> str:
-        return (f"request body is larger than the server's limit of {self.max_body} bytes "
-                "(--max-request-body-bytes)")
+        return (
+            f"request body is larger than the server's limit of {self.max_body} bytes "
+            "(--max-request-body-bytes)"
+        )
 
     async def _too_large(self, scope: dict, receive: Any, send: Any) -> None:
         await _json_error(413, self._too_large_message())(scope, receive, send)
@@ -113,15 +117,18 @@ def _check_json(value: Any, path: str, depth: int) -> None:
     """Refuse what valid JSON can carry but no request field can use: nesting deeper than
     MAX_JSON_DEPTH and strings with lone UTF-16 surrogates (text that is not Unicode)."""
     if depth > MAX_JSON_DEPTH:
-        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels",
-                          path or None)
+        raise bad_request(
+            f"the request body nests deeper than {MAX_JSON_DEPTH} levels", path or None
+        )
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise bad_request(f"a string holds a lone UTF-16 surrogate ({e.object[e.start]!r}"
-                              f" at character {e.start}); send valid Unicode text",
-                              path or None) from None
+            raise bad_request(
+                f"a string holds a lone UTF-16 surrogate ({e.object[e.start]!r}"
+                f" at character {e.start}); send valid Unicode text",
+                path or None,
+            ) from None
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_json(k, path, depth + 1)
@@ -150,16 +157,22 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         if owned:
             import anyio
+
             await anyio.to_thread.run_sync(thread.start)
         try:
             yield
         finally:
             if owned:
                 import anyio
+
                 await anyio.to_thread.run_sync(thread.shutdown)
 
-    app = FastAPI(title="autoglm-jax OpenAI-compatible server", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="autoglm-jax OpenAI-compatible server",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.engine_thread = thread
     app.state.serving = serving
     app.state.metrics = metrics
@@ -188,8 +201,9 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _json_error(500, f"internal server error ({type(e).__name__}); the server "
-                                "logged the details")
+        return _json_error(
+            500, f"internal server error ({type(e).__name__}); the server logged the details"
+        )
 
     async def parse(request: Request, schema: Any) -> Any:
         """The JSON body validated as `schema`; an OpenAI-shaped 400 otherwise."""
@@ -205,12 +219,12 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await serving.completions(request, await parse(request,
-                                                                proto.CompletionRequest))
+        return await serving.completions(request, await parse(request, proto.CompletionRequest))
 
     def card() -> dict[str, Any]:
-        return proto.model_card(config.model_name, config.model_name, started,
-                                serving.max_model_len)
+        return proto.model_card(
+            config.model_name, config.model_name, started, serving.max_model_len
+        )
 
     @app.get("/v1/models")
     async def models() -> Response:
@@ -229,12 +243,14 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(thread.stats),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(
+            metrics.render(thread.stats), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     @app.get("/version")
     async def version() -> Response:
         from autoglm_jax._version import __version__
+
         return JSONResponse({"version": __version__})
 
     app.add_middleware(_Guard, api_key=config.api_key, max_body=config.max_request_body_bytes)

@@ -38,8 +38,10 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the flag for values the server cannot use."""
+
         def bad(field: str, why: str) -> None:
             raise ValueError(f"--{field.replace('_', '-')}: {why}")
+
         for f in ("port", "max_request_body_bytes"):
             if getattr(self, f) < 1:
                 bad(f, f"must be positive, got {getattr(self, f)}")

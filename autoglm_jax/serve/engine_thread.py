@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Any, Sequence
 
-
 from autoglm_jax.engine.engine import Engine
 from autoglm_jax.engine.sampling import SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError
@@ -57,8 +56,7 @@ class SubRequest:
 class RequestHandle:
     """One HTTP request: its sub-requests and the asyncio queue their events arrive on."""
 
-    def __init__(self, subs: Sequence[SubRequest], loop: asyncio.AbstractEventLoop,
-                 stream: bool):
+    def __init__(self, subs: Sequence[SubRequest], loop: asyncio.AbstractEventLoop, stream: bool):
         self.subs = list(subs)
         self.loop = loop
         self.stream = stream
@@ -75,8 +73,14 @@ class RequestHandle:
 class EngineThread:
     """Owns `engine`; see the module docstring. `start()` blocks until warm and ready."""
 
-    def __init__(self, engine: Engine, metrics: ServerMetrics | None = None, *,
-                 max_pending: int = 4096, warmup: bool = True):
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServerMetrics | None = None,
+        *,
+        max_pending: int = 4096,
+        warmup: bool = True,
+    ):
         self.engine = engine
         self.metrics = metrics
         self.max_pending = max_pending
@@ -86,8 +90,7 @@ class EngineThread:
         self._pending_adds = 0
         self._live: dict[str, tuple[RequestHandle, SubRequest]] = {}
         self._deferred: list[RequestHandle] = []  # waiting queue was full; retried per step
-        self._outbox: dict[asyncio.AbstractEventLoop,
-                           list[tuple[RequestHandle, EngineEvent]]] = {}
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, EngineEvent]]] = {}
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stopping = False
@@ -110,8 +113,13 @@ class EngineThread:
 
     @property
     def alive(self) -> bool:
-        return (self._thread is not None and self._thread.is_alive() and self._ready.is_set()
-                and self.dead_reason is None and not self._stopping)
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self._ready.is_set()
+            and self.dead_reason is None
+            and not self._stopping
+        )
 
     def submit(self, handle: RequestHandle) -> None:
         """Queue a request; raises APIError 503 when the engine is down, 429 when the command
@@ -122,8 +130,10 @@ class EngineThread:
             if self._pending_adds >= self.max_pending:
                 if self.metrics:
                     self.metrics.request_rejected("server_queue_full")
-                raise _too_many(f"the server is busy ({self.max_pending} requests are waiting "
-                                "to reach the engine); retry later")
+                raise _too_many(
+                    f"the server is busy ({self.max_pending} requests are waiting "
+                    "to reach the engine); retry later"
+                )
             self._pending_adds += 1
             self._commands.append(("add", handle))
             self._cv.notify()
@@ -151,12 +161,16 @@ class EngineThread:
                 t0 = time.monotonic()
 
                 def progress(k: int, n: int, bucket: int, seconds: float) -> None:
-                    log.info("compiling: step shape %d of %d (%d tokens), %.1f s", k, n, bucket,
-                             seconds)
+                    log.info(
+                        "compiling: step shape %d of %d (%d tokens), %.1f s", k, n, bucket, seconds
+                    )
 
                 n = self.engine.warmup(progress=progress)
-                log.info("warm-up: %d programs compiled or read from the cache in %.1f s", n,
-                         time.monotonic() - t0)
+                log.info(
+                    "warm-up: %d programs compiled or read from the cache in %.1f s",
+                    n,
+                    time.monotonic() - t0,
+                )
             self._baseline = self.engine.stats()
             self._snapshot()
         except BaseException as e:  # noqa: BLE001 - reported by start()
@@ -240,8 +254,9 @@ class EngineThread:
         s = self.engine.stats()
         for k in ("prefix_cache_queries", "prefix_cache_hits"):
             s[k] -= self._baseline.get(k, 0)
-        s["prefix_cache_hit_rate"] = (s["prefix_cache_hits"] / s["prefix_cache_queries"]
-                                      if s["prefix_cache_queries"] else 0.0)
+        s["prefix_cache_hit_rate"] = (
+            s["prefix_cache_hits"] / s["prefix_cache_queries"] if s["prefix_cache_queries"] else 0.0
+        )
         s["pending"] = self._pending_adds
         s["live_requests"] = len(self._live)
         self.stats = s
@@ -253,14 +268,19 @@ class EngineThread:
         try:
             while handle.num_added < len(handle.subs):
                 sub = handle.subs[handle.num_added]
-                self.engine.add_request(sub.prompt, sub.params, sub.request_id, sub.priority,
-                                        arrival_time=handle.arrival)
+                self.engine.add_request(
+                    sub.prompt,
+                    sub.params,
+                    sub.request_id,
+                    sub.priority,
+                    arrival_time=handle.arrival,
+                )
                 self._live[sub.request_id] = (handle, sub)
                 handle.num_added += 1
         except Exception as e:  # noqa: BLE001 - every failure goes back to the client
             if isinstance(e, QueueFullError) and may_defer:
                 return False
-            for sub in handle.subs[:handle.num_added]:
+            for sub in handle.subs[: handle.num_added]:
                 if sub.request_id in self._live:
                     self._drop(sub.request_id)
             if isinstance(e, QueueFullError):
@@ -271,8 +291,9 @@ class EngineThread:
                 error = APIError(400, str(e))
             else:
                 log.exception("add_request failed")
-                error = APIError(500, f"internal error while queueing the request: "
-                                      f"{type(e).__name__}")
+                error = APIError(
+                    500, f"internal error while queueing the request: {type(e).__name__}"
+                )
             self._post(handle, ErrorEvent(None, error))
         return True
 
@@ -327,8 +348,11 @@ class EngineThread:
                 if self.metrics:
                     self.metrics.request_rejected("queue_timeout")
                 self._record(handle, sub, "abort", out)
-                error = (_too_many(f"{d.error}; retry later") if d.error
-                         else APIError(503, "the request was aborted"))
+                error = (
+                    _too_many(f"{d.error}; retry later")
+                    if d.error
+                    else APIError(503, "the request was aborted")
+                )
                 self._post(handle, ErrorEvent(sub.index, error))
             else:
                 self._record(handle, sub, d.finish_reason or "stop", out)
@@ -339,11 +363,15 @@ class EngineThread:
             return
         now = time.monotonic()
         ttft = sub.first_token_time - handle.arrival if sub.first_token_time else None
-        tpot = ((now - sub.first_token_time) / (sub.num_tokens - 1)
-                if sub.first_token_time and sub.num_tokens > 1 else None)
+        tpot = (
+            (now - sub.first_token_time) / (sub.num_tokens - 1)
+            if sub.first_token_time and sub.num_tokens > 1
+            else None
+        )
         prompt = len(out.prompt_token_ids) if out is not None else 0
-        self.metrics.request_finished(reason, prompt, sub.num_tokens, ttft, tpot,
-                                      now - handle.arrival)
+        self.metrics.request_finished(
+            reason, prompt, sub.num_tokens, ttft, tpot, now - handle.arrival
+        )
 
 
 def _deliver(items: list[tuple[RequestHandle, EngineEvent]]) -> None:

@@ -34,8 +34,9 @@ class TokenText:
             self._cache[tid] = hit
         return hit
 
-    def chat(self, token_ids: Sequence[int], chosen: Sequence[float],
-             tops: Sequence[dict[int, float]]) -> dict[str, Any]:
+    def chat(
+        self, token_ids: Sequence[int], chosen: Sequence[float], tops: Sequence[dict[int, float]]
+    ) -> dict[str, Any]:
         """`{"content": [{token, logprob, bytes, top_logprobs}, ...]}`, one entry per token."""
         out = []
         for tid, lp, top in zip(token_ids, chosen, tops):
@@ -47,8 +48,13 @@ class TokenText:
             out.append({"token": s, "logprob": clamp(lp), "bytes": b, "top_logprobs": entries})
         return {"content": out}
 
-    def completion(self, token_ids: Sequence[int], chosen: Sequence[float],
-                   tops: Sequence[dict[int, float]], offset: int) -> tuple[dict[str, Any], int]:
+    def completion(
+        self,
+        token_ids: Sequence[int],
+        chosen: Sequence[float],
+        tops: Sequence[dict[int, float]],
+        offset: int,
+    ) -> tuple[dict[str, Any], int]:
         """Completions' columns for tokens whose text starts at character `offset` of the
         choice; also the offset after them, where the next delta's tokens start."""
         tokens, offsets, top_out = [], [], []
@@ -58,5 +64,12 @@ class TokenText:
             offsets.append(offset)
             offset += len(s)
             top_out.append({self.token(t)[0]: clamp(v) for t, v in top.items()})
-        return ({"tokens": tokens, "token_logprobs": [clamp(v) for v in chosen],
-                 "top_logprobs": top_out, "text_offset": offsets}, offset)
+        return (
+            {
+                "tokens": tokens,
+                "token_logprobs": [clamp(v) for v in chosen],
+                "top_logprobs": top_out,
+                "text_offset": offsets,
+            },
+            offset,
+        )

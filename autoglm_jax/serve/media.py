@@ -25,7 +25,6 @@ import numpy as np
 
 from autoglm_jax.serve.protocol import APIError, ChatMessage, bad_request
 
-
 MAX_IMAGE_PIXELS = 40_000_000  # the GLM-4.1V processor resizes to ~6M pixels anyway
 MAX_AUDIO_SECONDS = 120.0  # AudioConfig.max_audio_seconds' default
 
@@ -46,8 +45,9 @@ def has_media_parts(messages: Sequence[ChatMessage]) -> bool:
     return any(isinstance(m.content, list) for m in messages)
 
 
-def render_messages(messages: Sequence[ChatMessage], allowed_local_media_path: str | None
-                    ) -> tuple[list[dict[str, Any]], Media]:
+def render_messages(
+    messages: Sequence[ChatMessage], allowed_local_media_path: str | None
+) -> tuple[list[dict[str, Any]], Media]:
     """Messages as the chat template wants them, plus the decoded media in prompt order."""
     media = Media()
     out = []
@@ -55,9 +55,10 @@ def render_messages(messages: Sequence[ChatMessage], allowed_local_media_path: s
         role = "system" if m.role == "developer" else m.role
         msg: dict[str, Any] = {"role": role}
         if isinstance(m.content, list):
-            msg["content"] = [_part(p, f"messages[{i}].content[{j}]", media,
-                                    allowed_local_media_path)
-                              for j, p in enumerate(m.content)]
+            msg["content"] = [
+                _part(p, f"messages[{i}].content[{j}]", media, allowed_local_media_path)
+                for j, p in enumerate(m.content)
+            ]
         else:
             msg["content"] = m.content
         for f in _MESSAGE_FIELDS:
@@ -70,8 +71,10 @@ def render_messages(messages: Sequence[ChatMessage], allowed_local_media_path: s
 
 def _part(part: Any, where: str, media: Media, allowed: str | None) -> dict[str, Any]:
     if not isinstance(part, dict):
-        raise bad_request(f"{where}: a content part must be an object with a `type`, got "
-                          f"{type(part).__name__}", where)
+        raise bad_request(
+            f"{where}: a content part must be an object with a `type`, got {type(part).__name__}",
+            where,
+        )
     kind = part.get("type")
     if kind == "text":
         text = part.get("text")
@@ -82,16 +85,20 @@ def _part(part: Any, where: str, media: Media, allowed: str | None) -> dict[str,
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url:
-            raise bad_request(f"{where}.image_url.url: an image_url part needs "
-                              "`image_url: {\"url\": ...}`", f"{where}.image_url.url")
+            raise bad_request(
+                f'{where}.image_url.url: an image_url part needs `image_url: {{"url": ...}}`',
+                f"{where}.image_url.url",
+            )
         image = load_image_url(url, f"{where}.image_url.url", allowed)
         media.images.append(image)
         return {"type": "image", "image": image}
     if kind == "input_audio":
         spec = part.get("input_audio")
         if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
-            raise bad_request(f"{where}.input_audio: needs `input_audio: {{\"data\": <base64>, "
-                              "\"format\": \"wav\"}`", f"{where}.input_audio")
+            raise bad_request(
+                f'{where}.input_audio: needs `input_audio: {{"data": <base64>, "format": "wav"}}`',
+                f"{where}.input_audio",
+            )
         fmt = spec.get("format", "wav")
         wav = check_audio(spec["data"], fmt, f"{where}.input_audio")
         media.audios.append(wav)
@@ -100,28 +107,37 @@ def _part(part: Any, where: str, media: Media, allowed: str | None) -> dict[str,
         spec = part.get("audio_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str) or not url.startswith("data:"):
-            raise bad_request(f"{where}.audio_url.url: only data: URLs are accepted "
-                              "(data:audio/wav;base64,...); nothing is fetched",
-                              f"{where}.audio_url.url")
+            raise bad_request(
+                f"{where}.audio_url.url: only data: URLs are accepted "
+                "(data:audio/wav;base64,...); nothing is fetched",
+                f"{where}.audio_url.url",
+            )
         mime, payload = _split_data_url(url, f"{where}.audio_url.url")
         if mime not in ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"):
-            raise bad_request(f"{where}.audio_url.url: unsupported audio type {mime!r}; send "
-                              "WAV (data:audio/wav;base64,...)", f"{where}.audio_url.url")
+            raise bad_request(
+                f"{where}.audio_url.url: unsupported audio type {mime!r}; send "
+                "WAV (data:audio/wav;base64,...)",
+                f"{where}.audio_url.url",
+            )
         wav = check_audio(payload, "wav", f"{where}.audio_url.url")
         media.audios.append(wav)
         return {"type": "audio", "audio": wav}
     if kind in ("video_url", "video", "input_video"):
         raise bad_request(f"{where}: video input is not supported", f"{where}.type")
-    raise bad_request(f"{where}.type: unsupported content part type {kind!r} (supported: text, "
-                      "image_url, input_audio, audio_url)", f"{where}.type")
+    raise bad_request(
+        f"{where}.type: unsupported content part type {kind!r} (supported: text, "
+        "image_url, input_audio, audio_url)",
+        f"{where}.type",
+    )
 
 
 def _split_data_url(url: str, where: str) -> tuple[str, str]:
     header, sep, payload = url.partition(",")
     if not sep or not header.startswith("data:"):
-        raise bad_request(f"{where}: malformed data URL (expected data:<type>;base64,<data>)",
-                          where)
-    fields = header[len("data:"):].split(";")
+        raise bad_request(
+            f"{where}: malformed data URL (expected data:<type>;base64,<data>)", where
+        )
+    fields = header[len("data:") :].split(";")
     if "base64" not in fields[1:]:
         raise bad_request(f"{where}: only base64 data URLs are supported", where)
     return fields[0].strip().lower(), payload
@@ -141,12 +157,14 @@ def load_image_url(url: str, where: str, allowed: str | None) -> np.ndarray:
     """An image part's URL -> u8[H, W, 3]. data: URLs always; local paths only under `allowed`;
     never the network."""
     from autoglm_jax.processing.image import ImageError, load_image
+
     lower = url[:16].lower()
     if lower.startswith("data:"):
         mime, payload = _split_data_url(url, where)
         if not mime.startswith("image/"):
-            raise bad_request(f"{where}: not an image data URL (media type {mime or 'missing'!r})",
-                              where)
+            raise bad_request(
+                f"{where}: not an image data URL (media type {mime or 'missing'!r})", where
+            )
         data = _b64(payload, where)
         _check_pixels(data, where)
         try:
@@ -154,13 +172,17 @@ def load_image_url(url: str, where: str, allowed: str | None) -> np.ndarray:
         except ImageError as e:
             raise bad_request(f"{where}: {_strip_what(str(e))}", where) from None
     if lower.startswith(("http://", "https://")):
-        raise bad_request(f"{where}: this server does not fetch URLs; send the image inline as "
-                          "a data: URL (data:image/png;base64,...)", where)
+        raise bad_request(
+            f"{where}: this server does not fetch URLs; send the image inline as "
+            "a data: URL (data:image/png;base64,...)",
+            where,
+        )
     if lower.startswith("file://"):
         parsed = urllib.parse.urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise bad_request(f"{where}: file URLs must name a local file "
-                              "(file:///path), not a host", where)
+            raise bad_request(
+                f"{where}: file URLs must name a local file (file:///path), not a host", where
+            )
         path = urllib.parse.unquote(parsed.path)
     elif "://" in url[:12]:
         raise bad_request(f"{where}: unsupported URL scheme {url.split('://')[0]!r}", where)
@@ -171,9 +193,13 @@ def load_image_url(url: str, where: str, allowed: str | None) -> np.ndarray:
 
 def _load_local(path: str, where: str, allowed: str | None) -> np.ndarray:
     from autoglm_jax.processing.image import ImageError, load_image
+
     if allowed is None:
-        raise bad_request(f"{where}: local image paths are disabled; start the server with "
-                          "--allowed-local-media-path DIR to allow files under DIR", where)
+        raise bad_request(
+            f"{where}: local image paths are disabled; start the server with "
+            "--allowed-local-media-path DIR to allow files under DIR",
+            where,
+        )
     root = os.path.realpath(allowed)
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) != root:
@@ -192,25 +218,33 @@ def _check_pixels(data: bytes, where: str) -> None:
     """Refuse images too large to decode safely, from the header alone (a small PNG can
     declare gigapixels)."""
     from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
     except Exception:  # noqa: BLE001 - load_image reports undecodable data precisely
         return
     if w * h > MAX_IMAGE_PIXELS:
-        raise bad_request(f"{where}: image is {w}x{h} pixels, more than the "
-                          f"{MAX_IMAGE_PIXELS} this server decodes", where)
+        raise bad_request(
+            f"{where}: image is {w}x{h} pixels, more than the "
+            f"{MAX_IMAGE_PIXELS} this server decodes",
+            where,
+        )
 
 
 def check_audio(data_b64: str, fmt: Any, where: str) -> bytes:
     """Base64 audio -> the WAV file's bytes, once it decodes and is not too long."""
     from autoglm_jax.processing.audio import AudioError, read_wav
+
     if fmt == "mp3":
-        raise bad_request(f"{where}.format: mp3 audio is not supported by this server (no MP3 "
-                          "decoder); send WAV", f"{where}.format")
+        raise bad_request(
+            f"{where}.format: mp3 audio is not supported by this server (no MP3 decoder); send WAV",
+            f"{where}.format",
+        )
     if fmt != "wav":
-        raise bad_request(f"{where}.format: unsupported audio format {fmt!r} (supported: wav)",
-                          f"{where}.format")
+        raise bad_request(
+            f"{where}.format: unsupported audio format {fmt!r} (supported: wav)", f"{where}.format"
+        )
     raw = _b64(data_b64, where)
     try:
         waveform, rate = read_wav(raw)
@@ -218,8 +252,11 @@ def check_audio(data_b64: str, fmt: Any, where: str) -> bytes:
         raise bad_request(f"{where}: {_strip_what(str(e))}", where) from None
     seconds = waveform.shape[0] / rate
     if seconds > MAX_AUDIO_SECONDS:
-        raise bad_request(f"{where}: audio is {seconds:.1f} s long, more than the "
-                          f"{MAX_AUDIO_SECONDS:g} s this server accepts", where)
+        raise bad_request(
+            f"{where}: audio is {seconds:.1f} s long, more than the "
+            f"{MAX_AUDIO_SECONDS:g} s this server accepts",
+            where,
+        )
     return raw
 
 

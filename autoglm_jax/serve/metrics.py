@@ -12,12 +12,69 @@ import math
 import threading
 from typing import Any, Callable, Sequence
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0, 20.0, 40.0, 80.0)
-LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-                   60.0, 120.0, 240.0, 480.0, 960.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+TPOT_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+)
 
 
 class Histogram:
@@ -43,23 +100,63 @@ def _fmt(v: float) -> str:
 ENGINE_METRICS: tuple[tuple[str, str, str, str, float], ...] = (
     ("vllm:num_requests_running", "gauge", "Requests in the running batch.", "num_running", 0),
     ("vllm:num_requests_waiting", "gauge", "Requests waiting for a slot.", "num_waiting", 0),
-    ("vllm:kv_cache_usage_perc", "gauge", "Fraction of KV pages in use (1 = full).",
-     "kv_cache_usage", 0.0),
-    ("autoglm:kv_cache_free_pages", "gauge",
-     "KV pages free or holding evictable cached prefixes.", "free_pages", 0),
+    (
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "Fraction of KV pages in use (1 = full).",
+        "kv_cache_usage",
+        0.0,
+    ),
+    (
+        "autoglm:kv_cache_free_pages",
+        "gauge",
+        "KV pages free or holding evictable cached prefixes.",
+        "free_pages",
+        0,
+    ),
     ("autoglm:kv_cache_pages", "gauge", "KV pages in the pool.", "num_pages", 0),
-    ("vllm:prefix_cache_queries_total", "counter",
-     "Prompt tokens looked up in the prefix cache.", "prefix_cache_queries", 0),
-    ("vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
-     "prefix_cache_hits", 0),
-    ("autoglm:prefix_cache_hit_rate", "gauge",
-     "prefix_cache_hits / prefix_cache_queries since start.", "prefix_cache_hit_rate", 0.0),
-    ("vllm:num_preemptions_total", "counter", "Requests preempted (recomputed).",
-     "num_preemptions", 0),
-    ("autoglm:xla_compilations", "gauge",
-     "Distinct step shapes compiled since start (warm-up included).", "compilations", 0),
-    ("autoglm:engine_pending_requests", "gauge",
-     "Requests accepted by the server and not yet handed to the engine.", "pending", 0),
+    (
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+        "prefix_cache_queries",
+        0,
+    ),
+    (
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in the prefix cache.",
+        "prefix_cache_hits",
+        0,
+    ),
+    (
+        "autoglm:prefix_cache_hit_rate",
+        "gauge",
+        "prefix_cache_hits / prefix_cache_queries since start.",
+        "prefix_cache_hit_rate",
+        0.0,
+    ),
+    (
+        "vllm:num_preemptions_total",
+        "counter",
+        "Requests preempted (recomputed).",
+        "num_preemptions",
+        0,
+    ),
+    (
+        "autoglm:xla_compilations",
+        "gauge",
+        "Distinct step shapes compiled since start (warm-up included).",
+        "compilations",
+        0,
+    ),
+    (
+        "autoglm:engine_pending_requests",
+        "gauge",
+        "Requests accepted by the server and not yet handed to the engine.",
+        "pending",
+        0,
+    ),
 )
 
 
@@ -77,8 +174,15 @@ class ServerMetrics:
         self.finished: dict[str, int] = {}
         self.rejected: dict[str, int] = {}  # 429s by reason
 
-    def request_finished(self, reason: str, prompt_tokens: int, generation_tokens: int,
-                         ttft: float | None, tpot: float | None, e2e: float) -> None:
+    def request_finished(
+        self,
+        reason: str,
+        prompt_tokens: int,
+        generation_tokens: int,
+        ttft: float | None,
+        tpot: float | None,
+        e2e: float,
+    ) -> None:
         with self._lock:
             self.finished[reason] = self.finished.get(reason, 0) + 1
             self.prompt_tokens += prompt_tokens
@@ -119,22 +223,41 @@ class ServerMetrics:
         with self._lock:
             for name, kind, help_, key, default in ENGINE_METRICS:
                 metric(name, kind, help_, [(f"{{{label}}}", s.get(key, default))])
-            metric("vllm:prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
-                   [(f"{{{label}}}", self.prompt_tokens)])
-            metric("vllm:generation_tokens_total", "counter",
-                   "Generated tokens of finished requests.",
-                   [(f"{{{label}}}", self.generation_tokens)])
-            metric("vllm:request_success_total", "counter",
-                   "Finished requests by finish reason (abort: client gone or shutdown).",
-                   [(f'{{{label},finished_reason="{r}"}}', n)
-                    for r, n in sorted(self.finished.items())] or [(f"{{{label}}}", 0)])
-            metric("autoglm:requests_rejected_total", "counter",
-                   "Requests answered 429 (queue full or waited too long).",
-                   [(f'{{{label},reason="{r}"}}', n)
-                    for r, n in sorted(self.rejected.items())] or [(f"{{{label}}}", 0)])
+            metric(
+                "vllm:prompt_tokens_total",
+                "counter",
+                "Prompt tokens of finished requests.",
+                [(f"{{{label}}}", self.prompt_tokens)],
+            )
+            metric(
+                "vllm:generation_tokens_total",
+                "counter",
+                "Generated tokens of finished requests.",
+                [(f"{{{label}}}", self.generation_tokens)],
+            )
+            metric(
+                "vllm:request_success_total",
+                "counter",
+                "Finished requests by finish reason (abort: client gone or shutdown).",
+                [
+                    (f'{{{label},finished_reason="{r}"}}', n)
+                    for r, n in sorted(self.finished.items())
+                ]
+                or [(f"{{{label}}}", 0)],
+            )
+            metric(
+                "autoglm:requests_rejected_total",
+                "counter",
+                "Requests answered 429 (queue full or waited too long).",
+                [(f'{{{label},reason="{r}"}}', n) for r, n in sorted(self.rejected.items())]
+                or [(f"{{{label}}}", 0)],
+            )
             hist("vllm:time_to_first_token_seconds", "Time to first token.", self.ttft)
-            hist("vllm:time_per_output_token_seconds", "Time per output token after the first.",
-                 self.tpot)
+            hist(
+                "vllm:time_per_output_token_seconds",
+                "Time per output token after the first.",
+                self.tpot,
+            )
             hist("vllm:e2e_request_latency_seconds", "End-to-end request latency.", self.e2e)
         return "\n".join(lines) + "\n"
 
@@ -154,8 +277,9 @@ def parse_text(text: str) -> dict[str, float]:
     return out
 
 
-def sample(samples: dict[str, float], name: str,
-           match: Callable[[str], bool] = lambda labels: True) -> float:
+def sample(
+    samples: dict[str, float], name: str, match: Callable[[str], bool] = lambda labels: True
+) -> float:
     """Sum of the samples of `name` whose label text satisfies `match`."""
     total = 0.0
     for key, v in samples.items():

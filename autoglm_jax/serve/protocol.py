@@ -17,9 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # Errors.
 
 _ERROR_TYPES = {
-    400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
-    404: "NotFoundError", 405: "MethodNotAllowedError", 413: "RequestEntityTooLargeError",
-    422: "UnprocessableEntityError", 429: "RateLimitError", 500: "InternalServerError",
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestEntityTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
 
@@ -27,8 +33,13 @@ _ERROR_TYPES = {
 class APIError(Exception):
     """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -40,8 +51,14 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "APIError"),
-                      "param": param, "code": status}}
+    return {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "APIError"),
+            "param": param,
+            "code": status,
+        }
+    }
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:
@@ -162,18 +179,27 @@ def now() -> int:
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def chat_message(content: str | None, reasoning: str | None) -> dict[str, Any]:
-    return {"role": "assistant", "content": content, "reasoning": reasoning,
-            "reasoning_content": reasoning, "tool_calls": []}
+    return {
+        "role": "assistant",
+        "content": content,
+        "reasoning": reasoning,
+        "reasoning_content": reasoning,
+        "tool_calls": [],
+    }
 
 
-def chat_delta(*, role: bool = False, content: str | None = None,
-               reasoning: str | None = None) -> dict[str, Any]:
+def chat_delta(
+    *, role: bool = False, content: str | None = None, reasoning: str | None = None
+) -> dict[str, Any]:
     """A stream delta with only the fields that carry something (as vLLM's)."""
     d: dict[str, Any] = {}
     if role:
@@ -187,5 +213,13 @@ def chat_delta(*, role: bool = False, content: str | None = None,
 
 
 def model_card(name: str, root: str, created: int, max_model_len: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "autoglm-jax",
-            "root": root, "parent": None, "max_model_len": max_model_len, "permission": []}
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "autoglm-jax",
+        "root": root,
+        "parent": None,
+        "max_model_len": max_model_len,
+        "permission": [],
+    }

@@ -32,8 +32,13 @@ def _partial_suffix(text: str, tag: str) -> int:
 class ReasoningParser:
     """Text in, (reasoning, content) increments out."""
 
-    def __init__(self, in_reasoning: bool = False, start: str = THINK_START,
-                 end: str = THINK_END, drop_stray_tags: bool = False):
+    def __init__(
+        self,
+        in_reasoning: bool = False,
+        start: str = THINK_START,
+        end: str = THINK_END,
+        drop_stray_tags: bool = False,
+    ):
         """drop_stray_tags: a tag that does not switch state (`</think>` before any
         `<think>`, either tag after the answer began) is removed instead of passed on as
         text; for tags that are special tokens under skip_special_tokens, which the client
@@ -62,13 +67,13 @@ class ReasoningParser:
             if found:
                 idx, tag = min(found)
                 out.append(buf[:idx])
-                buf = buf[idx + len(tag):]
+                buf = buf[idx + len(tag) :]
                 if tag == switch:
                     self.state = "reasoning" if self.state == "before" else "after"
                 continue
             keep = max((_partial_suffix(buf, t) for t in looked), default=0)
-            out.append(buf[:len(buf) - keep])
-            buf = buf[len(buf) - keep:]
+            out.append(buf[: len(buf) - keep])
+            buf = buf[len(buf) - keep :]
             break
         self._held = buf
         return "".join(reasoning), "".join(content)
@@ -91,9 +96,15 @@ class TagInjector:
     Feed it each delta's token ids and text, in order; it returns the text with the tags.
     """
 
-    def __init__(self, tokenizer: Any, tags: dict[int, str], prompt_ids: Sequence[int] | None,
-                 skip_special_tokens: bool):
+    def __init__(
+        self,
+        tokenizer: Any,
+        tags: dict[int, str],
+        prompt_ids: Sequence[int] | None,
+        skip_special_tokens: bool,
+    ):
         from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
+
         self._detok = IncrementalDetokenizer(tokenizer, prompt_ids, skip_special_tokens)
         self._tags = tags
         self._chars = 0  # characters the ids pushed so far decode to (as the engine's text)
@@ -140,8 +151,9 @@ class ReasoningStream:
         return r1 + r2, c1 + c2
 
 
-def reasoning_stream(tokenizer: Any, prompt_text: str, prompt_ids: Sequence[int] | None,
-                     skip_special_tokens: bool) -> ReasoningStream:
+def reasoning_stream(
+    tokenizer: Any, prompt_text: str, prompt_ids: Sequence[int] | None, skip_special_tokens: bool
+) -> ReasoningStream:
     """The pipeline for one choice of a chat request with thinking on."""
     in_reasoning = prompt_text.rstrip().endswith(THINK_START)
     injector = None

@@ -23,9 +23,17 @@ class ChatRenderer(Renderer):
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def __init__(self, model: str, n: int, include_usage: bool, tokens: TokenText, *,
-                 splitter: Callable[[], ReasoningStream | None], return_reasoning: bool,
-                 logprobs: bool):
+    def __init__(
+        self,
+        model: str,
+        n: int,
+        include_usage: bool,
+        tokens: TokenText,
+        *,
+        splitter: Callable[[], ReasoningStream | None],
+        return_reasoning: bool,
+        logprobs: bool,
+    ):
         """splitter: a fresh reasoning split for one choice, None when thinking is off."""
         super().__init__(model, n, include_usage)
         self.tokens = tokens
@@ -34,8 +42,9 @@ class ChatRenderer(Renderer):
         self.logprobs = logprobs
         self._splits: dict[int, ReasoningStream | None] = {}
 
-    def _divide(self, split: ReasoningStream | None, text: str, token_ids: Sequence[int],
-                final: bool) -> tuple[str, str]:
+    def _divide(
+        self, split: ReasoningStream | None, text: str, token_ids: Sequence[int], final: bool
+    ) -> tuple[str, str]:
         """(reasoning, content) of new text; reasoning is "" when the client did not ask."""
         if split is None:
             return "", text
@@ -51,8 +60,7 @@ class ChatRenderer(Renderer):
     def piece(self, index: int, delta: StreamDelta, final: bool) -> ChoicePart | None:
         if index not in self._splits:
             self._splits[index] = self.splitter()
-        reasoning, content = self._divide(self._splits[index], delta.text, delta.token_ids,
-                                          final)
+        reasoning, content = self._divide(self._splits[index], delta.text, delta.token_ids, final)
         logprobs = None
         if self.logprobs and delta.token_ids:
             logprobs = self.tokens.chat(delta.token_ids, delta.token_logprobs, delta.logprobs)
@@ -64,12 +72,14 @@ class ChatRenderer(Renderer):
         return ChoicePart({"delta": d}, logprobs)
 
     def whole(self, index: int, completion: CompletionOutput) -> ChoicePart:
-        reasoning, content = self._divide(self.splitter(), completion.text,
-                                          completion.token_ids, final=True)
+        reasoning, content = self._divide(
+            self.splitter(), completion.text, completion.token_ids, final=True
+        )
         logprobs = None
         if self.logprobs:
-            logprobs = self.tokens.chat(completion.token_ids, completion.token_logprobs,
-                                        completion.logprobs)
+            logprobs = self.tokens.chat(
+                completion.token_ids, completion.token_logprobs, completion.logprobs
+            )
         return ChoicePart({"message": proto.chat_message(content, reasoning or None)}, logprobs)
 
 
@@ -79,8 +89,16 @@ class CompletionRenderer(Renderer):
     object = chunk_object = "text_completion"
     id_prefix = "cmpl"
 
-    def __init__(self, model: str, n: int, include_usage: bool, tokens: TokenText, *,
-                 echoes: Sequence[str] | None, logprobs: bool):
+    def __init__(
+        self,
+        model: str,
+        n: int,
+        include_usage: bool,
+        tokens: TokenText,
+        *,
+        echoes: Sequence[str] | None,
+        logprobs: bool,
+    ):
         """echoes: each prompt's text, when the client asked for it back."""
         super().__init__(model, n, include_usage)
         self.tokens = tokens
@@ -98,8 +116,8 @@ class CompletionRenderer(Renderer):
         logprobs = None
         if self.logprobs and delta.token_ids:
             logprobs, self._offsets[index] = self.tokens.completion(
-                delta.token_ids, delta.token_logprobs, delta.logprobs,
-                self._offsets.get(index, 0))
+                delta.token_ids, delta.token_logprobs, delta.logprobs, self._offsets.get(index, 0)
+            )
         if not final and not delta.text and logprobs is None:
             return None
         return ChoicePart({"text": delta.text}, logprobs)
@@ -107,6 +125,7 @@ class CompletionRenderer(Renderer):
     def whole(self, index: int, completion: CompletionOutput) -> ChoicePart:
         logprobs = None
         if self.logprobs:
-            logprobs, _ = self.tokens.completion(completion.token_ids, completion.token_logprobs,
-                                                 completion.logprobs, 0)
+            logprobs, _ = self.tokens.completion(
+                completion.token_ids, completion.token_logprobs, completion.logprobs, 0
+            )
         return ChoicePart({"text": self._echo(index) + completion.text}, logprobs)

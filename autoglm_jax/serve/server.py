@@ -21,7 +21,6 @@ from autoglm_jax.serve.config import ServeConfig
 log = logging.getLogger("autoglm_jax.serve")
 
 
-
 def setup_logging(level: str) -> None:
     logger = logging.getLogger("autoglm_jax")
     if not logger.handlers:
@@ -39,17 +38,31 @@ def run_server(engine: Any, config: ServeConfig) -> None:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     from autoglm_jax.serve.app import create_app
+
     s = engine.stats()
-    log.info("engine: %s attention, %d KV pages of %d tokens, max_model_len %d, "
-             "max_num_seqs %d", s["attention_backend"], s["num_pages"], engine.config.page_size,
-             engine.config.max_model_len, engine.config.max_num_seqs)
+    log.info(
+        "engine: %s attention, %d KV pages of %d tokens, max_model_len %d, max_num_seqs %d",
+        s["attention_backend"],
+        s["num_pages"],
+        engine.config.page_size,
+        engine.config.max_model_len,
+        engine.config.max_num_seqs,
+    )
     app = create_app(engine, config)
     if config.api_key is None and config.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s without --api-key: anyone who can reach it can use it",
-                    config.host)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=config.uvicorn_log_level,
-        timeout_graceful_shutdown=config.shutdown_timeout, access_log=True))
+        log.warning(
+            "serving on %s without --api-key: anyone who can reach it can use it", config.host
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.uvicorn_log_level,
+            timeout_graceful_shutdown=config.shutdown_timeout,
+            access_log=True,
+        )
+    )
     received = _absorb_resent_signals()
     server.run()  # uvicorn handles SIGINT/SIGTERM; the app's lifespan stops the engine thread
     if server.started is False and not received:

@@ -43,9 +43,11 @@ def usage(outputs: Sequence[RequestOutput], n: int) -> dict[str, Any]:
     """Prompt tokens once per prompt (not per choice), completion tokens of every choice;
     `outputs` in choice order, `n` choices per prompt."""
     firsts = outputs[::n]
-    return proto.usage(sum(len(o.prompt_token_ids) for o in firsts),
-                       sum(len(o.outputs[0].token_ids) for o in outputs),
-                       sum(o.num_cached_tokens for o in firsts))
+    return proto.usage(
+        sum(len(o.prompt_token_ids) for o in firsts),
+        sum(len(o.outputs[0].token_ids) for o in outputs),
+        sum(o.num_cached_tokens for o in firsts),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +89,9 @@ class Renderer(abc.ABC):
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def chunk(self, index: int, part: ChoicePart, finish: str | None = None,
-              stop_reason: Any = None) -> str:
+    def chunk(
+        self, index: int, part: ChoicePart, finish: str | None = None, stop_reason: Any = None
+    ) -> str:
         c = {"index": index, **part.fields, "logprobs": part.logprobs, "finish_reason": finish}
         if finish is not None:
             c["stop_reason"] = stop_reason
@@ -96,23 +99,38 @@ class Renderer(abc.ABC):
         return sse({**self._head(self.chunk_object), "choices": [c], **extra})
 
     def usage_chunk(self, outputs: dict[int, RequestOutput]) -> str:
-        return sse({**self._head(self.chunk_object), "choices": [],
-                    "usage": usage([outputs[i] for i in sorted(outputs)], self.n)})
+        return sse(
+            {
+                **self._head(self.chunk_object),
+                "choices": [],
+                "usage": usage([outputs[i] for i in sorted(outputs)], self.n),
+            }
+        )
 
     def response(self, outputs: dict[int, RequestOutput]) -> dict[str, Any]:
         choices = []
         for index in sorted(outputs):
             comp = outputs[index].outputs[0]
             part = self.whole(index, comp)
-            choices.append({"index": index, **part.fields, "logprobs": part.logprobs,
-                            "finish_reason": comp.finish_reason,
-                            "stop_reason": comp.stop_reason})
-        return {**self._head(self.object), "choices": choices,
-                "usage": usage([outputs[i] for i in sorted(outputs)], self.n)}
+            choices.append(
+                {
+                    "index": index,
+                    **part.fields,
+                    "logprobs": part.logprobs,
+                    "finish_reason": comp.finish_reason,
+                    "stop_reason": comp.stop_reason,
+                }
+            )
+        return {
+            **self._head(self.object),
+            "choices": choices,
+            "usage": usage([outputs[i] for i in sorted(outputs)], self.n),
+        }
 
 
-async def stream_chunks(events: AsyncIterator[EngineEvent | None], renderer: Renderer,
-                        indices: Sequence[int]) -> AsyncIterator[str]:
+async def stream_chunks(
+    events: AsyncIterator[EngineEvent | None], renderer: Renderer, indices: Sequence[int]
+) -> AsyncIterator[str]:
     """The SSE body of a streamed request: an opening chunk per choice, a chunk per event
     that says something, the finish reason with each choice's last, then usage and [DONE].
     An error event ends it with an error chunk and [DONE]; None events are keep-alives."""
@@ -145,6 +163,7 @@ async def stream_chunks(events: AsyncIterator[EngineEvent | None], renderer: Ren
 # ----------------------------------------------------------------------------------------
 # Reading a handle's events.
 
+
 async def _until_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -152,8 +171,9 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def _next_event(handle: RequestHandle, watcher: asyncio.Future | None,
-                      timeout: float | None = None) -> EngineEvent | None:
+async def _next_event(
+    handle: RequestHandle, watcher: asyncio.Future | None, timeout: float | None = None
+) -> EngineEvent | None:
     """The handle's next event; None on timeout; ClientGone if the watcher fires first."""
     get = asyncio.ensure_future(handle.queue.get())
     waits = {get} if watcher is None else {get, watcher}
@@ -166,9 +186,13 @@ async def _next_event(handle: RequestHandle, watcher: asyncio.Future | None,
     return None
 
 
-async def engine_events(handle: RequestHandle, *, first: EngineEvent | None = None,
-                        watcher: asyncio.Future | None = None,
-                        keepalive: float | None = None) -> AsyncIterator[EngineEvent | None]:
+async def engine_events(
+    handle: RequestHandle,
+    *,
+    first: EngineEvent | None = None,
+    watcher: asyncio.Future | None = None,
+    keepalive: float | None = None,
+) -> AsyncIterator[EngineEvent | None]:
     """The handle's events (from `first`, if already read) until its last DoneEvent or an
     ErrorEvent, counting done choices on the handle. None: `keepalive` seconds passed
     without one. ClientGone: the watcher (a disconnect) fired first."""
@@ -184,8 +208,9 @@ async def engine_events(handle: RequestHandle, *, first: EngineEvent | None = No
         ev = await _next_event(handle, watcher, keepalive)
 
 
-async def _collect(request: Request, thread: EngineThread,
-                   handle: RequestHandle) -> dict[int, RequestOutput]:
+async def _collect(
+    request: Request, thread: EngineThread, handle: RequestHandle
+) -> dict[int, RequestOutput]:
     """Every choice's output of a whole request: index -> RequestOutput."""
     watcher = asyncio.ensure_future(_until_disconnect(request))
     outputs: dict[int, RequestOutput] = {}
@@ -203,8 +228,9 @@ async def _collect(request: Request, thread: EngineThread,
             thread.abort(handle)
 
 
-async def _first_event(request: Request, thread: EngineThread,
-                       handle: RequestHandle) -> EngineEvent:
+async def _first_event(
+    request: Request, thread: EngineThread, handle: RequestHandle
+) -> EngineEvent:
     """Wait for the first event before sending headers (see the module docstring)."""
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -219,10 +245,12 @@ async def _first_event(request: Request, thread: EngineThread,
         watcher.cancel()
 
 
-def _sse_response(thread: EngineThread, handle: RequestHandle,
-                  body: AsyncIterator[str]) -> Response:
+def _sse_response(
+    thread: EngineThread, handle: RequestHandle, body: AsyncIterator[str]
+) -> Response:
     """SSE response; whatever way the body ends (done, error, client gone: Starlette
     cancels it), unfinished sub-requests are aborted."""
+
     async def guarded() -> AsyncIterator[str]:
         try:
             async for piece in body:
@@ -231,12 +259,17 @@ def _sse_response(thread: EngineThread, handle: RequestHandle,
             if not handle.finished:
                 thread.abort(handle)
             await body.aclose()
-    return StreamingResponse(guarded(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return StreamingResponse(
+        guarded(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-async def respond(request: Request, thread: EngineThread, handle: RequestHandle,
-                  renderer: Renderer) -> Response:
+async def respond(
+    request: Request, thread: EngineThread, handle: RequestHandle, renderer: Renderer
+) -> Response:
     """Submit `handle` and answer: SSE when it streams, one JSON response otherwise; 499
     when the client left before anything was sent."""
     thread.submit(handle)

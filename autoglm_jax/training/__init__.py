@@ -6,19 +6,58 @@ checkpoints, recipes and metrics. Entry points: `run_pretrain(recipe)`, `run_dis
 """
 
 from autoglm_jax.training.data import DataError, JsonlSource, make_dataset, tokenize_chat
+from autoglm_jax.training.loop import (
+    NonFiniteError,
+    RunResult,
+    restore_checkpoint,
+    run_distill,
+    run_pretrain,
+    train,
+)
 from autoglm_jax.training.media import MultimodalProcessor
-from autoglm_jax.training.loop import (NonFiniteError, RunResult, restore_checkpoint, run_distill,
-                                       run_pretrain, train)
-from autoglm_jax.training.recipe import (CheckpointRecipe, DataRecipe, DistillRecipe, MeshRecipe,
-                                         ModelRecipe, OptimRecipe, TrainRecipe, load_recipe,
-                                         model_config)
-from autoglm_jax.training.step import (TrainState, make_eval_step, make_optimizer,
-                                       make_train_step, trainable_mask)
+from autoglm_jax.training.recipe import (
+    CheckpointRecipe,
+    DataRecipe,
+    DistillRecipe,
+    MeshRecipe,
+    ModelRecipe,
+    OptimRecipe,
+    TrainRecipe,
+    load_recipe,
+    model_config,
+)
+from autoglm_jax.training.step import (
+    TrainState,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+    trainable_mask,
+)
 
 __all__ = [
-    "CheckpointRecipe", "DataError", "DataRecipe", "DistillRecipe", "JsonlSource", "MeshRecipe",
-    "ModelRecipe", "MultimodalProcessor", "NonFiniteError", "OptimRecipe", "RunResult", "TrainRecipe", "TrainState",
-    "load_recipe", "make_dataset", "make_eval_step", "make_optimizer", "make_train_step",
-    "model_config", "restore_checkpoint", "run_distill", "run_pretrain", "tokenize_chat",
-    "train", "trainable_mask",
+    "CheckpointRecipe",
+    "DataError",
+    "DataRecipe",
+    "DistillRecipe",
+    "JsonlSource",
+    "MeshRecipe",
+    "ModelRecipe",
+    "MultimodalProcessor",
+    "NonFiniteError",
+    "OptimRecipe",
+    "RunResult",
+    "TrainRecipe",
+    "TrainState",
+    "load_recipe",
+    "make_dataset",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "model_config",
+    "restore_checkpoint",
+    "run_distill",
+    "run_pretrain",
+    "tokenize_chat",
+    "train",
+    "trainable_mask",
 ]

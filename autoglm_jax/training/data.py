@@ -32,6 +32,7 @@ Targets are shifted inside each example before packing, so no target crosses a s
 """
 
 from __future__ import annotations
+
 import base64
 import binascii
 from pathlib import Path
@@ -44,19 +45,34 @@ import numpy as np
 from autoglm_jax.training import media as M
 from autoglm_jax.training import synthetic
 from autoglm_jax.training.recipe import DataRecipe
-from autoglm_jax.training.records import (FEATURES, MEDIA_PART_TYPES, DataError, JsonlSource,
-                                          MediaProcessor, SourceInfo, _media_ref)
+from autoglm_jax.training.records import (
+    FEATURES,
+    MEDIA_PART_TYPES,
+    DataError,
+    JsonlSource,
+    MediaProcessor,
+    SourceInfo,
+    _media_ref,
+)
 from autoglm_jax.training.tokens import shift, shift_media, tokenize_chat, tokenize_text
 
-__all__ = ["DataError", "JsonlSource", "MediaProcessor", "SourceInfo", "make_dataset",
-           "tokenize_chat", "tokenize_text"]
+__all__ = [
+    "DataError",
+    "JsonlSource",
+    "MediaProcessor",
+    "SourceInfo",
+    "make_dataset",
+    "tokenize_chat",
+    "tokenize_text",
+]
 
 
 # --- pipeline ---------------------------------------------------------------------------------
 
 
-def _featurizer(recipe: DataRecipe, tokenizer: Any, media_processor: MediaProcessor | None,
-                media: bool) -> Callable[[Any], dict[str, np.ndarray]]:
+def _featurizer(
+    recipe: DataRecipe, tokenizer: Any, media_processor: MediaProcessor | None, media: bool
+) -> Callable[[Any], dict[str, np.ndarray]]:
     """index or JSONL item -> one example's features. `media`: the dataset holds images or
     audio, so every example goes through the media processor."""
     seq_len = recipe.seq_len
@@ -76,8 +92,9 @@ def _featurizer(recipe: DataRecipe, tokenizer: Any, media_processor: MediaProces
         return features([_resolve_media(m, base, where) for m in record["messages"]], where)
 
     def from_synthetic(index: int) -> dict[str, np.ndarray]:
-        sample = synthetic.sample(recipe.seed, int(index), recipe.synthetic_tasks,
-                                  recipe.synthetic_max_len)
+        sample = synthetic.sample(
+            recipe.seed, int(index), recipe.synthetic_tasks, recipe.synthetic_max_len
+        )
         return features(list(sample.messages), f"synthetic[{index}]")
 
     return from_synthetic if recipe.source == "synthetic" else from_record
@@ -121,20 +138,30 @@ def _pad(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
     if pos is None:
         out["positions"] = np.where(out["segment_ids"] > 0, np.arange(seq_len), 0).astype(np.int32)
     else:
-        out["positions"] = np.pad(pos, [(0, 0)] * (pos.ndim - 1) + [(0, seq_len - n)]).astype(np.int32)
+        out["positions"] = np.pad(pos, [(0, 0)] * (pos.ndim - 1) + [(0, seq_len - n)]).astype(
+            np.int32
+        )
     return out
 
 
 def _rename_packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"inputs": batch["inputs"], "targets": batch["targets"],
-            "loss_mask": batch["loss_mask"], "segment_ids": batch["inputs_segment_ids"],
-            "positions": batch["inputs_positions"]}
+    return {
+        "inputs": batch["inputs"],
+        "targets": batch["targets"],
+        "loss_mask": batch["loss_mask"],
+        "segment_ids": batch["inputs_segment_ids"],
+        "positions": batch["inputs_positions"],
+    }
 
 
-def make_dataset(recipe: DataRecipe, tokenizer: Any, *,
-                 media_processor: MediaProcessor | None = None,
-                 process_index: int = 0, process_count: int = 1,
-                 ) -> tuple[grain.IterDataset, SourceInfo]:
+def make_dataset(
+    recipe: DataRecipe,
+    tokenizer: Any,
+    *,
+    media_processor: MediaProcessor | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[grain.IterDataset, SourceInfo]:
     """An endless IterDataset of batches (dict of i32[B, T], plus the media arrays of a
     dataset with images or audio; B = batch_size / process_count) and what the source scan
     found. Deterministic given the recipe; its iterator's state (`get_state`/`set_state`)
@@ -148,38 +175,54 @@ def make_dataset(recipe: DataRecipe, tokenizer: Any, *,
         audio = "audio" in recipe.synthetic_tasks
         _check_synthetic_media(recipe, media_processor)
     else:
-        src = JsonlSource(recipe.paths, recipe.source, skip_bad_records=recipe.skip_bad_records,
-                          allow_media=media_processor is not None)
+        src = JsonlSource(
+            recipe.paths,
+            recipe.source,
+            skip_bad_records=recipe.skip_bad_records,
+            allow_media=media_processor is not None,
+        )
         ds, info = grain.MapDataset.source(src), src.info
         images, audio = info.image_records > 0, info.audio_records > 0
     media = images or audio
     info.images, info.audio = images, audio
     if media and recipe.mode != "pad":
-        raise DataError(f"the data holds {'images' if images else 'audio'}: image/audio "
-                        "examples are batched one per row (set data.mode = \"pad\"; packing "
-                        "them is not supported)")
+        raise DataError(
+            f"the data holds {'images' if images else 'audio'}: image/audio "
+            'examples are batched one per row (set data.mode = "pad"; packing '
+            "them is not supported)"
+        )
     if media and process_count > 1:
-        raise DataError("image/audio training runs on one host for now (the media arrays of a "
-                        "batch are not split across processes)")
+        raise DataError(
+            "image/audio training runs on one host for now (the media arrays of a "
+            "batch are not split across processes)"
+        )
     if process_count > 1:
         ds = ds[process_index::process_count]
     if recipe.shuffle:
         ds = ds.shuffle(seed=recipe.seed)
     ds = ds.repeat(None).map(_featurizer(recipe, tokenizer, media_processor, media))
-    it = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=recipe.read_threads, prefetch_buffer_size=64 if recipe.read_threads else 0))
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(
+            num_threads=recipe.read_threads, prefetch_buffer_size=64 if recipe.read_threads else 0
+        )
+    )
     t = recipe.seq_len
     batch_fn = None
     if recipe.mode == "pack":
         it = gex.FirstFitPackIterDataset(
-            it, length_struct={k: t for k in FEATURES}, num_packing_bins=recipe.packing_bins,
-            seed=recipe.seed, shuffle_bins=False)
+            it,
+            length_struct={k: t for k in FEATURES},
+            num_packing_bins=recipe.packing_bins,
+            seed=recipe.seed,
+            shuffle_bins=False,
+        )
         it = it.map(_rename_packed)
     else:
         it = it.map(lambda ex: _pad(ex, t))
         if media:
-            batch_fn = _media_collate(recipe, media_processor, images, audio,
-                                      recipe.batch_size // process_count)
+            batch_fn = _media_collate(
+                recipe, media_processor, images, audio, recipe.batch_size // process_count
+            )
     it = it.batch(recipe.batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
     if recipe.prefetch > 0:
         it = gex.ThreadPrefetchIterDataset(it, prefetch_buffer_size=recipe.prefetch)
@@ -188,18 +231,22 @@ def make_dataset(recipe: DataRecipe, tokenizer: Any, *,
 
 def _check_synthetic_media(recipe: DataRecipe, processor: MediaProcessor | None) -> None:
     from autoglm_jax.config import ConfigError
+
     for task, what in (("image", "vision"), ("audio", "audio")):
         if task not in recipe.synthetic_tasks:
             continue
         config = getattr(processor, "config", None)
         if processor is None or (config is not None and getattr(config, what, None) is None):
-            raise ConfigError(f"field `data.synthetic_tasks`: the {task} task needs a model with "
-                              f"{'a vision tower' if task == 'image' else 'an audio encoder'} "
-                              "(model_type glm4v or autoglm, e.g. preset tiny-mm)")
+            raise ConfigError(
+                f"field `data.synthetic_tasks`: the {task} task needs a model with "
+                f"{'a vision tower' if task == 'image' else 'an audio encoder'} "
+                "(model_type glm4v or autoglm, e.g. preset tiny-mm)"
+            )
 
 
-def _media_collate(recipe: DataRecipe, processor: Any, images: bool, audio: bool,
-                   batch_size: int) -> Callable[[Sequence[dict[str, np.ndarray]]], dict]:
+def _media_collate(
+    recipe: DataRecipe, processor: Any, images: bool, audio: bool, batch_size: int
+) -> Callable[[Sequence[dict[str, np.ndarray]]], dict]:
     config = getattr(processor, "config", None)
     vision = getattr(config, "vision", None)
     audio_cfg = getattr(config, "audio", None)
@@ -209,7 +256,12 @@ def _media_collate(recipe: DataRecipe, processor: Any, images: bool, audio: bool
     else:
         pad_grid = (1, merge, merge)
     return M.make_collate(
-        batch_size, images=images, audio=audio, max_images=recipe.max_images,
-        max_audio_windows=recipe.max_audio_windows, pad_grid=pad_grid,
+        batch_size,
+        images=images,
+        audio=audio,
+        max_images=recipe.max_images,
+        max_audio_windows=recipe.max_audio_windows,
+        pad_grid=pad_grid,
         patch_dim=vision.patch_dim if vision is not None else 1176,
-        num_mel_bins=audio_cfg.num_mel_bins if audio_cfg is not None else 80)
+        num_mel_bins=audio_cfg.num_mel_bins if audio_cfg is not None else 80,
+    )

@@ -40,8 +40,9 @@ def token_kl(teacher_logits: Array, student_logits: Array, temperature: float = 
     return jnp.sum(jnp.exp(t) * (t - s), axis=-1)
 
 
-def kl_divergence(teacher_logits: Array, student_logits: Array, mask: Array,
-                  temperature: float = 1.0) -> Array:
+def kl_divergence(
+    teacher_logits: Array, student_logits: Array, mask: Array, temperature: float = 1.0
+) -> Array:
     return masked_mean(token_kl(teacher_logits, student_logits, temperature), mask)
 
 
@@ -49,16 +50,27 @@ def hidden_mse(student: Sequence[Array], teacher: Sequence[Array], mask: Array) 
     """Mean over the layer pairs of the per-token mean squared difference ([B, T, D] each)."""
     if not student:
         return jnp.zeros((), jnp.float32)
-    per_pair = [masked_mean(jnp.mean(jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32)),
-                                     axis=-1), mask)
-                for s, t in zip(student, teacher, strict=True)]
+    per_pair = [
+        masked_mean(
+            jnp.mean(jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32)), axis=-1), mask
+        )
+        for s, t in zip(student, teacher, strict=True)
+    ]
     return sum(per_pair) / len(per_pair)
 
 
-def distill_loss(student_logits: Array, teacher_logits: Array, targets: Array, mask: Array, *,
-                 alpha: float, temperature: float, beta: float = 0.0,
-                 student_hidden: Sequence[Array] = (), teacher_hidden: Sequence[Array] = (),
-                 ) -> tuple[Array, dict[str, Array]]:
+def distill_loss(
+    student_logits: Array,
+    teacher_logits: Array,
+    targets: Array,
+    mask: Array,
+    *,
+    alpha: float,
+    temperature: float,
+    beta: float = 0.0,
+    student_hidden: Sequence[Array] = (),
+    teacher_hidden: Sequence[Array] = (),
+) -> tuple[Array, dict[str, Array]]:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE + beta * hidden MSE.
 
     The T^2 factor keeps the soft-target gradients on the scale of the CE ones (Hinton et al.).
@@ -67,7 +79,7 @@ def distill_loss(student_logits: Array, teacher_logits: Array, targets: Array, m
     ce = cross_entropy(student_logits, targets, mask)
     kl = kl_divergence(teacher_logits, student_logits, mask, temperature)
     mse = hidden_mse(student_hidden, teacher_hidden, mask)
-    loss = alpha * temperature ** 2 * kl + (1.0 - alpha) * ce + beta * mse
+    loss = alpha * temperature**2 * kl + (1.0 - alpha) * ce + beta * mse
     return loss, {"ce": ce, "kl": kl, "hidden_mse": mse}
 
 

@@ -51,8 +51,14 @@ class MultimodalProcessor:
     encoder) are DataErrors that start with `where` ("file:line").
     """
 
-    def __init__(self, config: ModelConfig, tokenizer: Any, *, max_images: int = 1,
-                 max_audio_windows: int = 1):
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: Any,
+        *,
+        max_images: int = 1,
+        max_audio_windows: int = 1,
+    ):
         self.config, self.tokenizer = config, tokenizer
         self.max_images, self.max_audio_windows = max_images, max_audio_windows
         self.mrope = config.text.mrope_section is not None
@@ -67,13 +73,17 @@ class MultimodalProcessor:
     def has_audio(self) -> bool:
         return getattr(self.config, "audio", None) is not None
 
-    def __call__(self, messages: Sequence[Mapping[str, Any]], *, where: str) -> dict[str, np.ndarray]:
+    def __call__(
+        self, messages: Sequence[Mapping[str, Any]], *, where: str
+    ) -> dict[str, np.ndarray]:
         from autoglm_jax.engine.multimodal import collect_media, prepare
 
         images, audios = collect_media({"messages": list(messages)})
         if len(images) > self.max_images:
-            raise DataError(f"{where}: {len(images)} images in one example; data.max_images is "
-                            f"{self.max_images}")
+            raise DataError(
+                f"{where}: {len(images)} images in one example; data.max_images is "
+                f"{self.max_images}"
+            )
         ids, mask = tokenize_chat(self.tokenizer, messages, where)
         try:
             new_ids, mm = prepare(self.config, ids.tolist(), images, audios)
@@ -84,28 +94,38 @@ class MultimodalProcessor:
         if images:
             grid = np.asarray(mm.image_grid_thw, np.int32)
             repeats = np.ones(len(ids), np.int64)
-            repeats[ids == self.config.image_token_id] = grid.prod(-1) // self.merge ** 2
+            repeats[ids == self.config.image_token_id] = grid.prod(-1) // self.merge**2
             if not np.array_equal(np.repeat(ids, repeats), new_ids):  # guards the mask below
-                raise DataError(f"{where}: image placeholder expansion did not line up with "
-                                "the chat template's image tokens")
+                raise DataError(
+                    f"{where}: image placeholder expansion did not line up with "
+                    "the chat template's image tokens"
+                )
             mask = np.repeat(mask, repeats)
             out["pixel_values"] = np.asarray(mm.pixel_values, np.float32)
             out["image_grid_thw"] = grid
-        media_tokens = [t for t in (self.config.image_token_id,
-                                    getattr(self.config, "audio_token_id", None)) if t is not None]
+        media_tokens = [
+            t
+            for t in (self.config.image_token_id, getattr(self.config, "audio_token_id", None))
+            if t is not None
+        ]
         out["loss_mask"] = np.where(np.isin(new_ids, media_tokens), 0, mask).astype(np.int32)
         if audios:
             feats = np.asarray(mm.audio_features, np.float32)
             if feats.shape[0] > self.max_audio_windows:
-                raise DataError(f"{where}: the audio spans {feats.shape[0]} 30 s windows; "
-                                f"data.max_audio_windows is {self.max_audio_windows}")
+                raise DataError(
+                    f"{where}: the audio spans {feats.shape[0]} 30 s windows; "
+                    f"data.max_audio_windows is {self.max_audio_windows}"
+                )
             out["audio_features"] = feats
             out["audio_frames"] = np.asarray(mm.audio_frames, np.int32)
         if self.mrope:
-            out["positions"] = (np.asarray(mm.positions, np.int32) if mm is not None
-                                and mm.positions is not None
-                                else np.broadcast_to(np.arange(len(new_ids), dtype=np.int32),
-                                                     (3, len(new_ids))).copy())
+            out["positions"] = (
+                np.asarray(mm.positions, np.int32)
+                if mm is not None and mm.positions is not None
+                else np.broadcast_to(
+                    np.arange(len(new_ids), dtype=np.int32), (3, len(new_ids))
+                ).copy()
+            )
         return out
 
 
@@ -114,8 +134,9 @@ def processor_for(config: ModelConfig, tokenizer: Any, data: Any) -> "Multimodal
     a model without a vision tower or audio encoder)."""
     if getattr(config, "vision", None) is None and getattr(config, "audio", None) is None:
         return None
-    return MultimodalProcessor(config, tokenizer, max_images=data.max_images,
-                               max_audio_windows=data.max_audio_windows)
+    return MultimodalProcessor(
+        config, tokenizer, max_images=data.max_images, max_audio_windows=data.max_audio_windows
+    )
 
 
 def synthetic_image_grid() -> np.ndarray:
@@ -127,10 +148,18 @@ def synthetic_image_grid() -> np.ndarray:
     return np.asarray(process_images([blank]).image_grid_thw, np.int32)
 
 
-def make_collate(batch_size: int, *, images: bool, audio: bool, max_images: int = 1,
-                 max_audio_windows: int = 1, pad_grid: Sequence[int] = (1, 2, 2),
-                 patch_dim: int = 1176, num_mel_bins: int = 80, num_frames: int = 3000,
-                 ) -> Callable[[Sequence[dict[str, np.ndarray]]], dict[str, np.ndarray]]:
+def make_collate(
+    batch_size: int,
+    *,
+    images: bool,
+    audio: bool,
+    max_images: int = 1,
+    max_audio_windows: int = 1,
+    pad_grid: Sequence[int] = (1, 2, 2),
+    patch_dim: int = 1176,
+    num_mel_bins: int = 80,
+    num_frames: int = 3000,
+) -> Callable[[Sequence[dict[str, np.ndarray]]], dict[str, np.ndarray]]:
     """The batch function of a dataset with images and/or audio (see the module docstring).
     `images` / `audio`: whether the dataset can hold them; their keys are then in every
     batch (shapes fixed by batch_size and the maxima), so the step compiles once."""
@@ -144,8 +173,10 @@ def make_collate(batch_size: int, *, images: bool, audio: bool, max_images: int 
             grids = [e["image_grid_thw"] for e in examples if "image_grid_thw" in e]
             n = sum(len(g) for g in grids)
             if n > batch_size * max_images:
-                raise ValueError(f"{n} images in a batch of {batch_size} rows; the batch holds "
-                                 f"at most {batch_size * max_images} (data.max_images)")
+                raise ValueError(
+                    f"{n} images in a batch of {batch_size} rows; the batch holds "
+                    f"at most {batch_size * max_images} (data.max_images)"
+                )
             pad = np.asarray(grids[0][0] if grids else pad_grid, np.int32)
             n_pad = batch_size * max_images - n
             pvs.append(np.zeros((n_pad * int(pad.prod()), patch_dim), np.float32))
@@ -161,11 +192,13 @@ def make_collate(batch_size: int, *, images: bool, audio: bool, max_images: int 
                 a = e.get("audio_features")
                 if a is not None:
                     if len(a) > w:
-                        raise ValueError(f"an example has {len(a)} audio windows; the batch "
-                                         f"holds {w} per row (data.max_audio_windows)")
-                    feats[r * w:r * w + len(a)] = a
-                    rows[r * w:r * w + len(a)] = r
-                    frames[r * w:r * w + len(a)] = e.get("audio_frames", num_frames)
+                        raise ValueError(
+                            f"an example has {len(a)} audio windows; the batch "
+                            f"holds {w} per row (data.max_audio_windows)"
+                        )
+                    feats[r * w : r * w + len(a)] = a
+                    rows[r * w : r * w + len(a)] = r
+                    frames[r * w : r * w + len(a)] = e.get("audio_frames", num_frames)
             out["input_features"], out["audio_rows"] = feats, rows
             out["audio_frames"] = frames
         return out

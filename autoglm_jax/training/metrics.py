@@ -70,8 +70,12 @@ def _bytes_field(field: int, data: bytes) -> bytes:
     return _key(field, 2) + _varint(len(data)) + data
 
 
-def encode_event(wall_time: float, step: int = 0, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
+def encode_event(
+    wall_time: float,
+    step: int = 0,
+    file_version: str | None = None,
+    scalars: Mapping[str, float] | None = None,
+) -> bytes:
     """tensorflow.Event: wall_time=1 (double), step=2 (int64), file_version=3, summary=5;
     Summary.value=1; Summary.Value: tag=1, simple_value=2 (float)."""
     out = _key(1, 1) + struct.pack("<d", wall_time) + _key(2, 0) + _varint(step)
@@ -80,15 +84,20 @@ def encode_event(wall_time: float, step: int = 0, file_version: str | None = Non
     if scalars:
         values = b"".join(
             _bytes_field(1, _bytes_field(1, tag.encode()) + _key(2, 5) + struct.pack("<f", v))
-            for tag, v in scalars.items())
+            for tag, v in scalars.items()
+        )
         out += _bytes_field(5, values)
     return out
 
 
 def frame_record(data: bytes) -> bytes:
     length = struct.pack("<Q", len(data))
-    return (length + struct.pack("<I", masked_crc32c(length)) + data
-            + struct.pack("<I", masked_crc32c(data)))
+    return (
+        length
+        + struct.pack("<I", masked_crc32c(length))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
 
 
 def read_records(path: str | Path) -> list[bytes]:
@@ -99,9 +108,9 @@ def read_records(path: str | Path) -> list[bytes]:
     while pos < len(raw):
         (n,) = struct.unpack_from("<Q", raw, pos)
         (lcrc,) = struct.unpack_from("<I", raw, pos + 8)
-        if lcrc != masked_crc32c(raw[pos:pos + 8]):
+        if lcrc != masked_crc32c(raw[pos : pos + 8]):
             raise ValueError(f"{path}: bad length CRC at byte {pos}")
-        data = raw[pos + 12:pos + 12 + n]
+        data = raw[pos + 12 : pos + 12 + n]
         (dcrc,) = struct.unpack_from("<I", raw, pos + 12 + n)
         if dcrc != masked_crc32c(data):
             raise ValueError(f"{path}: bad data CRC at byte {pos}")
@@ -146,8 +155,15 @@ class MetricsWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.run_dir / "metrics.jsonl"
         # A resumed run rewrites the steps after its checkpoint; a fresh one starts over.
-        kept = [r for r in read_jsonl(self.jsonl) if resume_step is not None
-                and r.get("step", 0) <= resume_step] if self.jsonl.exists() else []
+        kept = (
+            [
+                r
+                for r in read_jsonl(self.jsonl)
+                if resume_step is not None and r.get("step", 0) <= resume_step
+            ]
+            if self.jsonl.exists()
+            else []
+        )
         with open(self.jsonl, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         self._f = open(self.jsonl, "a")
@@ -184,17 +200,27 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 # --- loss curve PNG --------------------------------------------------------------------------
 
 
-def plot_losses(records: Iterable[Mapping[str, Any]], path: str | Path,
-                keys: tuple[str, ...] = ("loss", "ce", "kl", "hidden_mse")) -> Path | None:
+def plot_losses(
+    records: Iterable[Mapping[str, Any]],
+    path: str | Path,
+    keys: tuple[str, ...] = ("loss", "ce", "kl", "hidden_mse"),
+) -> Path | None:
     """Loss curves vs step as a PNG: matplotlib when installed, else Pillow; None (and a note
     on stderr) when neither is."""
     records = list(records)
-    series = {k: [(r["step"], r[k]) for r in records
-                  if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])] for k in keys}
+    series = {
+        k: [
+            (r["step"], r[k])
+            for r in records
+            if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])
+        ]
+        for k in keys
+    }
     series = {k: v for k, v in series.items() if v}
     path = Path(path)
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -202,8 +228,7 @@ def plot_losses(records: Iterable[Mapping[str, Any]], path: str | Path,
     # One panel per series: the total and its terms (ce equals loss when pretraining) would
     # otherwise draw on top of each other.
     n = max(1, len(series))
-    fig, axes = plt.subplots(n, 1, figsize=(7, 2.2 * n + 0.6), dpi=100, sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.2 * n + 0.6), dpi=100, sharex=True, squeeze=False)
     for ax, (k, pts) in zip(axes[:, 0], series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="C0")
         ax.set_ylabel(k)
@@ -264,8 +289,9 @@ class Progress:
     """One status line: step, bar, loss, tokens/s, ETA. Redrawn in place on a terminal; on a
     pipe or file, printed as a plain line about every 10% (and at the end)."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, stream: Any = None,
-                 width: int = 24):
+    def __init__(
+        self, total: int, start: int = 0, enabled: bool = True, stream: Any = None, width: int = 24
+    ):
         self.total, self.start, self.enabled = total, start, enabled
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -291,8 +317,7 @@ class Progress:
             return
         frac = step / self.total
         bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
-        line = (f"step {step}/{self.total} [{bar}] loss {loss:.4f} "
-                f"tok/s {tps:,.0f} ETA {_hms(eta)}")
+        line = f"step {step}/{self.total} [{bar}] loss {loss:.4f} tok/s {tps:,.0f} ETA {_hms(eta)}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if step >= self.total else ""))
             self.stream.flush()

@@ -190,6 +190,7 @@ class TrainRecipe:
 
     def validate(self) -> "TrainRecipe":
         """Cross-field checks; returns self. Errors name the field."""
+
         def need(ok: bool, field: str, msg: str) -> None:
             if not ok:
                 raise ConfigError(f"recipe {self.name!r}: field `{field}`: {msg}")
@@ -199,32 +200,50 @@ class TrainRecipe:
         need(self.steps > 0, "steps", f"must be positive, got {self.steps}")
         need(d.seq_len > 1, "data.seq_len", f"must be > 1, got {d.seq_len}")
         need(d.batch_size > 0, "data.batch_size", f"must be positive, got {d.batch_size}")
-        need(d.source == "synthetic" or bool(d.paths), "data.paths",
-             f"the {d.source} source needs at least one JSONL file")
-        need(bool(d.synthetic_tasks) or d.source != "synthetic", "data.synthetic_tasks",
-             "must name at least one task")
+        need(
+            d.source == "synthetic" or bool(d.paths),
+            "data.paths",
+            f"the {d.source} source needs at least one JSONL file",
+        )
+        need(
+            bool(d.synthetic_tasks) or d.source != "synthetic",
+            "data.synthetic_tasks",
+            "must name at least one task",
+        )
         need(o.grad_accum > 0, "optim.grad_accum", f"must be positive, got {o.grad_accum}")
         need(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
         need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
         need(o.max_nonfinite > 0, "optim.max_nonfinite", "must be positive")
-        need(o.train == "all" or not o.trainable, "optim.trainable",
-             f"set either optim.train = {o.train!r} or trainable patterns, not both")
+        need(
+            o.train == "all" or not o.trainable,
+            "optim.trainable",
+            f"set either optim.train = {o.train!r} or trainable patterns, not both",
+        )
         media = [t for t in d.synthetic_tasks if t in ("image", "audio")]
-        need(not media or d.source != "synthetic" or d.mode == "pad", "data.mode",
-             f"the {'/'.join(media)} task(s) need mode = \"pad\" (media examples are not packed)")
+        need(
+            not media or d.source != "synthetic" or d.mode == "pad",
+            "data.mode",
+            f'the {"/".join(media)} task(s) need mode = "pad" (media examples are not packed)',
+        )
         need(d.max_images > 0, "data.max_images", "must be positive")
         need(d.max_audio_windows > 0, "data.max_audio_windows", "must be positive")
         need(self.checkpoint.every > 0, "checkpoint.every", "must be positive")
         need(self.checkpoint.keep > 0, "checkpoint.keep", "must be positive")
         dp = self.mesh.data * self.mesh.fsdp
-        need(d.batch_size % dp == 0, "data.batch_size",
-             f"{d.batch_size} must be divisible by mesh data*fsdp = {dp}")
+        need(
+            d.batch_size % dp == 0,
+            "data.batch_size",
+            f"{d.batch_size} must be divisible by mesh data*fsdp = {dp}",
+        )
         k = self.distill
         need(0.0 <= k.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {k.alpha}")
         need(k.temperature > 0, "distill.temperature", "must be positive")
         need(k.beta >= 0, "distill.beta", "must be >= 0")
-        need(k.beta == 0 or bool(k.layer_map), "distill.layer_map",
-             "beta > 0 needs (student, teacher) layer pairs")
+        need(
+            k.beta == 0 or bool(k.layer_map),
+            "distill.layer_map",
+            "beta > 0 needs (student, teacher) layer pairs",
+        )
         return self
 
 
@@ -244,16 +263,20 @@ def _check_choices(obj: Any, source: str, prefix: str = "") -> None:
             allowed = typing.get_args(hint)
             for v in values:
                 if v not in allowed:
-                    raise ConfigError(f"recipe {source!r}: field `{prefix}{f.name}`: "
-                                      f"{v!r} is not one of {list(allowed)}")
+                    raise ConfigError(
+                        f"recipe {source!r}: field `{prefix}{f.name}`: "
+                        f"{v!r} is not one of {list(allowed)}"
+                    )
 
 
 def model_config(recipe: ModelRecipe) -> ModelConfig:
     """The preset's ModelConfig with the recipe's size and dtype overrides applied."""
     cfg = load_config(recipe.preset)
-    sizes = {k: getattr(recipe, k) for k in ("num_layers", "d_model", "ffw_dim", "num_heads",
-                                             "num_kv_heads", "head_dim")
-             if getattr(recipe, k) is not None}
+    sizes = {
+        k: getattr(recipe, k)
+        for k in ("num_layers", "d_model", "ffw_dim", "num_heads", "num_kv_heads", "head_dim")
+        if getattr(recipe, k) is not None
+    }
     if sizes:
         cfg = cfg.replace(text=cfg.text.replace(**sizes))
         cfg.text.validate(f"model preset {recipe.preset!r} with overrides {sizes}")
@@ -275,8 +298,9 @@ def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> TrainRe
     return from_dict(TrainRecipe, data, source=source).validate()
 
 
-def load_recipe(path: str | Path | None = None,
-                overrides: dict[str, Any] | None = None) -> TrainRecipe:
+def load_recipe(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainRecipe:
     """A TrainRecipe from a TOML file (None: the defaults) plus nested `overrides`."""
     data: dict[str, Any] = {}
     source = "recipe"

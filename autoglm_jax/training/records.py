@@ -28,7 +28,9 @@ class MediaProcessor(Protocol):
     "file:line" for error messages; media file paths are already absolute.
     """
 
-    def __call__(self, messages: Sequence[Mapping[str, Any]], *, where: str) -> dict[str, np.ndarray]: ...
+    def __call__(
+        self, messages: Sequence[Mapping[str, Any]], *, where: str
+    ) -> dict[str, np.ndarray]: ...
 
 
 @dataclasses.dataclass
@@ -40,8 +42,8 @@ class SourceInfo:
     skipped_examples: list[str] = dataclasses.field(default_factory=list)  # first few reasons
     image_records: int = 0  # records with image parts
     audio_records: int = 0  # records with audio parts
-    images: bool = False    # batches carry pixel_values (set by make_dataset)
-    audio: bool = False     # batches carry input_features
+    images: bool = False  # batches carry pixel_values (set by make_dataset)
+    audio: bool = False  # batches carry input_features
 
 
 # --- record validation -------------------------------------------------------------------
@@ -60,8 +62,9 @@ def _media_ref(part: Mapping[str, Any]) -> tuple[str, str | None]:
     kind = "image" if t in IMAGE_PART_TYPES else "audio"
     value = part.get(t)
     if t == "input_audio":
-        if isinstance(value, str) or (isinstance(value, Mapping)
-                                      and isinstance(value.get("data"), str)):
+        if isinstance(value, str) or (
+            isinstance(value, Mapping) and isinstance(value.get("data"), str)
+        ):
             return kind, None  # base64 WAV bytes
     if value is None:
         value = part.get("path", part.get("url"))
@@ -72,10 +75,11 @@ def _media_ref(part: Mapping[str, Any]) -> tuple[str, str | None]:
     if value.startswith("data:"):
         return kind, None
     if value.startswith("file://"):
-        value = value[len("file://"):]
+        value = value[len("file://") :]
     if "://" in value:
-        raise ValueError(f"{t} part: only local file paths and data: URIs are supported, got "
-                         f"{value[:60]!r}")
+        raise ValueError(
+            f"{t} part: only local file paths and data: URIs are supported, got {value[:60]!r}"
+        )
     return kind, value
 
 
@@ -134,8 +138,14 @@ class JsonlSource:
     Items are dicts {"record": parsed JSON, "where": "file:line", "base_dir": str}.
     """
 
-    def __init__(self, paths: Sequence[str | Path], kind: str, *, skip_bad_records: bool = False,
-                 allow_media: bool = False):
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        kind: str,
+        *,
+        skip_bad_records: bool = False,
+        allow_media: bool = False,
+    ):
         if kind not in ("chat", "text"):
             raise ValueError(f"kind must be 'chat' or 'text', got {kind!r}")
         self.kind = kind
@@ -148,8 +158,10 @@ class JsonlSource:
             self._scan(pi, path, skip_bad_records, allow_media)
         self.info.records = len(self._index)
         if not self._index:
-            raise DataError(f"no usable records in {', '.join(map(str, self.paths))} "
-                            f"({self.info.skipped} skipped)")
+            raise DataError(
+                f"no usable records in {', '.join(map(str, self.paths))} "
+                f"({self.info.skipped} skipped)"
+            )
 
     def _scan(self, pi: int, path: Path, skip: bool, allow_media: bool) -> None:
         offset = 0
@@ -163,9 +175,12 @@ class JsonlSource:
                     record = json.loads(raw)
                     kinds = _check_record(record, self.kind, path.parent)
                 except (ValueError, FileNotFoundError) as e:  # JSONDecodeError is a ValueError
-                    reason = f"{where}: {'invalid JSON: ' if isinstance(e, json.JSONDecodeError) else ''}{e}"
+                    kind = "invalid JSON: " if isinstance(e, json.JSONDecodeError) else ""
+                    reason = f"{where}: {kind}{e}"
                     if not skip:
-                        raise DataError(reason + " (set data.skip_bad_records to skip such lines)") from None
+                        raise DataError(
+                            reason + " (set data.skip_bad_records to skip such lines)"
+                        ) from None
                     self.info.skipped += 1
                     if len(self.info.skipped_examples) < 5:
                         self.info.skipped_examples.append(reason)
@@ -174,7 +189,8 @@ class JsonlSource:
                     raise DataError(
                         f"{where}: record has {'/'.join(sorted(kinds))} parts, but the model has "
                         "no image/audio encoder (train a glm4v or autoglm model, e.g. preset "
-                        "tiny-mm, or pass a media_processor to make_dataset)")
+                        "tiny-mm, or pass a media_processor to make_dataset)"
+                    )
                 self.info.image_records += "image" in kinds
                 self.info.audio_records += "audio" in kinds
                 self._index.append((pi, line_no, start))

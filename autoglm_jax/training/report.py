@@ -25,9 +25,14 @@ import numpy as np
 
 import autoglm_jax.checkpoint as ckpt
 from autoglm_jax.config.quant import PruneConfig, QuantConfig, QuantRule
-from autoglm_jax.training.compress import (CompressRecipe, calibration_batches,
-                                           load_compress_recipe, run_export, run_prune,
-                                           run_qat)
+from autoglm_jax.training.compress import (
+    CompressRecipe,
+    calibration_batches,
+    load_compress_recipe,
+    run_export,
+    run_prune,
+    run_qat,
+)
 from autoglm_jax.training.loop import log as _log
 from autoglm_jax.training.loop import run_distill, run_pretrain
 
@@ -80,18 +85,29 @@ class ReportOptions:
     copied beside it as compression-report.png."""
 
 
-def _train_recipe(o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: int,
-                  **over: Any) -> CompressRecipe:
+def _train_recipe(
+    o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: int, **over: Any
+) -> CompressRecipe:
     media = any(t in MEDIA_TASKS for t in o.tasks)
-    base = {"name": run_dir.name, "run_dir": str(run_dir), "steps": steps, "progress": False,
-            "log_every": max(1, steps // 10), "seed": seed,
-            "data": {"seq_len": o.seq_len, "batch_size": o.batch_size, "seed": seed,
-                     "synthetic_tasks": list(o.tasks), "synthetic_max_len": o.max_len,
-                     "mode": "pad" if media else "pack"},
-            "optim": {"lr": lr, "warmup_steps": max(1, min(30, steps // 10)),
-                      "weight_decay": 0.0},
-            "model": {"preset": o.preset, "seed": o.seed, "init": o.init},
-            "checkpoint": {"every": 100_000, "export": True, "async_save": False}}
+    base = {
+        "name": run_dir.name,
+        "run_dir": str(run_dir),
+        "steps": steps,
+        "progress": False,
+        "log_every": max(1, steps // 10),
+        "seed": seed,
+        "data": {
+            "seq_len": o.seq_len,
+            "batch_size": o.batch_size,
+            "seed": seed,
+            "synthetic_tasks": list(o.tasks),
+            "synthetic_max_len": o.max_len,
+            "mode": "pad" if media else "pack",
+        },
+        "optim": {"lr": lr, "warmup_steps": max(1, min(30, steps // 10)), "weight_decay": 0.0},
+        "model": {"preset": o.preset, "seed": o.seed, "init": o.init},
+        "checkpoint": {"every": 100_000, "export": True, "async_save": False},
+    }
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return load_compress_recipe(None, base)
@@ -100,6 +116,7 @@ def _train_recipe(o: ReportOptions, run_dir: Path, steps: int, lr: float, seed: 
 def _evaluate(model: ckpt.Model, batches: list[dict[str, Any]]) -> dict[str, float]:
     from autoglm_jax.training import make_eval_step
     from autoglm_jax.training.step import put_batch
+
     f = make_eval_step(model.module)
     out = [jax.device_get(f(model.params, put_batch(b, None))) for b in batches]
     return {k: float(np.mean([x[k] for x in out])) for k in out[0]}
@@ -109,6 +126,7 @@ def _decode_prompts(o: ReportOptions, model: ckpt.Model) -> list[Any]:
     """The first held-out questions of the task mix as chat prompts (media included), or
     random token prompts for a model without a tokenizer."""
     from autoglm_jax.training import synthetic
+
     if model.tokenizer is None:
         rng = np.random.RandomState(7)
         vocab = min(model.config.text.vocab_size, 400)
@@ -120,9 +138,15 @@ def _decode_prompts(o: ReportOptions, model: ckpt.Model) -> list[Any]:
 def _decode_speed(model: ckpt.Model, o: ReportOptions) -> tuple[float, int]:
     """(decode tokens/s of the engine, greedy, after a warm-up batch; KV bytes per token)."""
     from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
-    cfg = EngineConfig(max_num_seqs=o.decode_prompts, max_num_batched_tokens=256, page_size=8,
-                       max_model_len=128, num_pages=16 * o.decode_prompts + 1,
-                       enable_prefix_caching=False)
+
+    cfg = EngineConfig(
+        max_num_seqs=o.decode_prompts,
+        max_num_batched_tokens=256,
+        page_size=8,
+        max_model_len=128,
+        num_pages=16 * o.decode_prompts + 1,
+        enable_prefix_caching=False,
+    )
     engine = Engine(model, cfg)
     prompts = _decode_prompts(o, model)
     greedy = SamplingParams(max_tokens=o.decode_tokens, temperature=0.0, ignore_eos=True)
@@ -136,13 +160,16 @@ def _decode_speed(model: ckpt.Model, o: ReportOptions) -> tuple[float, int]:
 def _stack_bytes(params: Any) -> dict[str, int]:
     """Bytes of each top-level stack (the decoder split into its layers and the rest)."""
     from autoglm_jax.quant import tree_bytes
+
     out: dict[str, int] = {}
     for key, sub in params.items():
         if key == "language_model" and isinstance(sub, dict):
-            out["decoder layers"] = tree_bytes({k: v for k, v in sub.items()
-                                                if k.startswith("layers_")})
-            out["embeddings, lm_head, norm"] = tree_bytes({k: v for k, v in sub.items()
-                                                          if not k.startswith("layers_")})
+            out["decoder layers"] = tree_bytes(
+                {k: v for k, v in sub.items() if k.startswith("layers_")}
+            )
+            out["embeddings, lm_head, norm"] = tree_bytes(
+                {k: v for k, v in sub.items() if not k.startswith("layers_")}
+            )
         else:
             out[key] = tree_bytes(sub)
     return out
@@ -154,15 +181,21 @@ def projected_bytes(preset: str, flops_reduction: float) -> dict[str, Any]:
     from autoglm_jax.compress import uniform_pruned_config
     from autoglm_jax.config import load_config
     from autoglm_jax.quant import abstract_bytes
+
     cfg = load_config(preset).with_dtypes("bfloat16", "bfloat16")
-    pruned = cfg.replace(text=uniform_pruned_config(
-        cfg.text, PruneConfig(flops_reduction=flops_reduction)))
+    pruned = cfg.replace(
+        text=uniform_pruned_config(cfg.text, PruneConfig(flops_reduction=flops_reduction))
+    )
     int8, int4 = INT8, INT4
     pct = f"{flops_reduction:.0%}-pruned"
-    variants = [("float", cfg, None), ("int8, lm_head float (QuantConfig default)", cfg,
-                                       QuantConfig()),
-                ("int8", cfg, int8), ("int4", cfg, int4), (pct, pruned, None),
-                (f"{pct} + int8", pruned, int8)]
+    variants = [
+        ("float", cfg, None),
+        ("int8, lm_head float (QuantConfig default)", cfg, QuantConfig()),
+        ("int8", cfg, int8),
+        ("int4", cfg, int4),
+        (pct, pruned, None),
+        (f"{pct} + int8", pruned, int8),
+    ]
     if cfg.vision is not None or getattr(cfg, "audio", None) is not None:
         variants.insert(3, ("int8, every stack", cfg, int8.replace(scope="all")))
         variants.append((f"{pct} + int8, every stack", pruned, int8.replace(scope="all")))
@@ -183,6 +216,7 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     so a student that beats the teacher is not read as compression helping."""
     from autoglm_jax.compress import decoder_flops
     from autoglm_jax.quant import weight_bytes
+
     t_start = time.perf_counter()
     out = Path(o.out_dir)
     if out.exists() and any(out.glob("*/checkpoints")):
@@ -202,22 +236,29 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     distill = {"teacher": str(tdir), "alpha": 0.7, "temperature": 2.0}
 
     def student(name: str, init: Path, seed: int) -> CompressRecipe:
-        return _train_recipe(o, out / name, o.qat_steps, o.lr / 6, seed,
-                             model={"init_from": str(init)}, distill=distill)
+        return _train_recipe(
+            o,
+            out / name,
+            o.qat_steps,
+            o.lr / 6,
+            seed,
+            model={"init_from": str(init)},
+            distill=distill,
+        )
 
     def qat(name: str, quant: QuantConfig, init: Path, seed: int) -> tuple[Path, ckpt.Model]:
         _log(f"report: {name}: QAT {o.qat_steps} steps from {init}")
         r = student(name, init, seed)
         res = run_qat(CompressRecipe.of(r, quant=quant), teacher=teacher)
-        exported = run_export(res.run_dir / "model", quant.weights,
-                              recipe=CompressRecipe.of(r, quant=quant))
+        exported = run_export(
+            res.run_dir / "model", quant.weights, recipe=CompressRecipe.of(r, quant=quant)
+        )
         return exported, res.model
 
     rows_spec: list[tuple[str, Path, ckpt.Model | None]] = [("teacher (float)", tdir, None)]
     _log(f"report: float control: the QAT recipe without quantization, {o.qat_steps} steps")
     control = run_distill(student("control", tdir, 8), teacher=teacher)
-    rows_spec.append(("teacher + QAT recipe in float (control)",
-                      control.run_dir / "model", None))
+    rows_spec.append(("teacher + QAT recipe in float (control)", control.run_dir / "model", None))
     d8, q8 = qat("qat-int8", int8, tdir, 1)
     rows_spec.append(("int8 QAT", d8, q8))
     if media:
@@ -236,8 +277,9 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     rows_spec.append((f"{o.flops_reduction:.0%}-pruned + distilled + int8 QAT", dp8, qp8))
     if media:
         dpa, qpa = qat("pruned-int8-all", int8_all, pdir, 7)
-        rows_spec.append((f"{o.flops_reduction:.0%}-pruned + distilled + int8 QAT, every stack",
-                          dpa, qpa))
+        rows_spec.append(
+            (f"{o.flops_reduction:.0%}-pruned + distilled + int8 QAT, every stack", dpa, qpa)
+        )
 
     rows = []
     teacher_bf16 = None
@@ -250,35 +292,48 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
         if teacher_bf16 is None:
             teacher_bf16 = wb["bf16"]
         tps, kv = _decode_speed(m16, o)
-        row = {"model": name, "path": str(path), "accuracy": ev["seq_accuracy"],
-               "token_accuracy": ev["accuracy"], "loss": ev["ce"], "weight_bytes": wb["total"],
-               "weight_share": wb["total"] / teacher_bf16, "kv_bytes_per_token": kv,
-               "decode_tokens_per_s": tps, "decoder_flops": decoder_flops(m32.config.text),
-               "stack_bytes": _stack_bytes(m16.params)}
+        row = {
+            "model": name,
+            "path": str(path),
+            "accuracy": ev["seq_accuracy"],
+            "token_accuracy": ev["accuracy"],
+            "loss": ev["ce"],
+            "weight_bytes": wb["total"],
+            "weight_share": wb["total"] / teacher_bf16,
+            "kv_bytes_per_token": kv,
+            "decode_tokens_per_s": tps,
+            "decoder_flops": decoder_flops(m32.config.text),
+            "stack_bytes": _stack_bytes(m16.params),
+        }
         if qat_model_ is not None:  # the export changes storage, not numbers: check it here
             qe = _evaluate(qat_model_, eval_batches)
             row["qat_forward_accuracy"] = qe["seq_accuracy"]
             row["qat_forward_loss"] = qe["ce"]
         rows.append(row)
-    result = {"options": dataclasses.asdict(o),
-              "rows": rows,
-              "prune": {"target": o.flops_reduction, "achieved": pres.report.reduction},
-              "teacher_bf16_bytes": teacher_bf16,
-              "eval_answers": sum(int(np.sum(b["segment_ids"][:, 0] > 0)) for b in eval_batches),
-              "machine": f"{platform.machine()} {platform.system()}, {jax.default_backend()} "
-                         f"({jax.device_count()} device), {_cpus()} CPUs",
-              "seconds": time.perf_counter() - t_start,
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "options": dataclasses.asdict(o),
+        "rows": rows,
+        "prune": {"target": o.flops_reduction, "achieved": pres.report.reduction},
+        "teacher_bf16_bytes": teacher_bf16,
+        "eval_answers": sum(int(np.sum(b["segment_ids"][:, 0] > 0)) for b in eval_batches),
+        "machine": f"{platform.machine()} {platform.system()}, {jax.default_backend()} "
+        f"({jax.device_count()} device), {_cpus()} CPUs",
+        "seconds": time.perf_counter() - t_start,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     first = rows[0]
 
     control = rows[1]
 
     def goal(row: dict[str, Any]) -> dict[str, Any]:
         gap = 100 * (first["accuracy"] - row["accuracy"])
-        return {"model": row["model"], "accuracy_gap_points": gap,
-                "gap_to_control_points": 100 * (control["accuracy"] - row["accuracy"]),
-                "weight_share": row["weight_share"],
-                "met": bool(gap <= 1.2 and row["weight_share"] <= 0.35)}
+        return {
+            "model": row["model"],
+            "accuracy_gap_points": gap,
+            "gap_to_control_points": 100 * (control["accuracy"] - row["accuracy"]),
+            "weight_share": row["weight_share"],
+            "met": bool(gap <= 1.2 and row["weight_share"] <= 0.35),
+        }
 
     # the issue's last row is "pruned + distilled + int8 QAT": decoder-only and, for a
     # composite, every stack
@@ -306,16 +361,21 @@ def _publish(table: str, chart: Path, docs: str | Path) -> Path:
     the figures it has just measured: there is no way to publish edited numbers."""
     import os
     import shutil
+
     path = Path(docs)
-    block = (f"{DOCS_BEGIN}\n{table}\n![compression chart](compression-report.png)\n"
-             f"{DOCS_END}")
+    block = f"{DOCS_BEGIN}\n{table}\n![compression chart](compression-report.png)\n{DOCS_END}"
     text = path.read_text() if path.exists() else ""
     if DOCS_BEGIN in text and DOCS_END in text:
         head, rest = text.split(DOCS_BEGIN, 1)
         text = head + block + rest.split(DOCS_END, 1)[1]
     else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + \
-            "## Compression table (`python -m train report`)\n\n" + block + "\n"
+        text = (
+            text.rstrip("\n")
+            + ("\n\n" if text else "")
+            + "## Compression table (`python -m train report`)\n\n"
+            + block
+            + "\n"
+        )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -327,6 +387,7 @@ def _publish(table: str, chart: Path, docs: str | Path) -> Path:
 
 def _cpus() -> int:
     import os
+
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -346,9 +407,10 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"{r['prune']['achieved']:.1%} of decoder FLOPs removed (target "
         f"{r['prune']['target']:.0%}), then {o['recover_steps']} distillation steps, then "
         f"(last row) {o['qat_steps']} int8 QAT steps. int8: every decoder matmul, lm_head "
-        f"included, one scale per output channel (\"every stack\": the vision tower, Whisper "
-        f"and CGA fusion matmuls too, `QuantConfig(scope=\"all\")`); int4: groups of 32, "
-        f"lm_head int8.", "",
+        f'included, one scale per output channel ("every stack": the vision tower, Whisper '
+        f'and CGA fusion matmuls too, `QuantConfig(scope="all")`); int4: groups of 32, '
+        f"lm_head int8.",
+        "",
         f"Accuracy = the whole answer right (teacher-forced argmax on every answer token), "
         f"over {r['eval_answers']} held-out questions ({o['eval_batches']} batches, data seed "
         f"99); token acc. = per answer token; loss = CE on answer tokens; float32 forward of "
@@ -356,41 +418,61 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"`dtype=bfloat16` (integer kernels stay integer; scales, embeddings, norms and float "
         f"encoders bf16). Decode: `Engine.generate`, greedy, {o['decode_prompts']} held-out "
         f"questions (with their media) x {o['decode_tokens']} tokens, bf16, after a warm-up "
-        f"batch.", "",
+        f"batch.",
+        "",
         "| model | accuracy | token acc. | loss | weight bytes | / teacher bf16 "
         "| KV bytes/token | decode tok/s |",
-        "|---|---|---|---|---|---|---|---|"]
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
         lines.append(
             f"| {row['model']} | {row['accuracy']:.4f} | {row['token_accuracy']:.4f} | "
             f"{row['loss']:.4f} | {row['weight_bytes']:,} | {row['weight_share']:.3f} | "
-            f"{row['kv_bytes_per_token']:,} | {row['decode_tokens_per_s']:.1f} |")
+            f"{row['kv_bytes_per_token']:,} | {row['decode_tokens_per_s']:.1f} |"
+        )
     first, last = r["rows"][0], r["rows"][-1]
     stacks = list(first["stack_bytes"])
-    lines += ["", "Where the bytes are (bf16 load), teacher and last row:", "",
-              "| stack | teacher | last row |", "|---|---|---|"]
+    lines += [
+        "",
+        "Where the bytes are (bf16 load), teacher and last row:",
+        "",
+        "| stack | teacher | last row |",
+        "|---|---|---|",
+    ]
     for k in stacks:
         a, b = first["stack_bytes"][k], last["stack_bytes"].get(k, 0)
         lines.append(f"| {k} | {a:,} | {b:,} ({b / max(a, 1):.2f}x) |")
     proj = r.get("projection")
     if proj:
-        lines += ["", f"The same recipes at `{proj['preset']}`'s shapes (`jax.eval_shape`, bf16 "
-                  f"load, no training; float = {proj['bf16_bytes']:,} bytes):", "",
-                  "| variant | bytes | / float bf16 |", "|---|---|---|"]
+        lines += [
+            "",
+            f"The same recipes at `{proj['preset']}`'s shapes (`jax.eval_shape`, bf16 "
+            f"load, no training; float = {proj['bf16_bytes']:,} bytes):",
+            "",
+            "| variant | bytes | / float bf16 |",
+            "|---|---|---|",
+        ]
         lines += [f"| {p['model']} | {p['bytes']:,} | {p['share']:.3f} |" for p in proj["rows"]]
-    lines += ["", "Goal (pruned + distilled + int8 QAT within 1.2 accuracy points of the teacher "
-              "at <= 35% of its bf16 weight bytes):", ""]
+    lines += [
+        "",
+        "Goal (pruned + distilled + int8 QAT within 1.2 accuracy points of the teacher "
+        "at <= 35% of its bf16 weight bytes):",
+        "",
+    ]
     for g in r.get("goals", [r["goal"]]):
-        lines.append(f"- {g['model']}: gap {g['accuracy_gap_points']:+.2f} points "
-                     f"({g['gap_to_control_points']:+.2f} to the float control), "
-                     f"{g['weight_share']:.1%} of the bytes: "
-                     f"**{'met' if g['met'] else 'not met'}**.")
+        lines.append(
+            f"- {g['model']}: gap {g['accuracy_gap_points']:+.2f} points "
+            f"({g['gap_to_control_points']:+.2f} to the float control), "
+            f"{g['weight_share']:.1%} of the bytes: "
+            f"**{'met' if g['met'] else 'not met'}**."
+        )
     return "\n".join(lines) + "\n"
 
 
 def _chart(r: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -400,16 +482,22 @@ def _chart(r: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
         ax.scatter(100 * row["weight_share"], 100 * row["accuracy"], s=60)
-        ax.annotate(row["model"], (100 * row["weight_share"], 100 * row["accuracy"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            row["model"],
+            (100 * row["weight_share"], 100 * row["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     t = rows[0]
     ax.axhline(100 * t["accuracy"] - 1.2, ls="--", lw=0.8, c="gray")
     ax.axvline(35, ls="--", lw=0.8, c="gray")
     ax.set_xlabel("weight bytes, % of the teacher's bf16 bytes")
     ax.set_ylabel("answers right, %")
     kind = "multimodal" if any(t in MEDIA_TASKS for t in r["options"]["tasks"]) else "text"
-    ax.set_title(f"Compression on the synthetic {kind} task\n(goal: upper left of the dashes)",
-                 fontsize=10)
+    ax.set_title(
+        f"Compression on the synthetic {kind} task\n(goal: upper left of the dashes)", fontsize=10
+    )
     ax.set_xlim(0, 135)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

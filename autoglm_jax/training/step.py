@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import autoglm_jax.sharding as shd
-from autoglm_jax.nn.batch import (BATCH_KEYS, MEDIA_KEYS, STATIC_KEYS, forward_kwargs,
-                                  split_static)
+from autoglm_jax.nn.batch import BATCH_KEYS, MEDIA_KEYS, STATIC_KEYS, forward_kwargs, split_static
 from autoglm_jax.training import losses
 from autoglm_jax.training.recipe import DistillRecipe, OptimRecipe
 
@@ -43,10 +43,10 @@ CGA_PATTERNS = ("fusion/*",)
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    step: Array       # i32[]: train_step calls so far (micro-steps, skipped ones included)
-    params: Any       # the model's params (master dtype)
-    opt_state: Any    # optax state
-    rng: Array        # u32[2]: raw key data, split every step (dropout / QAT noise to come)
+    step: Array  # i32[]: train_step calls so far (micro-steps, skipped ones included)
+    params: Any  # the model's params (master dtype)
+    opt_state: Any  # optax state
+    rng: Array  # u32[2]: raw key data, split every step (dropout / QAT noise to come)
 
 
 # --- parameter paths and masks ---------------------------------------------------------------
@@ -62,22 +62,28 @@ def path_str(path: Sequence[Any]) -> str:
 
 def decay_mask(params: Any) -> Any:
     """True for matrices (kernels, embeddings); False for norm scales and biases."""
+
     def one(path: Any, x: Any) -> bool:
         name = path_str(path).rsplit("/", 1)[-1]
         return x.ndim >= 2 and name not in ("scale", "bias")
+
     return jax.tree_util.tree_map_with_path(one, params)
 
 
 def trainable_mask(params: Any, patterns: Sequence[str] = ()) -> Any:
     """True for parameters that train: all when `patterns` is empty, else those whose path
     matches a glob pattern (e.g. 'layers_*/mlp/*', 'fusion/*')."""
+
     def one(path: Any, _: Any) -> bool:
         p = path_str(path)
         return not patterns or any(fnmatch.fnmatchcase(p, pat) for pat in patterns)
+
     mask = jax.tree_util.tree_map_with_path(one, params)
     if patterns and not any(jax.tree.leaves(mask)):
-        raise ValueError(f"optim.trainable {list(patterns)} matches no parameter "
-                         f"(paths look like {path_str(jax.tree_util.tree_leaves_with_path(params)[0][0])!r})")
+        raise ValueError(
+            f"optim.trainable {list(patterns)} matches no parameter "
+            f"(paths look like {path_str(jax.tree_util.tree_leaves_with_path(params)[0][0])!r})"
+        )
     return mask
 
 
@@ -94,8 +100,12 @@ def count_params(params: Any, mask: Any | None = None) -> int:
 def make_schedule(optim: OptimRecipe, total_steps: int) -> optax.Schedule:
     warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
+        init_value=0.0,
+        peak_value=optim.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=optim.lr * optim.min_lr_ratio,
+    )
 
 
 def trainable_patterns(optim: OptimRecipe) -> tuple[str, ...]:
@@ -104,8 +114,9 @@ def trainable_patterns(optim: OptimRecipe) -> tuple[str, ...]:
     return CGA_PATTERNS if optim.train == "cga" else tuple(optim.trainable)
 
 
-def make_optimizer(optim: OptimRecipe, total_steps: int,
-                   params: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim: OptimRecipe, total_steps: int, params: Any
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Clip by global norm -> AdamW (no decay on norms/biases) on a warmup-cosine schedule;
     parameters outside `optim.trainable` get zero updates and no Adam state; with
     grad_accum > 1 wrapped in optax.MultiSteps (one update per grad_accum calls)."""
@@ -113,18 +124,30 @@ def make_optimizer(optim: OptimRecipe, total_steps: int,
     parts = []
     if optim.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim.clip_norm))
-    parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                             weight_decay=optim.weight_decay, mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=decay_mask,
+        )
+    )
     tx = optax.chain(*parts)
     if optim.train == "cga" and not (isinstance(params, dict) and "fusion" in params):
         from autoglm_jax.config import ConfigError
-        raise ConfigError("field `optim.train`: 'cga' trains the CGA fusion (fusion/*), which "
-                          "this model does not have (model_type autoglm has it, e.g. preset "
-                          "tiny-mm)")
+
+        raise ConfigError(
+            "field `optim.train`: 'cga' trains the CGA fusion (fusion/*), which "
+            "this model does not have (model_type autoglm has it, e.g. preset "
+            "tiny-mm)"
+        )
     patterns = trainable_patterns(optim)
     if patterns:
-        labels = jax.tree.map(lambda t: "train" if t else "freeze",
-                              trainable_mask(params, patterns))
+        labels = jax.tree.map(
+            lambda t: "train" if t else "freeze", trainable_mask(params, patterns)
+        )
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     if optim.grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=optim.grad_accum).gradient_transformation()
@@ -148,12 +171,15 @@ def state_shardings(params: Any, abstract_opt_state: Any, mesh: Mesh) -> TrainSt
     whose trailing dict keys and shape match a parameter (Adam moments, accumulated gradients)
     takes that parameter's sharding; everything else (counts) is replicated."""
     rep = NamedSharding(mesh, P())
-    by_path = {tuple(path_str(p).split("/")): x for p, x in
-               jax.tree_util.tree_leaves_with_path(params)}
-    param_sh = jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else rep,
-                            params)
-    sh_by_path = {tuple(path_str(p).split("/")): s for p, s in
-                  jax.tree_util.tree_leaves_with_path(param_sh)}
+    by_path = {
+        tuple(path_str(p).split("/")): x for p, x in jax.tree_util.tree_leaves_with_path(params)
+    }
+    param_sh = jax.tree.map(
+        lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else rep, params
+    )
+    sh_by_path = {
+        tuple(path_str(p).split("/")): s for p, s in jax.tree_util.tree_leaves_with_path(param_sh)
+    }
 
     def one(path: Any, leaf: Any) -> NamedSharding:
         key = _dict_suffix(path)
@@ -167,8 +193,9 @@ def state_shardings(params: Any, abstract_opt_state: Any, mesh: Mesh) -> TrainSt
     return TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
 
 
-def init_state(params: Any, tx: optax.GradientTransformation, seed: int,
-               mesh: Mesh | None = None) -> tuple[TrainState, TrainState | None]:
+def init_state(
+    params: Any, tx: optax.GradientTransformation, seed: int, mesh: Mesh | None = None
+) -> tuple[TrainState, TrainState | None]:
     """A fresh TrainState (and its shardings when `mesh` is given). Params are not copied."""
     rng = jax.random.key_data(jax.random.key(seed))
     if mesh is None:
@@ -176,21 +203,32 @@ def init_state(params: Any, tx: optax.GradientTransformation, seed: int,
         return TrainState(jnp.zeros((), jnp.int32), params, opt_state, rng), None
     shardings = state_shardings(params, jax.eval_shape(tx.init, params), mesh)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-    state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), shardings.step), params,
-                       opt_state, jax.device_put(rng, shardings.rng))
+    state = TrainState(
+        jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+        params,
+        opt_state,
+        jax.device_put(rng, shardings.rng),
+    )
     return state, shardings
 
 
-def batch_shardings(mesh: Mesh, rules: str,
-                    batch: dict[str, Any] | None = None) -> dict[str, NamedSharding]:
+def batch_shardings(
+    mesh: Mesh, rules: str, batch: dict[str, Any] | None = None
+) -> dict[str, NamedSharding]:
     """Shardings of a batch's arrays: rows (and audio windows, laid out row-major) over the
     rules' batch axes; pixel_values replicated (images are not aligned with rows). `batch`
     (host arrays) gives the keys and ranks; default: the text keys, rank 2."""
     if batch is None:
         return {k: shd.batch_sharding(mesh, rules, 2) for k in BATCH_KEYS}
-    return {k: (NamedSharding(mesh, P()) if k == "pixel_values"
-                else shd.batch_sharding(mesh, rules, np.ndim(batch[k])))
-            for k in BATCH_KEYS + MEDIA_KEYS if k in batch}
+    return {
+        k: (
+            NamedSharding(mesh, P())
+            if k == "pixel_values"
+            else shd.batch_sharding(mesh, rules, np.ndim(batch[k]))
+        )
+        for k in BATCH_KEYS + MEDIA_KEYS
+        if k in batch
+    }
 
 
 def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None) -> dict[str, Any]:
@@ -201,8 +239,11 @@ def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None)
         if k not in batch:
             continue
         x = batch[k]
-        out[k] = (jnp.asarray(x) if shardings is None
-                  else jax.make_array_from_process_local_data(shardings[k], x))
+        out[k] = (
+            jnp.asarray(x)
+            if shardings is None
+            else jax.make_array_from_process_local_data(shardings[k], x)
+        )
     for k in STATIC_KEYS:
         if k in batch:
             out[k] = np.asarray(batch[k])
@@ -212,18 +253,21 @@ def put_batch(batch: dict[str, Any], shardings: dict[str, NamedSharding] | None)
 # --- the step ---------------------------------------------------------------------------------
 
 
-def _forward(module: nn.Module, params: Any, batch: dict[str, Array],
-             hidden: bool, grid: Any = None) -> tuple[Array, tuple[Array, ...]]:
+def _forward(
+    module: nn.Module, params: Any, batch: dict[str, Array], hidden: bool, grid: Any = None
+) -> tuple[Array, tuple[Array, ...]]:
     kw = forward_kwargs(module, batch, grid)
     if not hidden:
         return module.apply({"params": params}, batch["inputs"], **kw), ()
-    logits, inter = module.apply({"params": params}, batch["inputs"], mutable=["intermediates"], **kw)
+    logits, inter = module.apply(
+        {"params": params}, batch["inputs"], mutable=["intermediates"], **kw
+    )
     return logits, tuple(inter["intermediates"]["hidden_states"])
 
 
-def make_loss_fn(module: nn.Module, distill: DistillRecipe | None = None,
-                 teacher_module: nn.Module | None = None
-                 ) -> Callable[[Any, dict[str, Array], Any], tuple[Array, dict[str, Array]]]:
+def make_loss_fn(
+    module: nn.Module, distill: DistillRecipe | None = None, teacher_module: nn.Module | None = None
+) -> Callable[[Any, dict[str, Array], Any], tuple[Array, dict[str, Array]]]:
     """loss_fn(params, batch, teacher_params, grid=None) -> (loss, metrics); grid: the
     static image grid tuple of a batch with pixel_values."""
     beta = distill.beta if distill is not None else 0.0
@@ -232,29 +276,46 @@ def make_loss_fn(module: nn.Module, distill: DistillRecipe | None = None,
     def loss_fn(params: Any, batch: dict[str, Array], teacher_params: Any, grid: Any = None):
         mask = batch["loss_mask"].astype(jnp.float32)
         logits, hs = _forward(module, params, batch, bool(layer_map), grid)
-        metrics = {"accuracy": losses.token_accuracy(logits, batch["targets"], mask),
-                   "tokens": jnp.sum(mask),
-                   "input_tokens": jnp.sum(batch["segment_ids"] != 0)}
+        metrics = {
+            "accuracy": losses.token_accuracy(logits, batch["targets"], mask),
+            "tokens": jnp.sum(mask),
+            "input_tokens": jnp.sum(batch["segment_ids"] != 0),
+        }
         if distill is None:
             loss = losses.cross_entropy(logits, batch["targets"], mask)
             return loss, {**metrics, "ce": loss}
-        t_logits, t_hs = _forward(teacher_module, jax.lax.stop_gradient(teacher_params), batch,
-                                  bool(layer_map), grid)
+        t_logits, t_hs = _forward(
+            teacher_module, jax.lax.stop_gradient(teacher_params), batch, bool(layer_map), grid
+        )
         loss, parts = losses.distill_loss(
-            logits, jax.lax.stop_gradient(t_logits), batch["targets"], mask,
-            alpha=distill.alpha, temperature=distill.temperature, beta=beta,
+            logits,
+            jax.lax.stop_gradient(t_logits),
+            batch["targets"],
+            mask,
+            alpha=distill.alpha,
+            temperature=distill.temperature,
+            beta=beta,
             student_hidden=[hs[s] for s, _ in layer_map],
-            teacher_hidden=[jax.lax.stop_gradient(t_hs[t]) for _, t in layer_map])
+            teacher_hidden=[jax.lax.stop_gradient(t_hs[t]) for _, t in layer_map],
+        )
         return loss, {**metrics, **parts}
 
     return loss_fn
 
 
-def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
-                    shardings: TrainState | None = None, *, mesh: Mesh | None = None,
-                    rules: str = "fsdp", trainable: Any | None = None,
-                    distill: DistillRecipe | None = None, teacher_module: nn.Module | None = None,
-                    teacher_shardings: Any | None = None, grad_accum: int = 1) -> Callable:
+def make_train_step(
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    shardings: TrainState | None = None,
+    *,
+    mesh: Mesh | None = None,
+    rules: str = "fsdp",
+    trainable: Any | None = None,
+    distill: DistillRecipe | None = None,
+    teacher_module: nn.Module | None = None,
+    teacher_shardings: Any | None = None,
+    grad_accum: int = 1,
+) -> Callable:
     """step(state, batch, teacher_params=None) -> (state, metrics), jitted, state donated.
 
     Non-finite guard: when the loss or the gradient norm is NaN/inf, params and optimizer
@@ -271,16 +332,22 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
 
     def frozen_loss(params: Any, batch: dict[str, Array], teacher_params: Any, grid: Any):
         if freeze:  # no backward pass into frozen parameters (their gradient is 0)
-            params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p),
-                                  params, trainable)
+            params = jax.tree.map(
+                lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable
+            )
         return loss_fn(params, batch, teacher_params, grid)
 
-    def step(state: TrainState, batch: dict[str, Array], teacher_params: Any = None,
-             grid: Any = None):
+    def step(
+        state: TrainState, batch: dict[str, Array], teacher_params: Any = None, grid: Any = None
+    ):
         (loss, metrics), grads = jax.value_and_grad(frozen_loss, has_aux=True)(
-            state.params, batch, teacher_params, grid)
-        shown = grads if trainable is None else jax.tree.map(
-            lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
+            state.params, batch, teacher_params, grid
+        )
+        shown = (
+            grads
+            if trainable is None
+            else jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
+        )
         grad_norm = optax.global_norm(shown)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if grad_accum > 1:
@@ -293,8 +360,12 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
         new = TrainState(state.step + 1, params, opt_state, rng)
-        return new, {**metrics, "loss": loss, "grad_norm": grad_norm,
-                     "finite": finite.astype(jnp.float32)}
+        return new, {
+            **metrics,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": finite.astype(jnp.float32),
+        }
 
     compiled: dict[Any, Callable] = {}
 
@@ -310,8 +381,9 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
             else:
                 rep = NamedSharding(mesh, P())
                 in_sh = (shardings, batch_shardings(mesh, rules, arrays), teacher_shardings)
-                fn = jax.jit(body, in_shardings=in_sh, out_shardings=(shardings, rep),
-                             donate_argnums=(0,))
+                fn = jax.jit(
+                    body, in_shardings=in_sh, out_shardings=(shardings, rep), donate_argnums=(0,)
+                )
             compiled[key] = fn
         return fn
 
@@ -327,14 +399,18 @@ def make_eval_step(module: nn.Module, teacher_module: nn.Module | None = None) -
     """eval(params, batch, teacher_params=None) -> ce, accuracy, seq_accuracy (exact match of
     each example's masked tokens), and kl (temperature 1) against the teacher when given."""
 
-    def evaluate(params: Any, batch: dict[str, Array], teacher_params: Any = None,
-                 grid: Any = None):
+    def evaluate(
+        params: Any, batch: dict[str, Array], teacher_params: Any = None, grid: Any = None
+    ):
         mask = batch["loss_mask"].astype(jnp.float32)
         logits, _ = _forward(module, params, batch, False, grid)
-        out = {"ce": losses.cross_entropy(logits, batch["targets"], mask),
-               "accuracy": losses.token_accuracy(logits, batch["targets"], mask),
-               "seq_accuracy": losses.sequence_accuracy(logits, batch["targets"], mask,
-                                                        batch["segment_ids"])}
+        out = {
+            "ce": losses.cross_entropy(logits, batch["targets"], mask),
+            "accuracy": losses.token_accuracy(logits, batch["targets"], mask),
+            "seq_accuracy": losses.sequence_accuracy(
+                logits, batch["targets"], mask, batch["segment_ids"]
+            ),
+        }
         if teacher_module is not None:
             t_logits, _ = _forward(teacher_module, teacher_params, batch, False, grid)
             out["kl"] = losses.kl_divergence(t_logits, logits, mask)

@@ -36,7 +36,10 @@ TASKS = TEXT_TASKS + MEDIA_TASKS
 ALPHABET = "abcdefgh"
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
 }
 SHAPES = ("circle", "square", "triangle")
 CELLS = ("top left", "top right", "bottom left", "bottom right")  # cell k: row k // 2, col k % 2
@@ -61,8 +64,12 @@ def _rng(seed: int, index: int, salt: int = 0) -> np.random.Generator:
 
 
 def _qa(task: str, question: Any, answer: str, labels: dict[str, Any]) -> Sample:
-    return Sample(task, ({"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}), answer, labels)
+    return Sample(
+        task,
+        ({"role": "user", "content": question}, {"role": "assistant", "content": answer}),
+        answer,
+        labels,
+    )
 
 
 def _word(rng: np.random.Generator, max_len: int, min_len: int = 1) -> str:
@@ -70,8 +77,9 @@ def _word(rng: np.random.Generator, max_len: int, min_len: int = 1) -> str:
     return "".join(rng.choice(list(ALPHABET), size=n))
 
 
-def text_sample(seed: int, index: int, tasks: Sequence[str] = TEXT_TASKS,
-                max_len: int = 8) -> Sample:
+def text_sample(
+    seed: int, index: int, tasks: Sequence[str] = TEXT_TASKS, max_len: int = 8
+) -> Sample:
     """The index-th text sample of the stream seeded by `seed`, drawn from `tasks`."""
     for t in tasks:
         if t not in TEXT_TASKS:
@@ -105,7 +113,7 @@ def _shape_mask(kind: str, size: int) -> np.ndarray:
     if kind == "square":
         m = int(0.1 * size)
         out = np.zeros((size, size), bool)
-        out[m:size - m, m:size - m] = True
+        out[m : size - m, m : size - m] = True
         return out
     # triangle: apex at the top, base at the bottom
     half = (y / size) * 0.45 * size
@@ -131,22 +139,30 @@ def image_sample(seed: int, index: int, size: int = IMAGE_SIZE) -> Sample:
         top = (k // 2) * cell + int(rng.integers(1, cell - shape_size))
         left = (k % 2) * cell + int(rng.integers(1, cell - shape_size))
         mask = _shape_mask(kind, shape_size)
-        img[top:top + shape_size, left:left + shape_size][mask] = COLOURS[colour]
-    questions = [("How many shapes are there?", str(count)), ("Which shape is drawn?", kind),
-                 ("What colour are the shapes?", colour)]
+        img[top : top + shape_size, left : left + shape_size][mask] = COLOURS[colour]
+    questions = [
+        ("How many shapes are there?", str(count)),
+        ("Which shape is drawn?", kind),
+        ("What colour are the shapes?", colour),
+    ]
     if count == 1:
         questions.append(("Where is the shape?", CELLS[cells[0]]))
     question, answer = questions[int(rng.integers(len(questions)))]
     content = [{"type": "image", "image": img}, {"type": "text", "text": question}]
-    return _qa("image", content, answer, {"shape": kind, "colour": colour, "count": count,
-                                          "cells": [CELLS[k] for k in cells]})
+    return _qa(
+        "image",
+        content,
+        answer,
+        {"shape": kind, "colour": colour, "count": count, "cells": [CELLS[k] for k in cells]},
+    )
 
 
 # --- audio -----------------------------------------------------------------------------------
 
 
-def audio_waveform(seed: int, index: int,
-                   sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict[str, Any], str, str]:
+def audio_waveform(
+    seed: int, index: int, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, dict[str, Any], str, str]:
     """(f32[N] waveform, labels, question, answer) of the index-th audio sample."""
     rng = _rng(seed, index, salt=2)
     beeps = int(rng.integers(1, 6))
@@ -159,10 +175,12 @@ def audio_waveform(seed: int, index: int,
     beep = (0.5 * np.sin(2 * np.pi * PITCHES[pitch] * t) * ramp).astype(np.float32)
     for i in range(beeps):
         start = lead + i * (tone + gap)
-        signal[start:start + tone] = beep
+        signal[start : start + tone] = beep
     signal += rng.normal(0.0, 0.01, signal.shape).astype(np.float32)
-    question, answer = [("How many beeps do you hear?", str(beeps)),
-                        ("Is the pitch low, mid or high?", pitch)][int(rng.integers(2))]
+    question, answer = [
+        ("How many beeps do you hear?", str(beeps)),
+        ("Is the pitch low, mid or high?", pitch),
+    ][int(rng.integers(2))]
     return signal, {"beeps": beeps, "pitch": pitch}, question, answer
 
 
@@ -185,8 +203,10 @@ def audio_sample(seed: int, index: int, sample_rate: int = SAMPLE_RATE) -> Sampl
     The user part holds {"type": "audio", "audio": <WAV bytes>} (see `audio_waveform`).
     """
     waveform, labels, question, answer = audio_waveform(seed, index, sample_rate)
-    content = [{"type": "audio", "audio": wav_bytes(waveform, sample_rate)},
-               {"type": "text", "text": question}]
+    content = [
+        {"type": "audio", "audio": wav_bytes(waveform, sample_rate)},
+        {"type": "text", "text": question},
+    ]
     return _qa("audio", content, answer, labels)
 
 

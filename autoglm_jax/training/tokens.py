@@ -12,8 +12,9 @@ from autoglm_jax.training.records import DataError
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 
 
-def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
-                  where: str = "chat") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_chat(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], where: str = "chat"
+) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids i32[L], loss_mask i32[L]) of a conversation rendered by the chat template.
 
     The mask is 1 on each assistant turn's text and on the token that ends it when that token
@@ -28,7 +29,9 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
         text += tokenizer.id_to_token(eos)
     enc = tokenizer.backend.encode(text, add_special_tokens=False)
     ids = np.asarray(enc.ids, np.int32)
-    stops = np.asarray(sorted(set(tokenizer.stop_token_ids) | ({eos} if eos is not None else set())))
+    stops = np.asarray(
+        sorted(set(tokenizer.stop_token_ids) | ({eos} if eos is not None else set()))
+    )
     role_ids = [tokenizer.token_to_id(t) for t in ROLE_TOKENS]
     n_assistant = sum(m["role"] == "assistant" for m in messages)
     if None not in role_ids and np.count_nonzero(ids == role_ids[2]) == n_assistant:
@@ -47,8 +50,9 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
     return ids, mask
 
 
-def _spans_by_prefix(tokenizer: Any, messages: Sequence[Mapping[str, Any]], text: str, enc: Any,
-                     where: str) -> list[tuple[int, int]]:
+def _spans_by_prefix(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], text: str, enc: Any, where: str
+) -> list[tuple[int, int]]:
     """Token ranges [start, end) of the assistant turns' content, found by rendering every
     prefix of the conversation (works for any template that renders prefixes as prefixes)."""
     render = lambda ms: tokenizer.apply_chat_template(ms, add_generation_prompt=False)  # noqa: E731
@@ -57,12 +61,16 @@ def _spans_by_prefix(tokenizer: Any, messages: Sequence[Mapping[str, Any]], text
     for i, m in enumerate(messages):
         cur = render(messages[: i + 1])
         if not text.startswith(cur) or not cur.startswith(prev):
-            raise DataError(f"{where}: the chat template does not render prefixes of the "
-                            "conversation as prefixes; cannot locate assistant turns")
+            raise DataError(
+                f"{where}: the chat template does not render prefixes of the "
+                "conversation as prefixes; cannot locate assistant turns"
+            )
         if m["role"] == "assistant":
             tag = cur.find(ROLE_TOKENS[2], len(prev))
             start = tag + len(ROLE_TOKENS[2]) if tag >= 0 else len(prev)
-            spans.append((int(np.searchsorted(starts, start)), int(np.searchsorted(starts, len(cur)))))
+            spans.append(
+                (int(np.searchsorted(starts, start)), int(np.searchsorted(starts, len(cur))))
+            )
         prev = cur
     return spans
 
@@ -75,8 +83,9 @@ def tokenize_text(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.ones(len(ids), np.int32)
 
 
-def shift(ids: np.ndarray, mask: np.ndarray, seq_len: int,
-          positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def shift(
+    ids: np.ndarray, mask: np.ndarray, seq_len: int, positions: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Next-token features of one example, truncated to seq_len (positions [..., L] of the
     inputs, when given)."""
     ids, mask = ids[: seq_len + 1], mask[: seq_len + 1]
@@ -86,8 +95,9 @@ def shift(ids: np.ndarray, mask: np.ndarray, seq_len: int,
     return out
 
 
-def shift_media(feats: Mapping[str, np.ndarray], seq_len: int, where: str,
-                image_token_id: int | None) -> dict[str, np.ndarray]:
+def shift_media(
+    feats: Mapping[str, np.ndarray], seq_len: int, where: str, image_token_id: int | None
+) -> dict[str, np.ndarray]:
     """`shift` of a media processor's output, with its media arrays. Truncation must keep
     every image token (the image embeddings are spliced in order across the batch)."""
     ids = np.asarray(feats["input_ids"], np.int32)
@@ -96,9 +106,11 @@ def shift_media(feats: Mapping[str, np.ndarray], seq_len: int, where: str,
         kept = int(np.count_nonzero(out["inputs"] == image_token_id))
         total = int(np.count_nonzero(ids == image_token_id))
         if kept != total:
-            raise DataError(f"{where}: the example is {len(ids)} tokens and data.seq_len "
-                            f"{seq_len} would cut {total - kept} of its {total} image tokens; "
-                            "raise data.seq_len")
+            raise DataError(
+                f"{where}: the example is {len(ids)} tokens and data.seq_len "
+                f"{seq_len} would cut {total - kept} of its {total} image tokens; "
+                "raise data.seq_len"
+            )
     for k in ("pixel_values", "image_grid_thw", "audio_features", "audio_frames"):
         if k in feats:
             out[k] = feats[k]

@@ -12,8 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoglm_jax.agent.actions import (
-    ActionError, Back, Finish, Home, Launch, LongPress, Swipe, Tap, Type, Wait, parse_action,
-    split_reply)
+    ActionError,
+    Back,
+    Finish,
+    Home,
+    Launch,
+    LongPress,
+    Swipe,
+    Tap,
+    Type,
+    Wait,
+    parse_action,
+    split_reply,
+)
 
 GOOD = [
     ('do(action="Launch", app="Settings")', Launch("Settings")),
@@ -52,8 +63,8 @@ BAD = [
     ("42", "expected a call do(...) or finish(...), got `42`"),
     ('do(action="Fly")', "unknown action 'Fly'"),
     ('do(action="tap", element=[1, 2])', "unknown action 'tap'"),
-    ('do(element=[1, 2])', "missing its 'action'"),
-    ('do(action=3)', "'action' must be a string"),
+    ("do(element=[1, 2])", "missing its 'action'"),
+    ("do(action=3)", "'action' must be a string"),
     ('do(action="Tap")', "missing argument 'element'"),
     ('do(action="Swipe", start=[1, 2])', "missing argument 'end'"),
     ('do(action="Launch")', "missing argument 'app'"),
@@ -103,14 +114,18 @@ def test_action_error_is_a_value_error():
 
 
 SPLITS = [
-    ('<think>Open settings first.</think><answer>do(action="Launch", app="Settings")</answer>',
-     ("Open settings first.", 'do(action="Launch", app="Settings")')),
-    ("<think>done</think>\n<answer>finish(message=\"ok\")", ("done", 'finish(message="ok")')),
+    (
+        '<think>Open settings first.</think><answer>do(action="Launch", app="Settings")</answer>',
+        ("Open settings first.", 'do(action="Launch", app="Settings")'),
+    ),
+    ('<think>done</think>\n<answer>finish(message="ok")', ("done", 'finish(message="ok")')),
     ('I should go back. do(action="Back")', ("I should go back.", 'do(action="Back")')),
     ('<think>x</think>do(action="Home")</answer>', ("x", 'do(action="Home")')),
     # the earliest marker wins: the finish below is part of the typed text
-    ('type it do(action="Type", text="finish(message=")', ("type it",
-                                                            'do(action="Type", text="finish(message=")')),
+    (
+        'type it do(action="Type", text="finish(message=")',
+        ("type it", 'do(action="Type", text="finish(message=")'),
+    ),
     ('all done finish(message="do(action=")', ("all done", 'finish(message="do(action=")')),
     ("no action at all", ("", "no action at all")),
     ("", ("", "")),
@@ -124,15 +139,24 @@ def test_split_reply(content, expected):
 
 # -- properties -----------------------------------------------------------------------------
 
-awkward = st.text(alphabet=st.sampled_from('"\'\\\n\r\t\x00\x7f{}()[]=,; aé北\u2028'))
+awkward = st.text(alphabet=st.sampled_from("\"'\\\n\r\t\x00\x7f{}()[]=,; aé北\u2028"))
 texts = st.one_of(st.text(), awkward)
 points = st.tuples(st.integers(0, 999), st.integers(0, 999))
-seconds = st.one_of(st.integers(0, 10**9).map(float),
-                    st.floats(min_value=0.0, allow_nan=False, allow_infinity=False))
+seconds = st.one_of(
+    st.integers(0, 10**9).map(float),
+    st.floats(min_value=0.0, allow_nan=False, allow_infinity=False),
+)
 actions = st.one_of(
-    st.builds(Launch, texts), st.builds(Tap, points), st.builds(LongPress, points),
-    st.builds(Type, texts), st.builds(Swipe, points, points), st.just(Back()), st.just(Home()),
-    st.builds(Wait, seconds), st.builds(Finish, texts))
+    st.builds(Launch, texts),
+    st.builds(Tap, points),
+    st.builds(LongPress, points),
+    st.builds(Type, texts),
+    st.builds(Swipe, points, points),
+    st.just(Back()),
+    st.just(Home()),
+    st.builds(Wait, seconds),
+    st.builds(Finish, texts),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -143,12 +167,49 @@ def test_round_trip(action):
     assert split_reply(f"<think>why</think><answer>{action}</answer>") == ("why", str(action))
 
 
-fragments = st.sampled_from([
-    "do(", "finish(", "action=", "message=", "text=", "element=", "start=", "end=", "app=",
-    '"Tap"', '"Type"', '"Back"', '"Swipe"', "[1, 2]", "[1000, -1]", "(", ")", "[", "]", ",",
-    "'", '"', "\\", "\n", "__import__('os').system('false')", "_boom()", "lambda: 0", ";",
-    "**x", "*y", "f'{_boom()}'", "1.5", "True", "None", "#", "=", " ", "if", "yield",
-])
+fragments = st.sampled_from(
+    [
+        "do(",
+        "finish(",
+        "action=",
+        "message=",
+        "text=",
+        "element=",
+        "start=",
+        "end=",
+        "app=",
+        '"Tap"',
+        '"Type"',
+        '"Back"',
+        '"Swipe"',
+        "[1, 2]",
+        "[1000, -1]",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "'",
+        '"',
+        "\\",
+        "\n",
+        "__import__('os').system('false')",
+        "_boom()",
+        "lambda: 0",
+        ";",
+        "**x",
+        "*y",
+        "f'{_boom()}'",
+        "1.5",
+        "True",
+        "None",
+        "#",
+        "=",
+        " ",
+        "if",
+        "yield",
+    ]
+)
 inputs = st.one_of(st.text(), st.lists(fragments, max_size=30).map("".join))
 
 

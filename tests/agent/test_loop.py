@@ -17,8 +17,17 @@ from PIL import Image
 
 from autoglm_jax.agent.actions import Action, Back, Finish, Launch, Tap, Type
 from autoglm_jax.agent.loop import (
-    SYSTEM_PROMPT, AgentConfig, AgentError, Episode, Step, StopReason, Turn, build_messages,
-    request_body, run_episode)
+    SYSTEM_PROMPT,
+    AgentConfig,
+    AgentError,
+    Episode,
+    Step,
+    StopReason,
+    Turn,
+    build_messages,
+    request_body,
+    run_episode,
+)
 
 
 class FakePhone:
@@ -63,16 +72,40 @@ class FakeServer:
                 reply = outer.replies.pop(0) if outer.replies else 'finish(message="out")'
                 if isinstance(reply, tuple):
                     status, message = reply
-                    self._send(status, "application/json", json.dumps(
-                        {"error": {"message": message, "type": "BadRequestError",
-                                   "param": None, "code": status}}).encode())
+                    self._send(
+                        status,
+                        "application/json",
+                        json.dumps(
+                            {
+                                "error": {
+                                    "message": message,
+                                    "type": "BadRequestError",
+                                    "param": None,
+                                    "code": status,
+                                }
+                            }
+                        ).encode(),
+                    )
                 elif body.get("stream"):
                     self._send(200, "text/event-stream", b"".join(_sse(reply)))
                 else:
-                    self._send(200, "application/json", json.dumps({
-                        "id": "x", "object": "chat.completion", "choices": [{
-                            "index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": reply}}]}).encode())
+                    self._send(
+                        200,
+                        "application/json",
+                        json.dumps(
+                            {
+                                "id": "x",
+                                "object": "chat.completion",
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": reply},
+                                    }
+                                ],
+                            }
+                        ).encode(),
+                    )
 
             def _send(self, status: int, kind: str, data: bytes) -> None:
                 self.send_response(status)
@@ -83,8 +116,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -94,13 +126,17 @@ class FakeServer:
 
 def _sse(reply: str) -> Iterator[bytes]:
     def event(delta: dict, finish: str | None = None) -> bytes:
-        chunk = {"id": "x", "object": "chat.completion.chunk",
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        chunk = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return f"data: {json.dumps(chunk)}\n\n".encode()
+
     yield b": keep-alive comment\n\n"
     yield event({"role": "assistant", "content": ""})
     for i in range(0, len(reply), 7):  # split mid-token, as servers do
-        yield event({"content": reply[i:i + 7]})
+        yield event({"content": reply[i : i + 7]})
     yield event({}, "stop")
     yield b"data: [DONE]\n\n"
 
@@ -112,6 +148,7 @@ def serve():
     def start(replies: list[str | tuple[int, str]]) -> FakeServer:
         servers.append(FakeServer(replies))
         return servers[-1]
+
     yield start
     for s in servers:
         s.close()
@@ -132,12 +169,14 @@ def _text(parts: list[dict]) -> str:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_runs_to_finish(serve, stream):
-    server = serve([
-        '<think>Open the settings.</think><answer>do(action="Launch", app="Settings")</answer>',
-        'Tap Wi-Fi. do(action="Tap", element=[500, 120])',
-        '<think>It is on.</think><answer>finish(message="Wi-Fi is on")</answer>',
-        'do(action="Back")',  # never requested
-    ])
+    server = serve(
+        [
+            '<think>Open the settings.</think><answer>do(action="Launch", app="Settings")</answer>',
+            'Tap Wi-Fi. do(action="Tap", element=[500, 120])',
+            '<think>It is on.</think><answer>finish(message="Wi-Fi is on")</answer>',
+            'do(action="Back")',  # never requested
+        ]
+    )
     phone, seen = FakePhone(), []
     config = AgentConfig(base_url=server.base_url, stream=stream, max_steps=10)
     episode = run_episode(phone, "Turn on Wi-Fi", config, on_step=seen.append)
@@ -174,23 +213,37 @@ def test_runs_to_finish(serve, stream):
 
 def test_request_body_carries_the_configured_sampling(serve):
     server = serve(['finish(message="x")'])
-    config = AgentConfig(base_url=server.base_url + "/", model="phone", api_key="sk-abc",
-                         temperature=0.3, top_p=0.5, frequency_penalty=0.7, max_tokens=123,
-                         stream=False, system_prompt="Be brief.")
+    config = AgentConfig(
+        base_url=server.base_url + "/",
+        model="phone",
+        api_key="sk-abc",
+        temperature=0.3,
+        top_p=0.5,
+        frequency_penalty=0.7,
+        max_tokens=123,
+        stream=False,
+        system_prompt="Be brief.",
+    )
     run_episode(FakePhone(), "task", config)
     (body,) = server.requests
-    assert {k: body[k] for k in ("model", "temperature", "top_p", "frequency_penalty",
-                                 "max_tokens", "stream")} == {
-        "model": "phone", "temperature": 0.3, "top_p": 0.5, "frequency_penalty": 0.7,
-        "max_tokens": 123, "stream": False}
+    assert {
+        k: body[k]
+        for k in ("model", "temperature", "top_p", "frequency_penalty", "max_tokens", "stream")
+    } == {
+        "model": "phone",
+        "temperature": 0.3,
+        "top_p": 0.5,
+        "frequency_penalty": 0.7,
+        "max_tokens": 123,
+        "stream": False,
+    }
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert server.headers[0]["Authorization"] == "Bearer sk-abc"
 
 
 def test_history_is_bounded(serve):
     server = serve([f'do(action="Type", text="step {i}")' for i in range(7)])
-    config = AgentConfig(base_url=server.base_url, max_steps=7, keep_images=2,
-                         max_history_turns=3)
+    config = AgentConfig(base_url=server.base_url, max_steps=7, keep_images=2, max_history_turns=3)
     episode = run_episode(FakePhone(), "Write seven notes", config)
     assert episode.stop_reason is StopReason.MAX_STEPS and len(server.requests) == 7
 
@@ -233,22 +286,25 @@ def test_images_follow_steps_not_window_positions():
     for i in range(5):
         turns.append(Turn(i, f"t{i}", image))
         messages = build_messages(turns, config)
-        carried.append([_text(m["content"]) for m in messages
-                        if m["role"] == "user" and _images(m["content"])])
+        carried.append(
+            [_text(m["content"]) for m in messages if m["role"] == "user" and _images(m["content"])]
+        )
         turns[-1].reply = f"r{i}"
     assert carried == [["t0"], ["t0", "t1"], ["t0", "t1", "t2"], ["t2", "t3"], ["t3", "t4"]]
 
 
 def test_unusable_replies_are_recorded_not_fatal(serve):
-    server = serve([
-        "I am not sure what to do.",
-        'do(action="Fly", element=[1, 2])',
-        'do(action="Back")',  # resets the count of failures in a row
-        'do(action="Tap", element=[2000, 5])',
-        "<answer>import os</answer>",
-        "",
-        'do(action="Home")',  # never requested
-    ])
+    server = serve(
+        [
+            "I am not sure what to do.",
+            'do(action="Fly", element=[1, 2])',
+            'do(action="Back")',  # resets the count of failures in a row
+            'do(action="Tap", element=[2000, 5])',
+            "<answer>import os</answer>",
+            "",
+            'do(action="Home")',  # never requested
+        ]
+    )
     phone = FakePhone()
     config = AgentConfig(base_url=server.base_url, max_steps=20, max_parse_failures=3)
     episode = run_episode(phone, "anything", config)
@@ -260,8 +316,11 @@ def test_unusable_replies_are_recorded_not_fatal(serve):
     assert "unknown action 'Fly'" in errors[1]
     assert "coordinate 2000 is outside 0..999" in errors[3]
     assert errors[5] == "empty action"
-    assert all(s.action is None and s.result == f"no action: {s.error}"
-               for i, s in enumerate(episode.steps) if i != 2)
+    assert all(
+        s.action is None and s.result == f"no action: {s.error}"
+        for i, s in enumerate(episode.steps)
+        if i != 2
+    )
     assert episode.steps[0].reply == "I am not sure what to do."
 
 
@@ -291,8 +350,9 @@ def test_unreachable_server_is_an_agent_error(serve):
         run_episode(FakePhone(), "x", AgentConfig(base_url=url, timeout=5))
 
 
-@pytest.mark.parametrize("field,value", [("max_steps", 0), ("keep_images", -1),
-                                         ("max_history_turns", 0), ("timeout", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("max_steps", 0), ("keep_images", -1), ("max_history_turns", 0), ("timeout", 0)]
+)
 def test_config_rejects_nonsense(field, value):
     with pytest.raises(ValueError, match=field):
         AgentConfig(**{field: value})
@@ -307,6 +367,7 @@ def test_request_body_is_what_is_sent():
 
 # -- against our real server ----------------------------------------------------------------
 
+
 @pytest.mark.slow  # ~25-35 s on a cold compilation cache (2 cores), ~11 s warm
 def test_live_server_episode_and_openai_client(tmp_path, request, monkeypatch):
     """`tiny-mm` (random weights, a vision tower) answers garbage: the episode runs all its
@@ -319,24 +380,43 @@ def test_live_server_episode_and_openai_client(tmp_path, request, monkeypatch):
     cache = getattr(request.config, "cache", None)  # the serve tests' compilation cache
     xla_cache = str(cache.mkdir("autoglm_serve_xla") if cache else tmp_path / "xla")
     # room for the default system prompt (the tests' usual 256 tokens is too few)
-    server = start_server(tmp_path / "server", xla_cache, "--model", "tiny-mm", "--no-warmup",
-                          "--max-model-len", "1024")
+    server = start_server(
+        tmp_path / "server",
+        xla_cache,
+        "--model",
+        "tiny-mm",
+        "--no-warmup",
+        "--max-model-len",
+        "1024",
+    )
     try:
         sent: list[list[dict]] = []
         real_chat = loop.chat
-        monkeypatch.setattr(loop, "chat", lambda config, messages: (
-            sent.append(messages), real_chat(config, messages))[1])
-        config = AgentConfig(base_url=server.base_url, model="tiny-mm", api_key=API_KEY,
-                             max_steps=3, max_tokens=6, max_parse_failures=10,
-                             max_history_turns=1)
+        monkeypatch.setattr(
+            loop,
+            "chat",
+            lambda config, messages: (sent.append(messages), real_chat(config, messages))[1],
+        )
+        config = AgentConfig(
+            base_url=server.base_url,
+            model="tiny-mm",
+            api_key=API_KEY,
+            max_steps=3,
+            max_tokens=6,
+            max_parse_failures=10,
+            max_history_turns=1,
+        )
         episode = run_episode(FakePhone(), "Turn on Wi-Fi", config)
         assert episode.stop_reason is StopReason.MAX_STEPS and len(episode.steps) == 3
         assert all(s.error for s in episode.steps if s.action is None)
-        assert len(sent) == 3 and sum(len(_images(m["content"])) for m in sent[-1]
-                                      if m["role"] == "user") == 1
+        assert (
+            len(sent) == 3
+            and sum(len(_images(m["content"])) for m in sent[-1] if m["role"] == "user") == 1
+        )
 
-        client = openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0,
-                               timeout=120)
+        client = openai.OpenAI(
+            base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=120
+        )
         try:
             stream = client.chat.completions.create(**request_body(config, sent[-1]))
             chunks = list(stream)

@@ -7,12 +7,32 @@ import random
 
 import pytest
 
-from autoglm_jax.agent.actions import (Back, Finish, Home, Launch, LongPress, Swipe, Tap, Type,
-                                       Wait, to_pixels, to_relative)
+from autoglm_jax.agent.actions import (
+    Back,
+    Finish,
+    Home,
+    Launch,
+    LongPress,
+    Swipe,
+    Tap,
+    Type,
+    Wait,
+    to_pixels,
+    to_relative,
+)
 from autoglm_jax.agent.phone import DIALOGS, PhoneSetup, SimPhone
 from autoglm_jax.agent.screens import APPS, SEARCH_APPS, TOGGLES, photos_elements
-from autoglm_jax.agent.tasks import (QUERIES, SPLITS, TEMPLATES, AnswerDialog, SetToggle,
-                                     make_task, oracle_episode, step_is_correct, target_box)
+from autoglm_jax.agent.tasks import (
+    QUERIES,
+    SPLITS,
+    TEMPLATES,
+    AnswerDialog,
+    SetToggle,
+    make_task,
+    oracle_episode,
+    step_is_correct,
+    target_box,
+)
 
 SIZES = [(252, 448), (180, 320), (360, 780)]
 
@@ -81,8 +101,11 @@ def test_back_unwinds_dialog_keyboard_results_then_app_and_home_goes_home():
     tap_element(phone, "Search")
     tap_element(phone, "search box")
     assert [phone.apply(Back()) for _ in range(4)] == [
-        "closed the keyboard", "back to the search page", "back to the home screen",
-        "already on the home screen"]
+        "closed the keyboard",
+        "back to the search page",
+        "back to the home screen",
+        "already on the home screen",
+    ]
     phone = SimPhone(PhoneSetup(seed=5, app="Photos", dialog="delete_photo"))
     assert phone.apply(Back()) == "closed the dialog"
     assert phone.dialog is None and phone.current_app == "Photos" and phone.answers == []
@@ -129,8 +152,18 @@ def test_swipe_scrolls_the_settings_list_within_bounds():
 
 def test_every_well_typed_action_is_answered_and_anything_else_refused():
     phone = SimPhone()
-    for action in [Tap((999, 999)), Tap((0, 0)), LongPress((500, 500)), Swipe((0, 0), (999, 999)),
-                   Type(""), Wait(0.5), Back(), Home(), Launch(""), Finish("done")]:
+    for action in [
+        Tap((999, 999)),
+        Tap((0, 0)),
+        LongPress((500, 500)),
+        Swipe((0, 0), (999, 999)),
+        Type(""),
+        Wait(0.5),
+        Back(),
+        Home(),
+        Launch(""),
+        Finish("done"),
+    ]:
         assert isinstance(phone.apply(action), str)
     assert phone.finished == "done"
     for bad in ["Tap", ("Tap", (1, 2)), None]:
@@ -143,8 +176,10 @@ def test_every_well_typed_action_is_answered_and_anything_else_refused():
 def _all_screens(seed, width, height):
     """A phone on each kind of screen this simulator draws (the same phone may come twice,
     changed in between)."""
+
     def phone(**start):
         return SimPhone(PhoneSetup(seed=seed, width=width, height=height, **start))
+
     yield phone()
     for app in APPS:
         yield phone(app=app)
@@ -169,7 +204,7 @@ def test_boxes_lie_on_screen_and_tappable_ones_do_not_overlap(width, height):
         for phone in _all_screens(seed, width, height):
             boxes = [e.box for e in phone.elements]
             assert all(box.inside(width, height) for box in boxes), phone.view
-            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
             # the centre of each box, written as a model would, lands back on that element
             for element in phone.elements:
                 point = to_relative(element.box.center, width, height)
@@ -179,8 +214,12 @@ def test_boxes_lie_on_screen_and_tappable_ones_do_not_overlap(width, height):
 
 @pytest.mark.parametrize("width,height", SIZES)
 def test_screenshots_have_the_screen_size_and_differ_by_seed(width, height):
-    shots = [SimPhone(PhoneSetup(seed=s, width=width, height=height,
-                                 toggles=(("Dark mode", False),))).screenshot() for s in range(4)]
+    shots = [
+        SimPhone(
+            PhoneSetup(seed=s, width=width, height=height, toggles=(("Dark mode", False),))
+        ).screenshot()
+        for s in range(4)
+    ]
     assert all(shot.size == (width, height) and shot.mode == "RGB" for shot in shots)
     assert len({shot.tobytes() for shot in shots}) == len(shots)
     settings = SimPhone(PhoneSetup(seed=0, width=width, height=height, app="Settings"))
@@ -223,9 +262,15 @@ def _detour_action(rng, phone):
     if kind == 0 and phone.elements:
         element = rng.choice(phone.elements)
         return Tap(to_relative(element.box.center, phone.width, phone.height))
-    return [Tap((rng.randrange(1000), rng.randrange(1000))), Back(), Home(),
-            Launch(rng.choice(APPS)), Swipe((500, rng.randrange(1000)), (500, rng.randrange(1000))),
-            Type("oops"), Tap((500, 500))][kind]
+    return [
+        Tap((rng.randrange(1000), rng.randrange(1000))),
+        Back(),
+        Home(),
+        Launch(rng.choice(APPS)),
+        Swipe((500, rng.randrange(1000)), (500, rng.randrange(1000))),
+        Type("oops"),
+        Tap((500, 500)),
+    ][kind]
 
 
 def test_the_oracle_recovers_from_detours():
@@ -263,21 +308,26 @@ def test_held_out_wordings_queries_and_layouts_never_appear_in_train():
         make_task(0, "test")
 
 
-TEMPLATES_BY_SPLIT = {split: {w for pair in TEMPLATES.values() for w in pair[i]}
-                      for i, split in enumerate(SPLITS)}
+TEMPLATES_BY_SPLIT = {
+    split: {w for pair in TEMPLATES.values() for w in pair[i]} for i, split in enumerate(SPLITS)
+}
 
 
 def test_step_judging_accepts_the_target_element_and_rejects_the_rest():
-    task = next(t for t in (make_task(s) for s in range(100))
-                if isinstance(t.goal, SetToggle) and t.setup.app == "Home")
+    task = next(
+        t
+        for t in (make_task(s) for s in range(100))
+        if isinstance(t.goal, SetToggle) and t.setup.app == "Home"
+    )
     phone = task.new_phone()
     box = target_box(task, phone)
     assert phone.element_at(*box.center).label == "Settings"
     corner = to_relative((box.right - 1, box.bottom - 1), phone.width, phone.height)
     assert step_is_correct(task, phone, Tap(corner))
     assert step_is_correct(task, phone, Launch("settings"))  # same effect as tapping the icon
-    assert not step_is_correct(task, phone, Tap(to_relative((box.left - 3, box.top - 3),
-                                                            phone.width, phone.height)))
+    assert not step_is_correct(
+        task, phone, Tap(to_relative((box.left - 3, box.top - 3), phone.width, phone.height))
+    )
     assert not step_is_correct(task, phone, Back())
     actions, phone = oracle_episode(task)
     assert target_box(task, phone) is None

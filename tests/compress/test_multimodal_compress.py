@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 
 import autoglm_jax as ag
-from autoglm_jax.compress import (PruneConfig, apply_plan, mask_params, measure_importance,
-                                  plan_pruning)
+from autoglm_jax.compress import (
+    PruneConfig,
+    apply_plan,
+    mask_params,
+    measure_importance,
+    plan_pruning,
+)
 from autoglm_jax.config.quant import QuantConfig, QuantRule
 from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
 from autoglm_jax.engine.reference import dense_greedy_multimodal
 from autoglm_jax.quant import export_quantized, qat_model, weight_bytes
+from autoglm_jax.training import synthetic
 from autoglm_jax.training.compress import calibration_batches, load_compress_recipe
 from autoglm_jax.training.step import forward_kwargs, split_static
-from autoglm_jax.training import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -31,28 +36,44 @@ def mm():
 
 @pytest.fixture(scope="module")
 def batches(mm):
-    recipe = load_compress_recipe(None, {
-        "name": "calib", "run_dir": "unused", "steps": 1,
-        "data": {"seq_len": 48, "batch_size": 4, "seed": 3, "mode": "pad",
-                 "synthetic_tasks": ["image", "audio", "count"]}})
+    recipe = load_compress_recipe(
+        None,
+        {
+            "name": "calib",
+            "run_dir": "unused",
+            "steps": 1,
+            "data": {
+                "seq_len": 48,
+                "batch_size": 4,
+                "seed": 3,
+                "mode": "pad",
+                "synthetic_tasks": ["image", "audio", "count"],
+            },
+        },
+    )
     return calibration_batches(recipe, mm.tokenizer or _tok(), 2, mm.config)
 
 
 def _tok():
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+
     return Tokenizer.from_dir(TINY_TOKENIZER_DIR)
 
 
 def _logits(model, batch, params=None, media=True):
     arrays, grid = split_static(batch)
     if not media:
-        arrays = {k: v for k, v in arrays.items()
-                  if k not in ("pixel_values", "input_features", "audio_rows")}
+        arrays = {
+            k: v
+            for k, v in arrays.items()
+            if k not in ("pixel_values", "input_features", "audio_rows")
+        }
         grid = None
     arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
     module = model.module
-    f = jax.jit(lambda p, a: module.apply({"params": p}, a["inputs"],
-                                          **forward_kwargs(module, a, grid)))
+    f = jax.jit(
+        lambda p, a: module.apply({"params": p}, a["inputs"], **forward_kwargs(module, a, grid))
+    )
     return np.asarray(f(model.params if params is None else params, arrays))
 
 
@@ -63,12 +84,15 @@ def test_batches_hold_images_and_audio(batches):
 
 def test_importance_sees_the_media(mm, batches):
     with_media = measure_importance(mm, batches)
-    text_only = measure_importance(mm, [{k: v for k, v in b.items()
-                                         if k in ("inputs", "segment_ids", "positions")}
-                                        for b in batches])
+    text_only = measure_importance(
+        mm,
+        [
+            {k: v for k, v in b.items() if k in ("inputs", "segment_ids", "positions")}
+            for b in batches
+        ],
+    )
     assert with_media.tokens == text_only.tokens
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(with_media.neurons,
-                                                          text_only.neurons))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(with_media.neurons, text_only.neurons))
     assert diff > 1e-4, "the image/audio activations did not change the ranking inputs"
 
 
@@ -86,11 +110,15 @@ def test_masked_equals_sliced_on_media_batches(mm, batches):
         assert np.abs(got - _logits(pruned, b, media=False)).max() > 1e-3
 
 
-@pytest.mark.parametrize("quant", [QuantConfig(weights="int8", rules=()),
-                                   QuantConfig(weights="int4", group_size=16,
-                                               rules=(QuantRule("lm_head", "int8"),)),
-                                   QuantConfig(weights="int8", rules=(), scope="all")],
-                         ids=["int8", "int4", "int8-all-stacks"])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        QuantConfig(weights="int8", rules=()),
+        QuantConfig(weights="int4", group_size=16, rules=(QuantRule("lm_head", "int8"),)),
+        QuantConfig(weights="int8", rules=(), scope="all"),
+    ],
+    ids=["int8", "int4", "int8-all-stacks"],
+)
 def test_export_equals_qat_on_media_batches(mm, batches, quant):
     qat = qat_model(mm, quant)
     small = export_quantized(mm, quant)
@@ -103,22 +131,27 @@ def test_export_equals_qat_on_media_batches(mm, batches, quant):
     if quant.scope == "decoder":
         # the encoders and the fusion are outside the decoder: stored as they were
         for stack in ("visual", "audio_encoder", "fusion"):
-            same = jax.tree.map(lambda a, b: bool((a == b).all()), mm.params[stack],
-                                small.params[stack])
+            same = jax.tree.map(
+                lambda a, b: bool((a == b).all()), mm.params[stack], small.params[stack]
+            )
             assert all(jax.tree.leaves(same)), stack
     else:
         p = small.params
-        for kernel in (p["visual"]["patch_embed"]["kernel"], p["visual"]["downsample"]["kernel"],
-                       p["audio_encoder"]["conv1"]["kernel"],
-                       p["audio_encoder"]["layers_0"]["fc1"]["kernel"],
-                       p["fusion"]["blocks_0"]["k_proj"]["kernel"],
-                       p["fusion"]["audio_projector"]["fc1"]["kernel"]):
+        for kernel in (
+            p["visual"]["patch_embed"]["kernel"],
+            p["visual"]["downsample"]["kernel"],
+            p["audio_encoder"]["conv1"]["kernel"],
+            p["audio_encoder"]["layers_0"]["fc1"]["kernel"],
+            p["fusion"]["blocks_0"]["k_proj"]["kernel"],
+            p["fusion"]["audio_projector"]["fc1"]["kernel"],
+        ):
             assert kernel.dtype == jnp.int8
         # tables, norms and gates stay float
         assert p["visual"]["position_embedding"].dtype == jnp.float32
         assert p["fusion"]["blocks_0"]["attn_alpha"].dtype == jnp.float32
         # saved and loaded back: the config says scope "all", the load is still exact
         import tempfile
+
         with tempfile.TemporaryDirectory() as d:
             ag.save(small, d)
             back = ag.load(d)
@@ -132,19 +165,39 @@ def test_engine_int8_composite_matches_dense_greedy_with_image_and_audio(mm, sco
     small = dataclasses.replace(small, tokenizer=_tok())
     image = synthetic.image_sample(5, 0).messages[0]["content"][0]
     audio = synthetic.audio_sample(5, 1).messages[0]["content"][0]
-    prompt = {"messages": [{"role": "user", "content": [
-        image, audio, {"type": "text", "text": "What do you see and hear?"}]}]}
-    engine = Engine(small, EngineConfig(max_num_seqs=2, max_num_batched_tokens=64, page_size=8,
-                                        max_model_len=96, num_pages=32,
-                                        enable_prefix_caching=False))
+    prompt = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [image, audio, {"type": "text", "text": "What do you see and hear?"}],
+            }
+        ]
+    }
+    engine = Engine(
+        small,
+        EngineConfig(
+            max_num_seqs=2,
+            max_num_batched_tokens=64,
+            page_size=8,
+            max_model_len=96,
+            num_pages=32,
+            enable_prefix_caching=False,
+        ),
+    )
     ids, mm_inputs = engine.prepare_prompt(prompt)
     assert mm_inputs.pixel_values is not None and mm_inputs.audio_features is not None
-    out = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0,
-                                                   ignore_eos=True))[0]
-    want = dense_greedy_multimodal(small, ids, 8, pixel_values=mm_inputs.pixel_values,
-                                   image_grid_thw=mm_inputs.image_grid_thw,
-                                   input_features=mm_inputs.audio_features,
-                                   audio_frames=mm_inputs.audio_frames)
+    out = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[
+        0
+    ]
+    want = dense_greedy_multimodal(
+        small,
+        ids,
+        8,
+        pixel_values=mm_inputs.pixel_values,
+        image_grid_thw=mm_inputs.image_grid_thw,
+        input_features=mm_inputs.audio_features,
+        audio_frames=mm_inputs.audio_frames,
+    )
     assert list(out.outputs[0].token_ids) == want
 
 
@@ -161,8 +214,10 @@ def test_fan_in_init_scales_kernels_and_nothing_else():
             # every kernel here contracts a leading run of its axes ([D, N, H] one, [N, H, D]
             # and the conv stems' [X, C, D] two, the vision downsample three)
             if x.size >= 256:
-                fits = [abs(float(jnp.std(x)) * math.sqrt(math.prod(x.shape[:k])) - 1)
-                        for k in range(1, x.ndim)]
+                fits = [
+                    abs(float(jnp.std(x)) * math.sqrt(math.prod(x.shape[:k])) - 1)
+                    for k in range(1, x.ndim)
+                ]
                 assert min(fits) < 0.15, (name, x.shape, float(jnp.std(x)))
                 checked += 1
         else:

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 
 import autoglm_jax as ag
-from autoglm_jax.compress import (PruneConfig, apply_plan, decoder_flops, full_plan, mask_params,
-                                  measure_importance, plan_pruning, prune_model,
-                                  pruned_text_config)
+from autoglm_jax.compress import (
+    PruneConfig,
+    apply_plan,
+    decoder_flops,
+    full_plan,
+    mask_params,
+    measure_importance,
+    plan_pruning,
+    prune_model,
+    pruned_text_config,
+)
 from autoglm_jax.config import ConfigError
 from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
 from autoglm_jax.engine.reference import dense_greedy
@@ -39,8 +47,9 @@ def test_ratio_zero_is_the_identity(model, batches):
     pruned, report = prune_model(model, batches, PruneConfig(flops_reduction=0.0))
     assert pruned.config == model.config
     assert report.reduction == 0.0
-    same = jax.tree.map(lambda a, b: a.shape == b.shape and bool((a == b).all()),
-                        model.params, pruned.params)
+    same = jax.tree.map(
+        lambda a, b: a.shape == b.shape and bool((a == b).all()), model.params, pruned.params
+    )
     assert all(jax.tree.leaves(same))
 
 
@@ -77,10 +86,12 @@ def test_masked_model_equals_sliced_model(model, importance, batches, allocation
 def test_importance_ranks_dead_units_first(model, batches):
     # Silence head 4 of layer 1 (o_proj rows) and neuron 7 of layer 2 (down_proj row).
     p = jax.tree.map(lambda x: x, model.params)
-    p["layers_1"]["self_attn"]["o_proj"]["kernel"] = p["layers_1"]["self_attn"]["o_proj"][
-        "kernel"].at[4].set(0)
-    p["layers_2"]["mlp"]["down_proj"]["kernel"] = p["layers_2"]["mlp"]["down_proj"][
-        "kernel"].at[7].set(0)
+    p["layers_1"]["self_attn"]["o_proj"]["kernel"] = (
+        p["layers_1"]["self_attn"]["o_proj"]["kernel"].at[4].set(0)
+    )
+    p["layers_2"]["mlp"]["down_proj"]["kernel"] = (
+        p["layers_2"]["mlp"]["down_proj"]["kernel"].at[7].set(0)
+    )
     dead = model.__class__(model.config, p, model.module)
     imp = measure_importance(dead, batches)
     assert imp.heads[1][4] == 0 and (np.delete(imp.heads[1], 4) > 0).all()
@@ -101,20 +112,26 @@ def test_padding_tokens_do_not_count(model, batches):
 
 
 def test_pruned_model_saves_loads_and_serves(model, batches, tmp_path):
-    pruned, report = prune_model(model, batches,
-                                 PruneConfig(0.35, allocation="global", calibration_batches=1))
+    pruned, report = prune_model(
+        model, batches, PruneConfig(0.35, allocation="global", calibration_batches=1)
+    )
     assert report.tokens == batches[0].size
     assert len(set(report.heads)) > 1 or len(set(report.ffw)) > 1
     ag.save(pruned, tmp_path / "p")
     loaded = ag.load(tmp_path / "p")
     assert loaded.config == pruned.config
-    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()),
-                                            pruned.params, loaded.params)))
+    assert all(
+        jax.tree.leaves(
+            jax.tree.map(lambda a, b: bool((a == b).all()), pruned.params, loaded.params)
+        )
+    )
     prompts = [list(map(int, batches[1][0, :n])) for n in (5, 19)]
-    cfg = EngineConfig(max_num_seqs=2, max_num_batched_tokens=32, page_size=4,
-                       max_model_len=48, num_pages=32)
-    outs = Engine(loaded, cfg).generate(prompts, SamplingParams(max_tokens=6, temperature=0.0,
-                                                                ignore_eos=True))
+    cfg = EngineConfig(
+        max_num_seqs=2, max_num_batched_tokens=32, page_size=4, max_model_len=48, num_pages=32
+    )
+    outs = Engine(loaded, cfg).generate(
+        prompts, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    )
     for prompt, out in zip(prompts, outs):
         assert out.token_ids == dense_greedy(loaded, prompt, 6)
 
@@ -138,6 +155,7 @@ def test_plans_and_configs_are_checked(model):
 
 def test_uniform_widths_need_no_calibration(model, importance):
     from autoglm_jax.compress import uniform_pruned_config
+
     cfg = PruneConfig(flops_reduction=0.35)
     want = pruned_text_config(model.config.text, plan_pruning(model.config.text, importance, cfg))
     assert uniform_pruned_config(model.config.text, cfg) == want

@@ -12,10 +12,21 @@ def test_report_on_the_image_task(tmp_path):
     docs = tmp_path / "docs" / "benchmarks.md"
     docs.parent.mkdir()
     docs.write_text("# Benchmarks\n\nearlier text\n")
-    o = ReportOptions(out_dir=str(tmp_path / "r"), preset="tiny-mm", tasks=("image",),
-                      docs=str(docs),
-                      teacher_steps=3, qat_steps=2, recover_steps=2, seq_len=48, batch_size=4,
-                      eval_batches=2, decode_prompts=2, decode_tokens=4, project_to="tiny-mm")
+    o = ReportOptions(
+        out_dir=str(tmp_path / "r"),
+        preset="tiny-mm",
+        tasks=("image",),
+        docs=str(docs),
+        teacher_steps=3,
+        qat_steps=2,
+        recover_steps=2,
+        seq_len=48,
+        batch_size=4,
+        eval_batches=2,
+        decode_prompts=2,
+        decode_tokens=4,
+        project_to="tiny-mm",
+    )
     r = run_report(o)
     out = tmp_path / "r"
     assert json.loads((out / "report.json").read_text())["rows"] == r["rows"]
@@ -23,10 +34,16 @@ def test_report_on_the_image_task(tmp_path):
     assert "synthetic **multimodal** task (image" in md
     assert (out / "report.png").stat().st_size > 1000
     names = [row["model"] for row in r["rows"]]
-    assert names == ["teacher (float)", "teacher + QAT recipe in float (control)", "int8 QAT",
-                     "int8 QAT, every stack", "int4 QAT",
-                     "35%-pruned + distilled", "35%-pruned + distilled + int8 QAT",
-                     "35%-pruned + distilled + int8 QAT, every stack"]
+    assert names == [
+        "teacher (float)",
+        "teacher + QAT recipe in float (control)",
+        "int8 QAT",
+        "int8 QAT, every stack",
+        "int4 QAT",
+        "35%-pruned + distilled",
+        "35%-pruned + distilled + int8 QAT",
+        "35%-pruned + distilled + int8 QAT, every stack",
+    ]
     for row in r["rows"]:
         assert row["model"] in md
         assert 0.0 <= row["accuracy"] <= 1.0 and row["loss"] > 0
@@ -69,17 +86,36 @@ def test_report_figures_come_only_from_the_run():
     import autoglm_jax.training.report as report
 
     tree = ast.parse(inspect.getsource(report))
-    json_reads = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                  and isinstance(n.func, ast.Attribute) and n.func.attr in ("load", "loads")
-                  and isinstance(n.func.value, ast.Name) and n.func.value.id == "json"]
+    json_reads = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in ("load", "loads")
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "json"
+    ]
     assert not json_reads, [ast.unparse(n) for n in json_reads]
-    file_reads = {f.name: [ast.unparse(n) for n in ast.walk(f) if isinstance(n, ast.Call) and (
-        (isinstance(n.func, ast.Attribute) and n.func.attr in ("read_text", "read_bytes"))
-        or (isinstance(n.func, ast.Name) and n.func.id == "open"))]
-        for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+    file_reads = {
+        f.name: [
+            ast.unparse(n)
+            for n in ast.walk(f)
+            if isinstance(n, ast.Call)
+            and (
+                (isinstance(n.func, ast.Attribute) and n.func.attr in ("read_text", "read_bytes"))
+                or (isinstance(n.func, ast.Name) and n.func.id == "open")
+            )
+        ]
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef)
+    }
     # The one read: _publish reads the docs file it splices the table into.
     assert {k: v for k, v in file_reads.items() if v} == {"_publish": ["path.read_text()"]}
-    callers = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-               and any(isinstance(n, ast.Name) and n.id == "_publish" for n in ast.walk(f))]
+    callers = [
+        f.name
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef)
+        and any(isinstance(n, ast.Name) and n.id == "_publish" for n in ast.walk(f))
+    ]
     assert callers == ["run_report"]
     assert "remeasured" not in inspect.getsource(report)

@@ -39,8 +39,14 @@ def _check_against_dense(model, config, prompts, max_tokens, mesh=None):
     return stats
 
 
-CONCURRENT = EngineConfig(max_num_seqs=16, max_num_batched_tokens=128, page_size=4,
-                          max_model_len=320, num_pages=160, enable_prefix_caching=True)
+CONCURRENT = EngineConfig(
+    max_num_seqs=16,
+    max_num_batched_tokens=128,
+    page_size=4,
+    max_model_len=320,
+    num_pages=160,
+    enable_prefix_caching=True,
+)
 
 
 @pytest.mark.slow
@@ -76,16 +82,19 @@ def test_int8_kv_cache_halves_bytes_and_keeps_greedy_agreement():
         engine = Engine(model, dataclasses.replace(CONCURRENT, kv_cache_dtype=dtype))
         cache = engine.runner.caches[0]
         per_token = sum(x.nbytes for x in jax.tree.leaves(cache)) / (
-            cache.num_pages * cache.page_size)
+            cache.num_pages * cache.page_size
+        )
         results[dtype] = (per_token, [o.token_ids for o in engine.generate(prompts, params)])
     # Measured per-token bytes of one layer's K+V (scales included).
     assert results["int8"][0] <= 0.5 * results["bfloat16"][0] + 2 * 4 * 2  # 2 f32 scales/head
     assert results["int8"][0] <= 0.35 * results["float32"][0]
     # At GLM-4-9B's head shape (2 KV heads of 128) the f32 scales cost 3%: int8 is about half.
     from autoglm_jax.kernels import KVCache
+
     glm = {d: KVCache.allocate(4, 16, 2, 128, dtype=d) for d in ("bfloat16", "int8")}
-    ratio = (sum(x.nbytes for x in jax.tree.leaves(glm["int8"]))
-             / sum(x.nbytes for x in jax.tree.leaves(glm["bfloat16"])))
+    ratio = sum(x.nbytes for x in jax.tree.leaves(glm["int8"])) / sum(
+        x.nbytes for x in jax.tree.leaves(glm["bfloat16"])
+    )
     print(f"int8/bf16 KV bytes per token at head_dim 128: {ratio:.4f}")
     assert ratio <= 0.52
     ref = np.concatenate(results["float32"][1])
@@ -97,13 +106,21 @@ def test_int8_kv_cache_halves_bytes_and_keeps_greedy_agreement():
 def test_same_seed_same_text_whatever_the_batch():
     model = ag.init("tiny", seed=1)
     target = [5, 17, 230, 41, 9]
-    params = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.9, top_k=50, seed=1234,
-                            frequency_penalty=0.3, ignore_eos=True)
+    params = SamplingParams(
+        max_tokens=10,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        seed=1234,
+        frequency_penalty=0.3,
+        ignore_eos=True,
+    )
     alone = Engine(model, CONCURRENT).generate([target], params)[0].token_ids
     others = _workload(7, seed=9, max_len=40)
     noisy = SamplingParams(max_tokens=10, temperature=1.0, ignore_eos=True)
-    mixed = Engine(model, CONCURRENT).generate(others[:3] + [target] + others[3:],
-                                               [noisy] * 3 + [params] + [noisy] * 4)
+    mixed = Engine(model, CONCURRENT).generate(
+        others[:3] + [target] + others[3:], [noisy] * 3 + [params] + [noisy] * 4
+    )
     assert mixed[3].token_ids == alone
     other_seed = dataclasses.replace(params, seed=99)
     assert Engine(model, CONCURRENT).generate([target], other_seed)[0].token_ids != alone
@@ -111,13 +128,21 @@ def test_same_seed_same_text_whatever_the_batch():
 
 def test_compilations_bounded_by_buckets():
     model = ag.init("tiny", seed=0)
-    cfg = EngineConfig(max_num_seqs=16, max_num_batched_tokens=64, page_size=8,
-                       max_model_len=128, num_pages=200)
+    cfg = EngineConfig(
+        max_num_seqs=16, max_num_batched_tokens=64, page_size=8, max_model_len=128, num_pages=200
+    )
     engine = Engine(model, cfg)
     rng = np.random.RandomState(0)
     prompts = [list(rng.randint(0, 490, rng.randint(1, 100))) for _ in range(200)]
-    params = [SamplingParams(max_tokens=int(rng.randint(1, 6)), temperature=float(rng.rand()),
-                             seed=i, ignore_eos=True) for i in range(200)]
+    params = [
+        SamplingParams(
+            max_tokens=int(rng.randint(1, 6)),
+            temperature=float(rng.rand()),
+            seed=i,
+            ignore_eos=True,
+        )
+        for i in range(200)
+    ]
     engine.generate(prompts, params)
     assert engine.stats()["compilations"] <= len(engine.runner.buckets)
     assert engine.runner._step._cache_size() <= len(engine.runner.buckets)
@@ -126,8 +151,9 @@ def test_compilations_bounded_by_buckets():
 def test_stop_strings_max_tokens_and_abort():
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 
-    model = dataclasses.replace(ag.init("tiny", seed=0), tokenizer=Tokenizer.from_dir(
-        TINY_TOKENIZER_DIR))
+    model = dataclasses.replace(
+        ag.init("tiny", seed=0), tokenizer=Tokenizer.from_dir(TINY_TOKENIZER_DIR)
+    )
     engine = Engine(model, CONCURRENT)
     free = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     full = engine.generate("hello world", free)[0]
@@ -136,7 +162,7 @@ def test_stop_strings_max_tokens_and_abort():
     if len(full.text) > 4:
         stop = full.text[2:4]
         out = engine.generate("hello world", dataclasses.replace(free, stop=[stop]))[0]
-        assert out.finish_reason == "stop" and out.text == full.text[:full.text.index(stop)]
+        assert out.finish_reason == "stop" and out.text == full.text[: full.text.index(stop)]
     deltas = list(engine.stream("hello world", free))
     assert "".join(d.text for d in deltas) == full.text and deltas[-1].finished
     rid = engine.add_request("hello", free)

@@ -33,8 +33,11 @@ def model():
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         return x + 0.7 if name.endswith("alpha") else x
 
-    return dataclasses.replace(m, params=jax.tree_util.tree_map_with_path(open_gates, m.params),
-                               tokenizer=Tokenizer.from_dir(TINY_TOKENIZER_DIR))
+    return dataclasses.replace(
+        m,
+        params=jax.tree_util.tree_map_with_path(open_gates, m.params),
+        tokenizer=Tokenizer.from_dir(TINY_TOKENIZER_DIR),
+    )
 
 
 def _chat(*parts):
@@ -53,17 +56,23 @@ def test_images_audio_and_text_equal_dense_greedy(model):
         _chat({"type": "audio", "audio": _wav(880)}, {"type": "image", "image": img_a}, text),
         _chat(text),
     ]
-    cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, page_size=4,
-                       max_model_len=256, num_pages=64)
+    cfg = EngineConfig(
+        max_num_seqs=4, max_num_batched_tokens=32, page_size=4, max_model_len=256, num_pages=64
+    )
     engine = Engine(model, cfg)
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
     outs = engine.generate(prompts, params)
     for prompt, out in zip(prompts, outs):
         ids, mm = engine.prepare_prompt(prompt)
-        ref = dense_greedy_multimodal(model, ids, 5, pixel_values=mm.pixel_values,
-                                      image_grid_thw=mm.image_grid_thw,
-                                      input_features=mm.audio_features,
-                                      audio_frames=mm.audio_frames)
+        ref = dense_greedy_multimodal(
+            model,
+            ids,
+            5,
+            pixel_values=mm.pixel_values,
+            image_grid_thw=mm.image_grid_thw,
+            input_features=mm.audio_features,
+            audio_frames=mm.audio_frames,
+        )
         assert out.token_ids == ref
     assert engine.stats()["free_pages"] == engine.stats()["num_pages"]
     # The media matter: without the audio the same text decodes differently.

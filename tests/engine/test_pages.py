@@ -1,6 +1,7 @@
 """Page allocator and scheduler bookkeeping under random request/abort sequences."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autoglm_jax.engine.pages import PageAllocator, page_hashes
 from autoglm_jax.engine.sampling import SamplingParams
@@ -27,13 +28,25 @@ def test_prefix_pages_are_shared_and_evicted_lru():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "step", "abort", "step", "step"]),
-                          st.integers(1, 40), st.integers(0, 1000)), min_size=1, max_size=80),
-       st.integers(8, 40), st.sampled_from([2, 4, 8]), st.booleans())
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "step", "abort", "step", "step"]),
+            st.integers(1, 40),
+            st.integers(0, 1000),
+        ),
+        min_size=1,
+        max_size=80,
+    ),
+    st.integers(8, 40),
+    st.sampled_from([2, 4, 8]),
+    st.booleans(),
+)
 def test_allocator_invariants_under_random_requests(ops, num_pages, page_size, prefix):
     alloc = PageAllocator(num_pages, page_size, enable_prefix_caching=prefix)
-    sched = Scheduler(alloc, max_num_seqs=4, max_num_batched_tokens=24, max_model_len=64,
-                      policy="priority")
+    sched = Scheduler(
+        alloc, max_num_seqs=4, max_num_batched_tokens=24, max_model_len=64, policy="priority"
+    )
     live: list[Request] = []
     for i, (op, n, r) in enumerate(ops):
         if op == "add":

@@ -21,8 +21,10 @@ P, PAGE, K, H = 6, 4, 2, 16
 
 
 def _tokens(rng, t):
-    return (jnp.asarray(rng.standard_normal((t, K, H)), jnp.float32),
-            jnp.asarray(rng.standard_normal((t, K, H)), jnp.float32))
+    return (
+        jnp.asarray(rng.standard_normal((t, K, H)), jnp.float32),
+        jnp.asarray(rng.standard_normal((t, K, H)), jnp.float32),
+    )
 
 
 def _slots(rng, t, num_padding):
@@ -120,8 +122,12 @@ def test_written_cache_feeds_attention():
     cache = KVCache.allocate(P, PAGE, K, H, dtype=jnp.int8)
     cache = cache.write(k_new, v_new, slots)
     q = jnp.asarray(rng.standard_normal((t, n, H)), jnp.float32)
-    meta = (jnp.asarray([t], jnp.int32), jnp.asarray(pages[None], jnp.int32),
-            jnp.asarray([0, t], jnp.int32), jnp.asarray([1], jnp.int32))
+    meta = (
+        jnp.asarray([t], jnp.int32),
+        jnp.asarray(pages[None], jnp.int32),
+        jnp.asarray([0, t], jnp.int32),
+        jnp.asarray([1], jnp.int32),
+    )
     kw = dict(sm_scale=0.25, k_scales=cache.k_scales, v_scales=cache.v_scales)
     out = ragged_paged_attention_xla(q, cache.k_pages, cache.v_pages, *meta, **kw)
     ref = ragged_paged_attention_reference(q, cache.k_pages, cache.v_pages, *meta, **kw)

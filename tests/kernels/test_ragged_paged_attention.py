@@ -51,8 +51,9 @@ class Shape:
     head_dim: int = 32
 
 
-def make_inputs(rng, shape: Shape, q_lens, kv_lens, *, dtype=jnp.float32, quantized=False,
-                garbage_padding=True):
+def make_inputs(
+    rng, shape: Shape, q_lens, kv_lens, *, dtype=jnp.float32, quantized=False, garbage_padding=True
+):
     """Random q/K/V and metadata for live sequences with these q and KV lengths.
 
     Pages are a shuffled subset of the pool; block-table columns past a sequence's pages and
@@ -74,7 +75,7 @@ def make_inputs(rng, shape: Shape, q_lens, kv_lens, *, dtype=jnp.float32, quanti
     used = 0
     for s, kl in enumerate(kv_lens):
         npg = -(-kl // sh.page_size)
-        pages = perm[used: used + npg]
+        pages = perm[used : used + npg]
         used += npg
         bt[s, :npg] = pages
         slots = (pages[:, None] * sh.page_size + np.arange(sh.page_size)).reshape(-1)
@@ -85,9 +86,14 @@ def make_inputs(rng, shape: Shape, q_lens, kv_lens, *, dtype=jnp.float32, quanti
     k[~valid] = np.nan
     v[~valid] = np.nan
     q = rng.standard_normal((sh.num_tokens, sh.num_q_heads, sh.head_dim))
-    q[sum(q_lens):] = np.nan
-    args = dict(q=jnp.asarray(q, dtype), kv_lens=jnp.asarray(kv), block_tables=jnp.asarray(bt),
-                cu_q_lens=jnp.asarray(cu), num_seqs=jnp.asarray([n], jnp.int32))
+    q[sum(q_lens) :] = np.nan
+    args = dict(
+        q=jnp.asarray(q, dtype),
+        kv_lens=jnp.asarray(kv),
+        block_tables=jnp.asarray(bt),
+        cu_q_lens=jnp.asarray(cu),
+        num_seqs=jnp.asarray([n], jnp.int32),
+    )
     if quantized:
         # NaN slots would give NaN scales: quantize finite values, then poison the scales.
         kq, ks = quantize_kv(jnp.asarray(np.nan_to_num(k), jnp.float32))
@@ -102,9 +108,18 @@ def make_inputs(rng, shape: Shape, q_lens, kv_lens, *, dtype=jnp.float32, quanti
 
 def call(fn, args, **kw):
     a = args
-    return fn(a["q"], a["k_pages"], a["v_pages"], a["kv_lens"], a["block_tables"],
-              a["cu_q_lens"], a["num_seqs"], k_scales=a.get("k_scales"),
-              v_scales=a.get("v_scales"), **kw)
+    return fn(
+        a["q"],
+        a["k_pages"],
+        a["v_pages"],
+        a["kv_lens"],
+        a["block_tables"],
+        a["cu_q_lens"],
+        a["num_seqs"],
+        k_scales=a.get("k_scales"),
+        v_scales=a.get("v_scales"),
+        **kw,
+    )
 
 
 def reference(args, sm_scale):
@@ -148,8 +163,9 @@ BS = BlockSizes(block_q=4, block_k=16)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("bs", [BS, BlockSizes(block_q=2, block_k=16, num_kv_splits=3)],
-                         ids=["nosplit", "split3"])
+@pytest.mark.parametrize(
+    "bs", [BS, BlockSizes(block_q=2, block_k=16, num_kv_splits=3)], ids=["nosplit", "split3"]
+)
 def test_kernel_layouts(layout, bs):
     rng = np.random.default_rng(0)
     args = make_inputs(rng, Shape(), *LAYOUTS[layout])
@@ -166,17 +182,26 @@ def test_xla_layouts(layout, block_q):
 
 # GQA ratio x head_dim x dtype, covering ratios 1, 2, 8, 16, head dims 64, 80, 96, 128 and
 # both float dtypes (int8 pages below use bf16 queries too).
-HEADS = [(2, 2, 80, jnp.float32), (4, 2, 96, jnp.bfloat16), (8, 1, 128, jnp.float32),
-         (16, 1, 64, jnp.bfloat16)]
+HEADS = [
+    (2, 2, 80, jnp.float32),
+    (4, 2, 96, jnp.bfloat16),
+    (8, 1, 128, jnp.float32),
+    (16, 1, 64, jnp.bfloat16),
+]
 
 
 @pytest.mark.parametrize("num_q_heads,num_kv_heads,head_dim,dtype", HEADS)
 def test_heads_and_dims(num_q_heads, num_kv_heads, head_dim, dtype):
-    shape = Shape(num_tokens=12, num_seqs=3, num_q_heads=num_q_heads,
-                  num_kv_heads=num_kv_heads, head_dim=head_dim)
+    shape = Shape(
+        num_tokens=12,
+        num_seqs=3,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+    )
     rng = np.random.default_rng(head_dim)
     args = make_inputs(rng, shape, [1, 6, 3], [11, 21, 3], dtype=dtype)
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     check(kernel(args, scale, BlockSizes(block_q=2, block_k=16)), args, scale, TOL[dtype])
     check(xla(args, scale), args, scale, TOL[dtype])
 
@@ -221,8 +246,11 @@ def test_causal_future_keys_do_not_matter():
     args = make_inputs(rng, Shape(), [6], [14])
     out = np.asarray(kernel(args, 0.5, BS))
     page = int(args["block_tables"][0, 1])  # holds positions 8..15; the last query is at 13
-    args2 = dict(args, k_pages=args["k_pages"].at[page, 5].set(100.0),
-                 v_pages=args["v_pages"].at[page, 5].set(100.0))  # position 13
+    args2 = dict(
+        args,
+        k_pages=args["k_pages"].at[page, 5].set(100.0),
+        v_pages=args["v_pages"].at[page, 5].set(100.0),
+    )  # position 13
     out2 = np.asarray(kernel(args2, 0.5, BS))
     np.testing.assert_array_equal(out2[:5], out[:5])
     assert np.abs(out2[5] - out[5]).max() > 1e-3
@@ -230,8 +258,16 @@ def test_causal_future_keys_do_not_matter():
 
 # ----- random ragged layouts --------------------------------------------------------------
 
-HYP_SHAPE = Shape(num_tokens=32, num_seqs=5, num_pages=40, page_size=8, pages_per_seq=8,
-                  num_q_heads=4, num_kv_heads=2, head_dim=32)
+HYP_SHAPE = Shape(
+    num_tokens=32,
+    num_seqs=5,
+    num_pages=40,
+    page_size=8,
+    pages_per_seq=8,
+    num_q_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+)
 
 
 @st.composite
@@ -248,13 +284,18 @@ def layouts(draw):
     return q_lens, kv_lens, draw(st.integers(0, 2**31 - 1))
 
 
-HYP_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                        suppress_health_check=[HealthCheck.too_slow])
+HYP_SETTINGS = settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @HYP_SETTINGS
-@given(layout=layouts(), bs=st.sampled_from([BlockSizes(block_q=4, block_k=16),
-                                             BlockSizes(block_q=2, block_k=32, num_kv_splits=2)]))
+@given(
+    layout=layouts(),
+    bs=st.sampled_from(
+        [BlockSizes(block_q=4, block_k=16), BlockSizes(block_q=2, block_k=32, num_kv_splits=2)]
+    ),
+)
 def test_kernel_random_layouts(layout, bs):
     q_lens, kv_lens, seed = layout
     args = make_inputs(np.random.default_rng(seed), HYP_SHAPE, q_lens, kv_lens)
@@ -277,8 +318,9 @@ SCHED_T, SCHED_S = 48, 8
 @functools.lru_cache(maxsize=None)
 def _schedule_fn(block_q):
     nb = num_query_blocks(SCHED_T, SCHED_S, block_q)
-    return nb, jax.jit(functools.partial(make_schedule, num_tokens=SCHED_T, block_q=block_q,
-                                         num_blocks=nb))
+    return nb, jax.jit(
+        functools.partial(make_schedule, num_tokens=SCHED_T, block_q=block_q, num_blocks=nb)
+    )
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -320,8 +362,15 @@ def test_block_sizes_for_glm4_shapes():
 @pytest.mark.parametrize("group", [1, 2, 3, 8, 16, 32])
 @pytest.mark.parametrize("tokens,seqs", [(1, 1), (128, 128), (700, 9)])
 def test_default_block_sizes_suit_triton(group, tokens, seqs):
-    bs = get_block_sizes(head_dim=128, page_size=16, queries_per_kv_head=group, num_kv_heads=2,
-                         num_tokens=tokens, num_seqs=seqs, pages_per_seq=64)
+    bs = get_block_sizes(
+        head_dim=128,
+        page_size=16,
+        queries_per_kv_head=group,
+        num_kv_heads=2,
+        num_tokens=tokens,
+        num_seqs=seqs,
+        pages_per_seq=64,
+    )
     rows = bs.block_q * (1 << (group - 1).bit_length())
     assert rows >= 16 and rows & (rows - 1) == 0
     assert 1 <= bs.num_kv_splits <= 64
@@ -330,8 +379,12 @@ def test_default_block_sizes_suit_triton(group, tokens, seqs):
 def test_triton_row_constraint_checked_outside_interpret():
     args = make_inputs(np.random.default_rng(11), Shape(), [1], [3])
     with pytest.raises(ValueError, match="power of two >= 16"):
-        call(ragged_paged_attention, args, sm_scale=1.0,
-             block_sizes=BlockSizes(block_q=3, block_k=16))
+        call(
+            ragged_paged_attention,
+            args,
+            sm_scale=1.0,
+            block_sizes=BlockSizes(block_q=3, block_k=16),
+        )
 
 
 def test_default_block_sizes_in_interpret_mode():
@@ -342,33 +395,58 @@ def test_default_block_sizes_in_interpret_mode():
 
 # ----- validation ---------------------------------------------------------------------------
 
+
 def _valid():
     return make_inputs(np.random.default_rng(9), Shape(), [1], [3])
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda a: a.update(q=a["q"][:, :3]), "multiple of the number of KV heads"),
-    (lambda a: a.update(q=a["q"][..., :16]), "head_dim of q"),
-    (lambda a: a.update(v_pages=a["v_pages"][:-1]), "same shape"),
-    (lambda a: a.update(k_pages=a["k_pages"].astype(jnp.bfloat16),
-                        v_pages=a["v_pages"].astype(jnp.bfloat16)), "q's dtype"),
-    (lambda a: a.update(k_pages=a["k_pages"].astype(jnp.int8),
-                        v_pages=a["v_pages"].astype(jnp.int8)), "need k_scales"),
-    (lambda a: a.update(k_scales=jnp.ones(a["k_pages"].shape[:3])), "only for int8"),
-    (lambda a: a.update(kv_lens=a["kv_lens"].astype(jnp.int64)
-                        if jax.config.jax_enable_x64 else a["kv_lens"].astype(jnp.int16)),
-     "kv_lens must be int32"),
-    (lambda a: a.update(cu_q_lens=a["cu_q_lens"][:-1]), "cu_q_lens must be"),
-    (lambda a: a.update(block_tables=a["block_tables"][:-1]), "block_tables must be"),
-    (lambda a: a.update(num_seqs=jnp.zeros((2,), jnp.int32)), "num_seqs must be"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a: a.update(q=a["q"][:, :3]), "multiple of the number of KV heads"),
+        (lambda a: a.update(q=a["q"][..., :16]), "head_dim of q"),
+        (lambda a: a.update(v_pages=a["v_pages"][:-1]), "same shape"),
+        (
+            lambda a: a.update(
+                k_pages=a["k_pages"].astype(jnp.bfloat16), v_pages=a["v_pages"].astype(jnp.bfloat16)
+            ),
+            "q's dtype",
+        ),
+        (
+            lambda a: a.update(
+                k_pages=a["k_pages"].astype(jnp.int8), v_pages=a["v_pages"].astype(jnp.int8)
+            ),
+            "need k_scales",
+        ),
+        (lambda a: a.update(k_scales=jnp.ones(a["k_pages"].shape[:3])), "only for int8"),
+        (
+            lambda a: a.update(
+                kv_lens=a["kv_lens"].astype(jnp.int64)
+                if jax.config.jax_enable_x64
+                else a["kv_lens"].astype(jnp.int16)
+            ),
+            "kv_lens must be int32",
+        ),
+        (lambda a: a.update(cu_q_lens=a["cu_q_lens"][:-1]), "cu_q_lens must be"),
+        (lambda a: a.update(block_tables=a["block_tables"][:-1]), "block_tables must be"),
+        (lambda a: a.update(num_seqs=jnp.zeros((2,), jnp.int32)), "num_seqs must be"),
+    ],
+)
 def test_validation_messages(change, match):
     args = _valid()
     change(args)
     with pytest.raises(ValueError, match=match):
-        validate_inputs(args["q"], args["k_pages"], args["v_pages"], args["kv_lens"],
-                        args["block_tables"], args["cu_q_lens"], args["num_seqs"],
-                        args.get("k_scales"), args.get("v_scales"))
+        validate_inputs(
+            args["q"],
+            args["k_pages"],
+            args["v_pages"],
+            args["kv_lens"],
+            args["block_tables"],
+            args["cu_q_lens"],
+            args["num_seqs"],
+            args.get("k_scales"),
+            args.get("v_scales"),
+        )
     with pytest.raises(ValueError, match=match):
         call(ragged_paged_attention, args, sm_scale=1.0, interpret=True)
 
@@ -382,37 +460,51 @@ def test_int8_scales_shape_checked():
 
 # ----- Triton lowering (runs on CPU: jaxlib ships the Triton dialect) ----------------------
 
-@pytest.mark.parametrize("num_tokens,num_seqs,head_dim,kv_dtype", [
-    (64, 64, 128, jnp.bfloat16),  # GLM-4-9B decode, KV splits
-    (600, 9, 80, jnp.bfloat16),  # prefill-heavy, padded head_dim
-    (8, 8, 96, jnp.int8),  # int8 pages
-    (40, 5, 64, jnp.float32),
-])
+
+@pytest.mark.parametrize(
+    "num_tokens,num_seqs,head_dim,kv_dtype",
+    [
+        (64, 64, 128, jnp.bfloat16),  # GLM-4-9B decode, KV splits
+        (600, 9, 80, jnp.bfloat16),  # prefill-heavy, padded head_dim
+        (8, 8, 96, jnp.int8),  # int8 pages
+        (40, 5, 64, jnp.float32),
+    ],
+)
 def test_lowers_to_triton(num_tokens, num_seqs, head_dim, kv_dtype):
     pytest.importorskip("jaxlib.triton.dialect")
     sds = jax.ShapeDtypeStruct
     pages, page, kh, qh, per_seq = 256, 16, 2, 32, 64
     q_dtype = jnp.bfloat16 if kv_dtype == jnp.int8 else kv_dtype
-    args = (sds((num_tokens, qh, head_dim), q_dtype), sds((pages, page, kh, head_dim), kv_dtype),
-            sds((pages, page, kh, head_dim), kv_dtype), sds((num_seqs,), jnp.int32),
-            sds((num_seqs, per_seq), jnp.int32), sds((num_seqs + 1,), jnp.int32),
-            sds((1,), jnp.int32))
+    args = (
+        sds((num_tokens, qh, head_dim), q_dtype),
+        sds((pages, page, kh, head_dim), kv_dtype),
+        sds((pages, page, kh, head_dim), kv_dtype),
+        sds((num_seqs,), jnp.int32),
+        sds((num_seqs, per_seq), jnp.int32),
+        sds((num_seqs + 1,), jnp.int32),
+        sds((1,), jnp.int32),
+    )
     scales = {}
     if kv_dtype == jnp.int8:
-        scales = dict(k_scales=sds((pages, page, kh), jnp.float32),
-                      v_scales=sds((pages, page, kh), jnp.float32))
+        scales = dict(
+            k_scales=sds((pages, page, kh), jnp.float32),
+            v_scales=sds((pages, page, kh), jnp.float32),
+        )
     lowered = ragged_paged_attention.trace(*args, sm_scale=0.1, **scales).lower(
-        lowering_platforms=("cuda",))
+        lowering_platforms=("cuda",)
+    )
     assert "xla.gpu.triton" in lowered.as_text()
 
 
 # ----- benchmark smoke test -----------------------------------------------------------------
 
+
 def test_bench_quick_writes_json(tmp_path):
     from infer.bench_attention import BenchAttentionArgs, run_bench_attention
 
-    args = BenchAttentionArgs(quick=True, batch_sizes=(2,), context_lens=(48,), dtypes=("int8",),
-                              out_dir=tmp_path)
+    args = BenchAttentionArgs(
+        quick=True, batch_sizes=(2,), context_lens=(48,), dtypes=("int8",), out_dir=tmp_path
+    )
     result = run_bench_attention(args)
     saved = json.loads((tmp_path / "attention.json").read_text())
     assert saved["results"] == json.loads(json.dumps(result["results"]))

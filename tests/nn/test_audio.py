@@ -10,20 +10,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.families import whisper_keys
-from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.config import ConfigError
 from autoglm_jax.config.audio import WHISPER_TINY, AudioConfig
+from autoglm_jax.families import whisper_keys
+from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.families.whisper import audio_config_from_hf
 from autoglm_jax.nn.audio import WhisperEncoder, encode_long, sinusoids
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
-TINY_HF = dict(d_model=36, encoder_layers=2, encoder_attention_heads=3, encoder_ffn_dim=23,
-               num_mel_bins=80, max_source_positions=1500, decoder_layers=1,
-               decoder_attention_heads=3, decoder_ffn_dim=23, vocab_size=97, pad_token_id=0,
-               bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+TINY_HF = dict(
+    d_model=36,
+    encoder_layers=2,
+    encoder_attention_heads=3,
+    encoder_ffn_dim=23,
+    num_mel_bins=80,
+    max_source_positions=1500,
+    decoder_layers=1,
+    decoder_attention_heads=3,
+    decoder_ffn_dim=23,
+    vocab_size=97,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    decoder_start_token_id=3,
+)
 
 
 def _perturbed(model):
@@ -47,6 +59,7 @@ def hf_whisper(tmp_path_factory):
     directory = tmp_path_factory.mktemp("whisper")
     model.save_pretrained(directory)
     from safetensors.numpy import load_file
+
     state = load_file(str(directory / "model.safetensors"))
     config = json.loads((directory / "config.json").read_text())
     return model, state, config
@@ -92,17 +105,27 @@ def test_every_field_the_encoder_reads(tmp_path):
     positions (40 frames), and scale_embedding=True, which the encoder stores but never applies
     (its embed_scale is unused in forward), so it must not change our output either."""
     torch.manual_seed(3)
-    config = tf.WhisperConfig(**{**TINY_HF, "d_model": 40, "encoder_layers": 3,
-                                 "encoder_attention_heads": 5, "decoder_attention_heads": 5,
-                                 "encoder_ffn_dim": 31,
-                                 "num_mel_bins": 16, "max_source_positions": 20,
-                                 "scale_embedding": True, "activation_function": "gelu"})
+    config = tf.WhisperConfig(
+        **{
+            **TINY_HF,
+            "d_model": 40,
+            "encoder_layers": 3,
+            "encoder_attention_heads": 5,
+            "decoder_attention_heads": 5,
+            "encoder_ffn_dim": 31,
+            "num_mel_bins": 16,
+            "max_source_positions": 20,
+            "scale_embedding": True,
+            "activation_function": "gelu",
+        }
+    )
     model = _perturbed(tf.WhisperForConditionalGeneration(config))
     model.save_pretrained(tmp_path)
     cfg = audio_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
     assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ffw_dim) == (40, 3, 5, 31)
     assert (cfg.num_mel_bins, cfg.max_source_positions, cfg.num_frames) == (16, 20, 40)
     from safetensors.numpy import load_file
+
     state = load_file(str(tmp_path / "model.safetensors"))
     params = params_from_state_dict(whisper_keys.hf_tensor_maps(cfg), state)
     x = np.random.default_rng(1).standard_normal((2, 16, 40)).astype(np.float32)
@@ -129,8 +152,11 @@ def test_tensor_maps_cover_checkpoint_and_round_trip(hf_whisper, converted):
 
 def test_params_match_module_tree(converted):
     cfg, _, params = converted
-    abstract = jax.eval_shape(WhisperEncoder(cfg).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32))
+    abstract = jax.eval_shape(
+        WhisperEncoder(cfg).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32),
+    )
     expected = jax.tree.map(lambda s: s.shape, nn.unbox(abstract["params"]))
     assert jax.tree.map(np.shape, params) == expected
 
@@ -165,8 +191,9 @@ def test_encode_long_concatenates_windows(converted, encoder_fn):
     assert out.shape == (3000, 36)
     np.testing.assert_allclose(out[:1500], singles[0], atol=1e-5)
     np.testing.assert_allclose(out[1500:], singles[1], atol=1e-5)
-    batched = jax.eval_shape(lambda w: encode_long(params, cfg, w),
-                             jax.ShapeDtypeStruct((3, 2, 80, 3000), jnp.float32))
+    batched = jax.eval_shape(
+        lambda w: encode_long(params, cfg, w), jax.ShapeDtypeStruct((3, 2, 80, 3000), jnp.float32)
+    )
     assert batched.shape == (3, 3000, 36)
 
 
@@ -188,8 +215,11 @@ def _count(tree) -> int:
 
 
 def test_whisper_tiny_param_count_matches_transformers():
-    abstract = jax.eval_shape(WhisperEncoder(WHISPER_TINY).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32))
+    abstract = jax.eval_shape(
+        WhisperEncoder(WHISPER_TINY).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32),
+    )
     ours = _count(nn.unbox(abstract["params"]))
     with torch.device("meta"):
         hf = tf.WhisperModel(tf.WhisperConfig()).encoder  # WhisperConfig() is whisper-tiny
@@ -199,8 +229,11 @@ def test_whisper_tiny_param_count_matches_transformers():
 
 def test_every_weight_has_logical_axes():
     cfg = AudioConfig(d_model=36, num_layers=1, num_heads=3, ffw_dim=23)
-    abstract = jax.eval_shape(WhisperEncoder(cfg).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32))
+    abstract = jax.eval_shape(
+        WhisperEncoder(cfg).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 80, 3000), jnp.float32),
+    )
     leaves = jax.tree.leaves(abstract["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     for leaf in leaves:
@@ -225,13 +258,16 @@ def test_bf16_compute_is_close(converted, encoder_fn):
     assert np.abs(out - ref).mean() < 0.05
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "bert"}, r"whisper/config\.json: unsupported model_type 'bert'"),
-    ({"activation_function": "relu"}, r"field `activation_function`: only 'gelu'"),
-    ({"encoder_attention_heads": 5}, r"field `encoder_attention_heads`: d_model \(36\)"),
-    ({"encoder_layers": 0}, r"field `encoder_layers`: must be a positive integer"),
-    ({"num_mel_bins": "80"}, r"field `num_mel_bins`: expected an integer"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "bert"}, r"whisper/config\.json: unsupported model_type 'bert'"),
+        ({"activation_function": "relu"}, r"field `activation_function`: only 'gelu'"),
+        ({"encoder_attention_heads": 5}, r"field `encoder_attention_heads`: d_model \(36\)"),
+        ({"encoder_layers": 0}, r"field `encoder_layers`: must be a positive integer"),
+        ({"num_mel_bins": "80"}, r"field `num_mel_bins`: expected an integer"),
+    ],
+)
 def test_config_errors_name_source_and_field(hf_whisper, change, message):
     _, _, config_json = hf_whisper
     with pytest.raises(ConfigError, match=message):
@@ -240,12 +276,19 @@ def test_config_errors_name_source_and_field(hf_whisper, change, message):
 
 def test_config_missing_field():
     with pytest.raises(ConfigError, match="missing required field `encoder_ffn_dim`"):
-        audio_config_from_hf({"model_type": "whisper", "d_model": 8, "encoder_layers": 1,
-                              "encoder_attention_heads": 2})
+        audio_config_from_hf(
+            {
+                "model_type": "whisper",
+                "d_model": 8,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+            }
+        )
 
 
 def test_config_dict_round_trip():
     from autoglm_jax.config._common import from_dict, to_dict
+
     cfg = WHISPER_TINY.replace(max_audio_seconds=70.0, dtype="bfloat16")
     assert from_dict(AudioConfig, to_dict(cfg)) == cfg
     assert cfg.max_windows == 3

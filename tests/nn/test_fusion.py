@@ -10,11 +10,10 @@ import optax
 import pytest
 
 import autoglm_jax as ag
+from autoglm_jax.families import example_inputs
 from autoglm_jax.nn.fusion import CgaBlock, place_in_rows, slots_per_row
 from autoglm_jax.nn.glm import GlmDecoder
-from autoglm_jax.families import example_inputs
-from autoglm_jax.nn.model import AutoGLM, encode_memory, init_fusion_params
-from autoglm_jax.nn.model import memory_kv
+from autoglm_jax.nn.model import AutoGLM, encode_memory, init_fusion_params, memory_kv
 
 # What the engine runs once per request (config and row count static).
 encode = jax.jit(encode_memory, static_argnums=(0, 2))
@@ -24,10 +23,12 @@ compute_memory_kv = jax.jit(memory_kv, static_argnums=0)
 # tokens after stacking 4 to 1), a CGA block after each of the 2 decoder layers.
 _MM = ag.load_config("tiny-mm")
 CFG = _MM.replace(
-    vision=None, vit=None,
+    vision=None,
+    vit=None,
     text=_MM.text.replace(num_layers=2),
     audio=_MM.audio.replace(num_layers=1, max_source_positions=12),
-    fusion=_MM.fusion.replace(cga_every=1))
+    fusion=_MM.fusion.replace(cga_every=1),
+)
 FRAMES = CFG.audio.num_frames
 T = 9
 
@@ -39,8 +40,12 @@ def random_params(config, seed=0):
     shapes = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), *args))["params"])
     rng = np.random.default_rng(seed)
     params = jax.tree.map(
-        lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32)
-                              / np.sqrt(s.shape[0] if len(s.shape) > 1 else 4.0)), shapes)
+        lambda s: jnp.asarray(
+            rng.standard_normal(s.shape).astype(np.float32)
+            / np.sqrt(s.shape[0] if len(s.shape) > 1 else 4.0)
+        ),
+        shapes,
+    )
     key = jax.random.key(seed, impl="rbg")
     fusion = jax.jit(init_fusion_params, static_argnums=0)(config, key)
     params["fusion"] = nn.unbox(fusion)
@@ -50,6 +55,7 @@ def random_params(config, seed=0):
 def set_alphas(params, value):
     def one(path, x):
         return jnp.full_like(x, value) if path[-1].key.endswith("_alpha") else x
+
     return {**params, "fusion": jax.tree_util.tree_map_with_path(one, params["fusion"])}
 
 
@@ -106,8 +112,12 @@ def test_precomputed_memory_kv_matches_the_inline_forward(params):
     memory = encode(CFG, p, 2, feats)
     assert memory.tokens.shape == (2, FRAMES // 2 // CFG.fusion.audio_stack, CFG.text.d_model)
     mkv = compute_memory_kv(CFG, p, memory)
-    assert len(mkv.k) == 2 and mkv.k[0].shape == (2, 3, CFG.fusion.num_kv_heads,
-                                                   CFG.fusion.head_dim)
+    assert len(mkv.k) == 2 and mkv.k[0].shape == (
+        2,
+        3,
+        CFG.fusion.num_kv_heads,
+        CFG.fusion.head_dim,
+    )
     out = jax.jit(lambda p, ids, m: MODEL.apply({"params": p}, ids, memory=m))(p, ids, mkv)
     np.testing.assert_allclose(np.asarray(out), inline, atol=1e-5, rtol=0)
 
@@ -120,16 +130,23 @@ def test_rows_without_audio_padded_slots_and_row_assignment(params):
     @jax.jit
     def run(p, ids, feats):
         # Window 0 -> row 1, window 1 unused; 3 slots per row, so row 1 has 2 padded windows.
-        return MODEL.apply({"params": p}, ids, input_features=feats,
-                           audio_rows=np.asarray([1, -1]), max_audio_per_row=3)
+        return MODEL.apply(
+            {"params": p},
+            ids,
+            input_features=feats,
+            audio_rows=np.asarray([1, -1]),
+            max_audio_per_row=3,
+        )
 
     out = np.asarray(run(p, ids, feats))
     np.testing.assert_allclose(out[0], base[0], atol=1e-6, rtol=0)  # row 0 has no audio
     assert np.abs(out[1] - base[1]).max() > 1e-3
     # Row 1 equals that row alone with just its window (no padding slots at all).
-    alone = np.asarray(jax.jit(lambda p, ids, f: MODEL.apply({"params": p}, ids,
-                                                             input_features=f))(
-        p, ids[1:], feats[:1]))
+    alone = np.asarray(
+        jax.jit(lambda p, ids, f: MODEL.apply({"params": p}, ids, input_features=f))(
+            p, ids[1:], feats[:1]
+        )
+    )
     np.testing.assert_allclose(out[1], alone[0], atol=1e-5, rtol=0)
 
 
@@ -157,8 +174,11 @@ def test_flat_token_batch_with_memory_rows_matches_per_row(params):
     positions = np.tile(np.arange(T, dtype=np.int32), 2)[None]
     segments = np.repeat(np.arange(1, 3, dtype=np.int32), T)[None]
     rows = np.repeat(np.arange(2, dtype=np.int32), T)[None]
-    flat = jax.jit(lambda p, m: MODEL.apply({"params": p}, flat_ids, positions, memory=m,
-                                            memory_rows=rows, segment_ids=segments))(p, mkv)
+    flat = jax.jit(
+        lambda p, m: MODEL.apply(
+            {"params": p}, flat_ids, positions, memory=m, memory_rows=rows, segment_ids=segments
+        )
+    )(p, mkv)
     np.testing.assert_allclose(np.asarray(flat).reshape(2, T, -1), per_row, atol=1e-5, rtol=0)
 
 
@@ -198,8 +218,10 @@ def _reference_block(prm, h, mem, valid, modality, cfg):
             z = rms(y, prm["mlp_norm"]["scale"])
             gu = np.einsum("d,dcf->cf", z, prm["gate_up_proj"]["kernel"])
             mlp = (gu[0] * sig(gu[0]) * gu[1]) @ prm["down_proj"]["kernel"]
-            g2 = sum(present[e] * np.tanh(prm["mlp_alpha"][e]) * sig(z @ prm["mlp_gate"][:, e])
-                     for e in range(e_count))
+            g2 = sum(
+                present[e] * np.tanh(prm["mlp_alpha"][e]) * sig(z @ prm["mlp_gate"][:, e])
+                for e in range(e_count)
+            )
             out[b, t] = y + g2 * mlp
     return out
 
@@ -220,9 +242,12 @@ def test_cga_block_matches_a_numpy_reference():
         return mdl(h, k, v, jnp.asarray(valid), jnp.asarray(modality))
 
     shapes = nn.unbox(jax.eval_shape(lambda: nn.init(call, block)(jax.random.key(0), h, mem)))
-    prm = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape).astype(np.float32)
-                                             * (0.3 if len(s.shape) > 1 else 1.0)),
-                       shapes["params"])
+    prm = jax.tree.map(
+        lambda s: jnp.asarray(
+            rng.standard_normal(s.shape).astype(np.float32) * (0.3 if len(s.shape) > 1 else 1.0)
+        ),
+        shapes["params"],
+    )
     out = jax.jit(nn.apply(call, block))({"params": prm}, h, mem)
     ref = _reference_block(prm, h, mem, valid, modality, cfg)
     assert np.abs(ref - h).max() > 0.1
@@ -231,8 +256,8 @@ def test_cga_block_matches_a_numpy_reference():
 
 def test_one_adam_step_moves_the_gates_and_audio_changes_logits(params):
     """Predict a token that only the audio clip determines: clip 0 -> token 7, clip 1 -> 11."""
-    ids = np.repeat(ids_batch(1), 2, axis=0)        # the same text in both rows
-    feats = audio(2, seed=5)                        # a different clip per row
+    ids = np.repeat(ids_batch(1), 2, axis=0)  # the same text in both rows
+    feats = audio(2, seed=5)  # a different clip per row
     targets = np.asarray([7, 11])
 
     def loss_fn(fusion, base):
@@ -253,7 +278,7 @@ def test_one_adam_step_moves_the_gates_and_audio_changes_logits(params):
     np.testing.assert_array_equal(before[0], before[1])  # gates at 0: the audio is not seen
     fusion1, state1, loss0, grads = step(params["fusion"], state)
     block = grads["blocks_0"]
-    assert np.abs(block["attn_alpha"]).max() > 0   # only the gates get a gradient at alpha = 0
+    assert np.abs(block["attn_alpha"]).max() > 0  # only the gates get a gradient at alpha = 0
     np.testing.assert_array_equal(block["q_proj"]["kernel"], 0.0)
     for name in ("blocks_0", "blocks_1"):
         assert np.abs(np.asarray(fusion1[name]["attn_alpha"])).min() > 0.05
@@ -271,22 +296,28 @@ def test_audio_frames_keep_the_blocks_off_the_window_padding(params):
     3 stacked memory slots; what the other slots hold cannot change the output."""
     from autoglm_jax.nn.fusion import Memory, audio_slot_valid
     from autoglm_jax.processing.audio import window_frames
-    np.testing.assert_array_equal(window_frames(16_000), [100])           # 1 s: 100 frames
+
+    np.testing.assert_array_equal(window_frames(16_000), [100])  # 1 s: 100 frames
     np.testing.assert_array_equal(window_frames(45 * 16_000), [3000, 1500])
     np.testing.assert_array_equal(window_frames(1), [1])
-    np.testing.assert_array_equal(audio_slot_valid(jnp.array([8, 9, 24, 0]), 3, 4),
-                                  [[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(
+        audio_slot_valid(jnp.array([8, 9, 24, 0]), 3, 4),
+        [[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]],
+    )
     p = set_alphas(params, 1.0)
     ids, feats = ids_batch(), audio(2)
     frames = jnp.array([8, 24], jnp.int32)
-    encode_frames = jax.jit(lambda p, f, n: MODEL.apply(
-        {"params": p}, 2, f, audio_frames=n, method="encode_memory"))
+    encode_frames = jax.jit(
+        lambda p, f, n: MODEL.apply({"params": p}, 2, f, audio_frames=n, method="encode_memory")
+    )
     memory = encode_frames(p, feats, frames)
     np.testing.assert_array_equal(memory.valid, [[1, 0, 0], [1, 1, 1]])
-    noise = jnp.asarray(np.random.default_rng(5).standard_normal(memory.tokens.shape),
-                        memory.tokens.dtype)
-    scrambled = Memory(jnp.where(memory.valid[..., None], memory.tokens, noise), memory.valid,
-                       memory.modality)
+    noise = jnp.asarray(
+        np.random.default_rng(5).standard_normal(memory.tokens.shape), memory.tokens.dtype
+    )
+    scrambled = Memory(
+        jnp.where(memory.valid[..., None], memory.tokens, noise), memory.valid, memory.modality
+    )
     run = jax.jit(lambda p, ids, m: MODEL.apply({"params": p}, ids, memory=m))
     a = run(p, ids, compute_memory_kv(CFG, p, memory))
     b = run(p, ids, compute_memory_kv(CFG, p, scrambled))
@@ -296,6 +327,7 @@ def test_audio_frames_keep_the_blocks_off_the_window_padding(params):
     assert np.abs(np.asarray(full)[0] - np.asarray(a)[0]).max() > 1e-4
     np.testing.assert_allclose(np.asarray(full)[1], np.asarray(a)[1], atol=1e-5)
     # the forward takes the frames too: same as the precomputed memory
-    direct = jax.jit(lambda p, ids, f, n: MODEL.apply({"params": p}, ids, input_features=f,
-                                                      audio_frames=n))(p, ids, feats, frames)
+    direct = jax.jit(
+        lambda p, ids, f, n: MODEL.apply({"params": p}, ids, input_features=f, audio_frames=n)
+    )(p, ids, feats, frames)
     np.testing.assert_allclose(np.asarray(direct), np.asarray(a), atol=1e-5)

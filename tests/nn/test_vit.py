@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.families import vit_keys
-from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.config import ConfigError
 from autoglm_jax.config.vit import VIT_B16, ViTConfig
+from autoglm_jax.families import vit_keys
+from autoglm_jax.families.keymap import params_from_state_dict, state_dict_from_params
 from autoglm_jax.families.vit import vit_config_from_hf
 from autoglm_jax.nn.vit import ViTEncoder, patchify
 
@@ -26,8 +26,14 @@ CASES = [("square-pooler", 32, 8, True), ("nonsquare-cropped-nopool", (30, 24), 
 
 
 def _hf_config(image_size, patch_size):
-    return tf.ViTConfig(hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
-                        intermediate_size=23, image_size=image_size, patch_size=patch_size)
+    return tf.ViTConfig(
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=23,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
@@ -47,6 +53,7 @@ def hf_vit(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(name)
     model.save_pretrained(directory)
     from safetensors.numpy import load_file
+
     state = load_file(str(directory / "model.safetensors"))
     config_json = json.loads((directory / "config.json").read_text())
     cfg = vit_config_from_hf(config_json, add_pooling_layer=pool)
@@ -74,10 +81,20 @@ def test_every_field_the_modeling_code_reads(tmp_path):
     """Non-default values of every field ViTModel reads: one channel, no q/k/v bias, LayerNorm
     eps 1e-3 (visible at these activations), a pooler narrower than the model."""
     torch.manual_seed(4)
-    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                          intermediate_size=19, image_size=(20, 16), patch_size=(5, 4),
-                          num_channels=1, qkv_bias=False, layer_norm_eps=1e-3,
-                          pooler_output_size=12, hidden_act="gelu", pooler_act="tanh")
+    config = tf.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=19,
+        image_size=(20, 16),
+        patch_size=(5, 4),
+        num_channels=1,
+        qkv_bias=False,
+        layer_norm_eps=1e-3,
+        pooler_output_size=12,
+        hidden_act="gelu",
+        pooler_act="tanh",
+    )
     model = tf.ViTModel(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -90,14 +107,15 @@ def test_every_field_the_modeling_code_reads(tmp_path):
     assert (cfg.num_channels, cfg.qkv_bias, cfg.layer_norm_eps) == (1, False, 1e-3)
     assert (cfg.image_size, cfg.patch_size, cfg.pooler_width) == ((20, 16), (5, 4), 12)
     from safetensors.numpy import load_file
-    params = params_from_state_dict(vit_keys.hf_tensor_maps(cfg),
-                                    load_file(str(tmp_path / "model.safetensors")))
+
+    params = params_from_state_dict(
+        vit_keys.hf_tensor_maps(cfg), load_file(str(tmp_path / "model.safetensors"))
+    )
     x = np.random.default_rng(2).standard_normal((2, 1, 20, 16)).astype(np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x))
     hidden, pooled = ViTEncoder(cfg).apply({"params": params}, x)
-    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=1e-4,
-                               rtol=0)
+    np.testing.assert_allclose(np.asarray(hidden), ref.last_hidden_state.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(pooled), ref.pooler_output.numpy(), atol=1e-4, rtol=0)
 
 
@@ -110,10 +128,14 @@ def test_tensor_maps_cover_checkpoint_and_round_trip(hf_vit):
     for key, value in state.items():
         assert back[key].shape == value.shape, key
         np.testing.assert_array_equal(back[key], value, err_msg=key)
-    abstract = jax.eval_shape(ViTEncoder(cfg).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 3, *cfg.image_size), jnp.float32))
-    assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape,
-                                                          nn.unbox(abstract["params"]))
+    abstract = jax.eval_shape(
+        ViTEncoder(cfg).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 3, *cfg.image_size), jnp.float32),
+    )
+    assert jax.tree.map(np.shape, params) == jax.tree.map(
+        lambda s: s.shape, nn.unbox(abstract["params"])
+    )
 
 
 def test_transformers_module_layout_matches_state_dict(hf_vit):
@@ -152,8 +174,11 @@ def test_patchify_matches_conv_order():
 def test_wrong_image_size_is_rejected():
     cfg = ViTConfig(d_model=12, num_layers=1, num_heads=3, ffw_dim=7, image_size=16, patch_size=8)
     with pytest.raises(ValueError, match=r"\[batch, 3, 16, 16\], got \(1, 3, 16, 24\)"):
-        jax.eval_shape(ViTEncoder(cfg).init, jax.random.key(0),
-                       jax.ShapeDtypeStruct((1, 3, 16, 24), jnp.float32))
+        jax.eval_shape(
+            ViTEncoder(cfg).init,
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((1, 3, 16, 24), jnp.float32),
+        )
 
 
 def _count(tree) -> int:
@@ -163,8 +188,9 @@ def _count(tree) -> int:
 @pytest.mark.parametrize("pool", [True, False])
 def test_vit_b16_param_count(pool):
     cfg = VIT_B16.replace(add_pooling_layer=pool)
-    abstract = jax.eval_shape(ViTEncoder(cfg).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 3, 224, 224), jnp.float32))
+    abstract = jax.eval_shape(
+        ViTEncoder(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 3, 224, 224), jnp.float32)
+    )
     ours = _count(nn.unbox(abstract["params"]))
     with torch.device("meta"):
         hf = tf.ViTModel(tf.ViTConfig(), add_pooling_layer=pool)
@@ -175,8 +201,9 @@ def test_vit_b16_param_count(pool):
 
 def test_every_weight_has_logical_axes():
     cfg = ViTConfig(d_model=12, num_layers=1, num_heads=3, ffw_dim=7, image_size=16, patch_size=8)
-    abstract = jax.eval_shape(ViTEncoder(cfg).init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, 3, 16, 16), jnp.float32))
+    abstract = jax.eval_shape(
+        ViTEncoder(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 3, 16, 16), jnp.float32)
+    )
     leaves = jax.tree.leaves(abstract["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
     for leaf in leaves:
@@ -184,8 +211,11 @@ def test_every_weight_has_logical_axes():
         if leaf.value.ndim > 1:  # every matrix has at least one shardable axis
             assert any(n is not None for n in leaf.names), leaf.names
     specs = nn.get_partition_spec(abstract["params"])
-    assert tuple(specs["layers_0"]["attention"]["k_proj"]["kernel"]) == ("embed", "heads",
-                                                                         "head_dim")
+    assert tuple(specs["layers_0"]["attention"]["k_proj"]["kernel"]) == (
+        "embed",
+        "heads",
+        "head_dim",
+    )
     assert tuple(specs["layers_0"]["fc2"]["kernel"]) == ("mlp", "embed")
 
 
@@ -197,15 +227,18 @@ def test_config_from_hf_fields():
     assert odd.image_size == (30, 24) and odd.patch_size == (8, 4) and odd.grid == (3, 6)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "deit"}, r"vit/config\.json: unsupported model_type 'deit'"),
-    ({"hidden_act": "gelu_new"}, r"field `hidden_act`: only 'gelu'"),
-    ({"pooler_act": "relu"}, r"field `pooler_act`: only 'tanh'"),
-    ({"num_attention_heads": 5}, r"field `num_attention_heads`: d_model \(36\)"),
-    ({"patch_size": 64}, r"field `patch_size`: \[64, 64\] is larger than image_size"),
-    ({"image_size": [32, 32, 3]}, r"field `image_size`: must be a positive int or two"),
-    ({"qkv_bias": "yes"}, r"field `qkv_bias`: expected a boolean"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "deit"}, r"vit/config\.json: unsupported model_type 'deit'"),
+        ({"hidden_act": "gelu_new"}, r"field `hidden_act`: only 'gelu'"),
+        ({"pooler_act": "relu"}, r"field `pooler_act`: only 'tanh'"),
+        ({"num_attention_heads": 5}, r"field `num_attention_heads`: d_model \(36\)"),
+        ({"patch_size": 64}, r"field `patch_size`: \[64, 64\] is larger than image_size"),
+        ({"image_size": [32, 32, 3]}, r"field `image_size`: must be a positive int or two"),
+        ({"qkv_bias": "yes"}, r"field `qkv_bias`: expected a boolean"),
+    ],
+)
 def test_config_errors_name_source_and_field(change, message):
     base = _hf_config(32, 8).to_dict()
     with pytest.raises(ConfigError, match=message):
@@ -214,8 +247,17 @@ def test_config_errors_name_source_and_field(change, message):
 
 def test_config_dict_round_trip():
     from autoglm_jax.config._common import from_dict, to_dict
-    cfg = ViTConfig(d_model=12, num_layers=1, num_heads=3, ffw_dim=7, image_size=(30, 24),
-                    patch_size=(8, 4), add_pooling_layer=False, pooler_dim=5)
+
+    cfg = ViTConfig(
+        d_model=12,
+        num_layers=1,
+        num_heads=3,
+        ffw_dim=7,
+        image_size=(30, 24),
+        patch_size=(8, 4),
+        add_pooling_layer=False,
+        pooler_dim=5,
+    )
     data = to_dict(cfg)
     assert data["image_size"] == [30, 24]
     assert from_dict(ViTConfig, data) == cfg

@@ -9,8 +9,16 @@ import wave
 import numpy as np
 import pytest
 
-from autoglm_jax.processing.audio import (N_SAMPLES, AudioError, load_audio, log_mel_spectrogram,
-                                          log_mel_windows, mel_filter_bank, read_wav, resample)
+from autoglm_jax.processing.audio import (
+    N_SAMPLES,
+    AudioError,
+    load_audio,
+    log_mel_spectrogram,
+    log_mel_windows,
+    mel_filter_bank,
+    read_wav,
+    resample,
+)
 
 SR = 16000
 
@@ -43,7 +51,7 @@ def _riff(fmt_chunk: bytes, data: bytes, extra_chunks: bytes = b"") -> bytes:
 def _chirp_noise(seconds: float, seed: int = 0) -> np.ndarray:
     t = np.arange(int(seconds * SR)) / SR
     rng = np.random.default_rng(seed)
-    x = 0.5 * np.sin(2 * np.pi * (80 * t + 120 * t ** 2)) + 0.05 * rng.standard_normal(t.shape)
+    x = 0.5 * np.sin(2 * np.pi * (80 * t + 120 * t**2)) + 0.05 * rng.standard_normal(t.shape)
     return x.astype(np.float32)
 
 
@@ -53,10 +61,14 @@ def _chirp_noise(seconds: float, seed: int = 0) -> np.ndarray:
 _INT_CASES = {  # sample width -> (int samples to write, scale to [-1, 1])
     1: (np.array([0, 1, 64, 127, 128, 129, 200, 255]), lambda v: (v - 128) / 128.0),
     2: (np.array([-32768, -12345, -1, 0, 1, 777, 32767]), lambda v: v / 32768.0),
-    3: (np.array([-(1 << 23), -4_000_001, -1, 0, 1, 123_456, (1 << 23) - 1]),
-        lambda v: v / float(1 << 23)),
-    4: (np.array([-(1 << 31), -1_234_567_890, -1, 0, 1, 987_654_321, (1 << 31) - 1]),
-        lambda v: v / float(1 << 31)),
+    3: (
+        np.array([-(1 << 23), -4_000_001, -1, 0, 1, 123_456, (1 << 23) - 1]),
+        lambda v: v / float(1 << 23),
+    ),
+    4: (
+        np.array([-(1 << 31), -1_234_567_890, -1, 0, 1, 987_654_321, (1 << 31) - 1]),
+        lambda v: v / float(1 << 31),
+    ),
 }
 
 
@@ -91,8 +103,11 @@ def test_float_wav_and_extensible_header_with_odd_chunk():
     # WAVE_FORMAT_EXTENSIBLE: the real format is the subformat GUID's first two bytes (3 =
     # float); an odd-sized LIST chunk before the data is padded to an even size.
     guid = struct.pack("<H", 3) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
-    ext = struct.pack("<HHIIHH", 0xFFFE, 2, 8000, 8000 * 8, 8, 32) + struct.pack(
-        "<HHI", 22, 32, 3) + guid
+    ext = (
+        struct.pack("<HHIIHH", 0xFFFE, 2, 8000, 8000 * 8, 8, 32)
+        + struct.pack("<HHI", 22, 32, 3)
+        + guid
+    )
     odd = b"LIST" + struct.pack("<I", 3) + b"abc\x00"
     x2, _ = read_wav(_riff(ext, data, extra_chunks=odd))
     np.testing.assert_array_equal(x2, x)
@@ -106,18 +121,28 @@ def test_wav_matches_stdlib_wave_reader():
     np.testing.assert_allclose(read_wav(data)[0], ref, atol=1e-7)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"),
-    (b"ID3\x04\x00\x00\x00\x00\x00\x00this is an mp3", "not a WAV file"),
-    (b"RIFF\x10\x00\x00\x00AVI LIST", "not a WAV file"),
-    (_wav_bytes(np.zeros((100, 1)), 2)[:-51], "truncated WAV: the data chunk declares 200 bytes"),
-    (_wav_bytes(np.zeros((0, 1)), 2), "zero-length audio"),
-    (_riff(struct.pack("<HHIIHH", 1, 1, SR, SR * 2, 2, 12), b"\x00" * 8),
-     "unsupported sample width: 12 bits"),
-    (_riff(struct.pack("<HHIIHH", 2, 1, SR, SR, 1, 8), b"\x00" * 8),
-     r"unsupported WAV encoding \(format tag 0x0002\)"),
-    (b"RIFF\x04\x00\x00\x00WAVE", "no `fmt ` chunk"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x00this is an mp3", "not a WAV file"),
+        (b"RIFF\x10\x00\x00\x00AVI LIST", "not a WAV file"),
+        (
+            _wav_bytes(np.zeros((100, 1)), 2)[:-51],
+            "truncated WAV: the data chunk declares 200 bytes",
+        ),
+        (_wav_bytes(np.zeros((0, 1)), 2), "zero-length audio"),
+        (
+            _riff(struct.pack("<HHIIHH", 1, 1, SR, SR * 2, 2, 12), b"\x00" * 8),
+            "unsupported sample width: 12 bits",
+        ),
+        (
+            _riff(struct.pack("<HHIIHH", 2, 1, SR, SR, 1, 8), b"\x00" * 8),
+            r"unsupported WAV encoding \(format tag 0x0002\)",
+        ),
+        (b"RIFF\x04\x00\x00\x00WAVE", "no `fmt ` chunk"),
+    ],
+)
 def test_wav_errors_name_the_problem(data, message):
     with pytest.raises(AudioError, match=message):
         read_wav(data)
@@ -143,7 +168,7 @@ def test_resample_44k1_keeps_length_and_tone():
     peak_hz = np.argmax(spectrum) * SR / y.shape[0]
     assert abs(peak_hz - 1000.0) <= 1.0, peak_hz
     mid = y[4000:-4000]  # away from the edges, amplitude is kept (Kaiser ripple ~0.01 dB)
-    assert abs(np.sqrt(2 * np.mean(mid ** 2)) - 1.0) < 3e-3
+    assert abs(np.sqrt(2 * np.mean(mid**2)) - 1.0) < 3e-3
 
 
 def test_resample_removes_content_above_new_nyquist():
@@ -172,14 +197,23 @@ def test_resample_matches_scipy_resample_poly(orig):
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_mel_filters_match_transformers(n_mels):
     audio_utils = pytest.importorskip("transformers.audio_utils")
-    ref = audio_utils.mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels,
-                                      min_frequency=0.0, max_frequency=8000.0,
-                                      sampling_rate=SR, norm="slaney", mel_scale="slaney")
+    ref = audio_utils.mel_filter_bank(
+        num_frequency_bins=201,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=SR,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     np.testing.assert_allclose(mel_filter_bank(n_mels), ref, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("seconds, n_mels", [(30, 80), (3, 80), (3, 128), (37, 80)],
-                         ids=["30s-80", "3s-80", "3s-128", "37s-trimmed-80"])
+@pytest.mark.parametrize(
+    "seconds, n_mels",
+    [(30, 80), (3, 80), (3, 128), (37, 80)],
+    ids=["30s-80", "3s-80", "3s-128", "37s-trimmed-80"],
+)
 def test_log_mel_matches_whisper_feature_extractor(seconds, n_mels):
     tf = pytest.importorskip("transformers")
     x = _chirp_noise(seconds, seed=seconds)
@@ -194,8 +228,9 @@ def test_log_mel_matches_whisper_feature_extractor(seconds, n_mels):
 def test_log_mel_resamples_other_rates():
     x = _chirp_noise(2.0)
     x44 = np.interp(np.arange(2 * 44100) / 44100, np.arange(x.shape[0]) / SR, x)
-    np.testing.assert_array_equal(log_mel_spectrogram(x44, 44100),
-                                  log_mel_spectrogram(resample(x44, 44100, SR), SR))
+    np.testing.assert_array_equal(
+        log_mel_spectrogram(x44, 44100), log_mel_spectrogram(resample(x44, 44100, SR), SR)
+    )
 
 
 def test_log_mel_rejects_empty_audio():
@@ -214,8 +249,8 @@ def test_70s_clip_splits_into_three_windows():
     features = load_audio(data, max_seconds=120)
     assert features.shape == (3, 80, 3000) and features.dtype == np.float32
     np.testing.assert_array_equal(features[0], log_mel_spectrogram(x[:N_SAMPLES]))
-    np.testing.assert_array_equal(features[1], log_mel_spectrogram(x[N_SAMPLES:2 * N_SAMPLES]))
-    np.testing.assert_array_equal(features[2], log_mel_spectrogram(x[2 * N_SAMPLES:]))
+    np.testing.assert_array_equal(features[1], log_mel_spectrogram(x[N_SAMPLES : 2 * N_SAMPLES]))
+    np.testing.assert_array_equal(features[2], log_mel_spectrogram(x[2 * N_SAMPLES :]))
 
 
 def test_window_count_boundaries():
@@ -225,7 +260,10 @@ def test_window_count_boundaries():
 
 def test_clip_past_maximum_is_rejected():
     data = _wav_bytes(np.zeros((6 * SR, 1)), 2)
-    with pytest.raises(AudioError, match=r"6\.00 s long, longer than the configured maximum "
-                                         r"of 5 s"):
+    with pytest.raises(
+        AudioError,
+        match=r"6\.00 s long, longer than the configured maximum "
+        r"of 5 s",
+    ):
         load_audio(data, max_seconds=5)
     assert load_audio(data, max_seconds=6).shape == (1, 80, 3000)

@@ -21,7 +21,7 @@ TRICKY = [
     "😀👍🏽❤️👨‍👩‍👧🇨🇳",
     "e\u0301n\u0303\u0301\u20dd",  # combining marks, one standing alone
     "한국어 ᄒᆞᆫ 日本語 Ελληνικά עברית",
-    "<think>思考</think><answer>do(action=\"Tap\")</answer>",
+    '<think>思考</think><answer>do(action="Tap")</answer>',
     "\U0010ffff\U0001f9d1\u200d\U0001f680 \x00\x7f\u0080",
 ]
 # Text weighted towards multi-byte characters.

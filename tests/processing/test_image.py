@@ -8,9 +8,14 @@ import pytest
 from PIL import Image
 
 from autoglm_jax.config import ConfigError
-from autoglm_jax.processing.image import (ImageError, ImageProcessorConfig,
-                                          image_processor_config_from_hf, load_image,
-                                          process_images, smart_resize)
+from autoglm_jax.processing.image import (
+    ImageError,
+    ImageProcessorConfig,
+    image_processor_config_from_hf,
+    load_image,
+    process_images,
+    smart_resize,
+)
 
 # Small pixel bounds keep it fast: at most 2 * 28 * 28 * 40 over both frames (14x10 patches).
 CFG = ImageProcessorConfig(min_pixels=2 * 28 * 28, max_pixels=2 * 28 * 28 * 40)
@@ -20,8 +25,9 @@ CFG = ImageProcessorConfig(min_pixels=2 * 28 * 28, max_pixels=2 * 28 * 28 * 40)
 def hf_processor():
     from transformers import Glm4vImageProcessorPil
 
-    return Glm4vImageProcessorPil(size={"shortest_edge": CFG.min_pixels,
-                                        "longest_edge": CFG.max_pixels})
+    return Glm4vImageProcessorPil(
+        size={"shortest_edge": CFG.min_pixels, "longest_edge": CFG.max_pixels}
+    )
 
 
 def _rng_image(h, w, mode="RGB", seed=0):
@@ -53,8 +59,13 @@ def test_matches_transformers_on_sizes_and_aspect_ratios(hf_processor):
 def test_matches_transformers_on_modes_and_arrays(hf_processor):
     palette = _rng_image(50, 60).convert("P")
     palette.info["transparency"] = 3
-    images = [_rng_image(60, 80, "RGBA"), _rng_image(70, 90, "L"), palette,
-              np.asarray(_rng_image(90, 50)), np.asarray(_rng_image(45, 66, "RGBA"))]
+    images = [
+        _rng_image(60, 80, "RGBA"),
+        _rng_image(70, 90, "L"),
+        palette,
+        np.asarray(_rng_image(90, 50)),
+        np.asarray(_rng_image(45, 66, "RGBA")),
+    ]
     _check(process_images(images, CFG), hf_processor(images))
 
 
@@ -65,8 +76,15 @@ def test_smart_resize_matches_transformers():
     sizes = [tuple(int(v) for v in rng.integers(1, 3000, 2)) for _ in range(300)]
     sizes += [(28, 28), (27, 5000), (1, 199), (1, 300), (14, 14), (3000, 15)]
     for h, w in sizes:
-        kw = dict(num_frames=2, height=h, width=w, temporal_factor=2, factor=28,
-                  min_pixels=56 * 56, max_pixels=2 * 1000 * 1000)
+        kw = dict(
+            num_frames=2,
+            height=h,
+            width=w,
+            temporal_factor=2,
+            factor=28,
+            min_pixels=56 * 56,
+            max_pixels=2 * 1000 * 1000,
+        )
         try:
             want = hf_resize(**kw)
         except ValueError as e:
@@ -140,11 +158,15 @@ def test_unsupported_inputs_are_named(tmp_path):
 
 
 def test_config_from_preprocessor_config():
-    hf = {"size": {"shortest_edge": 12544, "longest_edge": 9800000}, "patch_size": 14,
-          "temporal_patch_size": 2, "merge_size": 2,
-          "image_mean": [0.48145466, 0.4578275, 0.40821073],
-          "image_std": [0.26862954, 0.26130258, 0.27577711],
-          "image_processor_type": "Glm4vImageProcessor"}
+    hf = {
+        "size": {"shortest_edge": 12544, "longest_edge": 9800000},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Glm4vImageProcessor",
+    }
     cfg = image_processor_config_from_hf(hf)
     assert cfg == ImageProcessorConfig(max_pixels=9800000)
     assert image_processor_config_from_hf({"min_pixels": 100, "max_pixels": 200}).max_pixels == 200

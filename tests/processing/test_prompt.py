@@ -8,11 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from autoglm_jax.processing.prompt import (IMAGE_END_TOKEN_ID as END, IMAGE_START_TOKEN_ID as BEGIN,
-                                           IMAGE_TOKEN_ID as IMG, VIDEO_END_TOKEN_ID as VEND,
-                                           VIDEO_START_TOKEN_ID as VBEGIN,
-                                           expand_image_placeholders, get_rope_index,
-                                           make_mm_token_type_ids, splice_embeddings)
+from autoglm_jax.processing.prompt import (
+    IMAGE_END_TOKEN_ID as END,
+)
+from autoglm_jax.processing.prompt import (
+    IMAGE_START_TOKEN_ID as BEGIN,
+)
+from autoglm_jax.processing.prompt import (
+    IMAGE_TOKEN_ID as IMG,
+)
+from autoglm_jax.processing.prompt import (
+    VIDEO_END_TOKEN_ID as VEND,
+)
+from autoglm_jax.processing.prompt import (
+    VIDEO_START_TOKEN_ID as VBEGIN,
+)
+from autoglm_jax.processing.prompt import (
+    expand_image_placeholders,
+    get_rope_index,
+    make_mm_token_type_ids,
+    splice_embeddings,
+)
 
 PAD = 151329
 
@@ -23,19 +39,37 @@ def hf_rope():
     from transformers import Glm4vConfig, Glm4vModel, Glm4vProcessor
 
     cfg = Glm4vConfig(
-        vision_config={"depth": 1, "hidden_size": 8, "num_heads": 2, "out_hidden_size": 8,
-                       "intermediate_size": 8},
-        text_config={"vocab_size": 16, "hidden_size": 8, "intermediate_size": 8,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1})
+        vision_config={
+            "depth": 1,
+            "hidden_size": 8,
+            "num_heads": 2,
+            "out_hidden_size": 8,
+            "intermediate_size": 8,
+        },
+        text_config={
+            "vocab_size": 16,
+            "hidden_size": 8,
+            "intermediate_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+        },
+    )
     model = Glm4vModel(cfg).eval()
-    fake_processor = types.SimpleNamespace(image_token_id=IMG, video_start_id=VBEGIN,
-                                           video_end_id=VEND)
+    fake_processor = types.SimpleNamespace(
+        image_token_id=IMG, video_start_id=VBEGIN, video_end_id=VEND
+    )
 
     def run(ids, image_grid=None, video_grid=None, mask=None):
         mm = np.asarray(Glm4vProcessor.create_mm_token_type_ids(fake_processor, ids.tolist()))
         t = lambda x: None if x is None else torch.tensor(np.asarray(x), dtype=torch.long)  # noqa
-        pos, delta = model.get_rope_index(t(ids), t(mm), image_grid_thw=t(image_grid),
-                                          video_grid_thw=t(video_grid), attention_mask=t(mask))
+        pos, delta = model.get_rope_index(
+            t(ids),
+            t(mm),
+            image_grid_thw=t(image_grid),
+            video_grid_thw=t(video_grid),
+            attention_mask=t(mask),
+        )
         return pos.numpy(), delta.numpy(), mm
 
     return run
@@ -68,8 +102,10 @@ def _compare(hf_rope, ids, image_grid=None, video_grid=None, mask=None):
 
 def test_rope_index_batch_with_two_images_and_left_padding(hf_rope):
     a, b = (1, 4, 6), (1, 6, 2)
-    rows = [_text(3) + _image(a) + _text(4) + _image(b) + _text(2),  # 2 images, different sizes
-            _text(5)]                                                # 0 images, left padded
+    rows = [
+        _text(3) + _image(a) + _text(4) + _image(b) + _text(2),  # 2 images, different sizes
+        _text(5),
+    ]  # 0 images, left padded
     ids, mask = _left_pad(rows)
     pos = _compare(hf_rope, ids, [a, b], mask=mask)
     # Spot-check the layout by hand: image a starts after 3 text tokens + <|begin_of_image|>.
@@ -125,12 +161,14 @@ def test_splice_embeddings_matches_masked_scatter():
     image = rng.standard_normal((5, 5)).astype(np.float32)
     mask = torch.from_numpy(ids == IMG)[..., None].expand(-1, -1, 5)
     want = torch.from_numpy(text).masked_scatter(mask, torch.from_numpy(image)).numpy()
-    got = jax.jit(splice_embeddings, static_argnums=3)(jnp.asarray(text), jnp.asarray(image),
-                                                       jnp.asarray(ids), IMG)
+    got = jax.jit(splice_embeddings, static_argnums=3)(
+        jnp.asarray(text), jnp.asarray(image), jnp.asarray(ids), IMG
+    )
     np.testing.assert_array_equal(np.asarray(got), want)
     # Bucket padding rows past the image tokens are ignored.
     padded = np.concatenate([image, np.full((3, 5), 99.0, np.float32)])
     np.testing.assert_array_equal(np.asarray(splice_embeddings(text, padded, ids, IMG)), want)
     # No image rows: the text embeddings come back unchanged.
     np.testing.assert_array_equal(
-        np.asarray(splice_embeddings(text, np.zeros((0, 5), np.float32), ids, IMG)), text)
+        np.asarray(splice_embeddings(text, np.zeros((0, 5), np.float32), ids, IMG)), text
+    )

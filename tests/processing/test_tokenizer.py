@@ -215,7 +215,7 @@ MIXED_TEXTS = [
     "e\u0301 combining n\u0303 marks \u0301 alone",
     "[gMASK]<sop><|system|>\nsys<|user|>\nhi"
     "<|begin_of_image|><|image|><|end_of_image|><|assistant|>\n",
-    "<think>reason</think><answer>do(action=\"Tap\", element=[1, 2])</answer><|endoftext|>",
+    '<think>reason</think><answer>do(action="Tap", element=[1, 2])</answer><|endoftext|>',
     "<|user|><|user|>x<|observation|><|audio|>[MASK][sMASK]<eop>",
     "numbers 1234567 3.14159 0x7f",
     "partial special <|user| and <|unknown|>",
@@ -472,8 +472,10 @@ def test_named_templates_match_transformers(tmp_path):
         {"name": "tool_use", "template": "T{{ tools | length }}{{ messages | length }}"},
     ]
     ours, hf = load_both(write_tokenizer_dir(tmp_path, template=templates))
-    assert ours.apply_chat_template(SYSTEM_USER) == hf_render(hf, SYSTEM_USER) == (
-        "DYou are a phone agent.Open settings, 请打开设置 😀"
+    assert (
+        ours.apply_chat_template(SYSTEM_USER)
+        == hf_render(hf, SYSTEM_USER)
+        == ("DYou are a phone agent.Open settings, 请打开设置 😀")
     )
     assert ours.apply_chat_template(SYSTEM_USER, tools=TOOLS) == hf_render(
         hf, SYSTEM_USER, tools=TOOLS
@@ -486,9 +488,7 @@ def test_named_templates_match_transformers(tmp_path):
 
 def test_raise_exception_and_sandbox(tiny):
     with pytest.raises(jinja2.TemplateError, match="no system"):
-        tiny.apply_chat_template(
-            SYSTEM_USER, chat_template="{{ raise_exception('no system') }}"
-        )
+        tiny.apply_chat_template(SYSTEM_USER, chat_template="{{ raise_exception('no system') }}")
     with pytest.raises(jinja2.exceptions.SecurityError):
         tiny.apply_chat_template(
             SYSTEM_USER, chat_template="{{ messages.__class__.__mro__ }}{{ ''.__class__ }}"
@@ -543,9 +543,12 @@ def test_builtin_template_hand_written_cases(tmp_path):
         [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}],
         add_generation_prompt=False,
     ) == ("[gMASK]<sop><|user|>\nq<|observation|>\nr")
-    assert render(
-        [{"role": "assistant", "content": "x", "metadata": "meta"}], add_generation_prompt=False
-    ) == "[gMASK]<sop><|assistant|>meta\nx"
+    assert (
+        render(
+            [{"role": "assistant", "content": "x", "metadata": "meta"}], add_generation_prompt=False
+        )
+        == "[gMASK]<sop><|assistant|>meta\nx"
+    )
     ids = render(IMAGE_PARTS, tokenize=True)
     special = tok.special_ids
     assert ids[:3] == [special.gmask, special.sop, special.user]

@@ -24,10 +24,12 @@ def ids():
 @pytest.fixture(scope="session")
 def exported(tiny):
     """exported(quant): the tiny model exported with `quant` (cached per QuantConfig)."""
+
     def get(quant):
         if quant not in _EXPORTS:
             _EXPORTS[quant] = export_quantized(tiny, quant)
         return _EXPORTS[quant]
+
     return get
 
 
@@ -35,5 +37,4 @@ def exported(tiny):
 def logits():
     """logits(module, params, ids): module.apply, jitted (an eager apply compiles every op on
     first use, slower on CPU)."""
-    return lambda module, params, x: jax.jit(
-        lambda p, y: module.apply({"params": p}, y))(params, x)
+    return lambda module, params, x: jax.jit(lambda p, y: module.apply({"params": p}, y))(params, x)

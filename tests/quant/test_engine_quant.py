@@ -12,8 +12,14 @@ from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
 from autoglm_jax.engine.reference import dense_greedy
 from autoglm_jax.quant import qat_model
 
-CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, page_size=4, max_model_len=64,
-                      num_pages=64, enable_prefix_caching=True)
+CONFIG = EngineConfig(
+    max_num_seqs=4,
+    max_num_batched_tokens=64,
+    page_size=4,
+    max_model_len=64,
+    num_pages=64,
+    enable_prefix_caching=True,
+)
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 
 
@@ -21,8 +27,10 @@ GREEDY = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 def prompts():
     rng = np.random.RandomState(5)
     shared = list(rng.randint(0, 490, 9))
-    return [list(rng.randint(0, 490, n)) if i % 2 else shared + list(rng.randint(0, 490, n))
-            for i, n in enumerate((3, 17, 30, 8))]
+    return [
+        list(rng.randint(0, 490, n)) if i % 2 else shared + list(rng.randint(0, 490, n))
+        for i, n in enumerate((3, 17, 30, 8))
+    ]
 
 
 @pytest.fixture(scope="module")

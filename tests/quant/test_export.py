@@ -11,12 +11,20 @@ from autoglm_jax.config.quant import QuantConfig, QuantRule
 from autoglm_jax.quant import export_quantized, qat_model, weight_bytes
 
 
-@pytest.mark.parametrize("quant", [
-    QuantConfig(weights="int8"),
-    QuantConfig(weights="int4", group_size=32),
-    QuantConfig(weights="int4", group_size=32, activations="int8",
-                rules=(QuantRule("lm_head", "int8"), QuantRule("layers_1/self_attn", "none"))),
-], ids=["int8", "int4", "int4-act8-rules"])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        QuantConfig(weights="int8"),
+        QuantConfig(weights="int4", group_size=32),
+        QuantConfig(
+            weights="int4",
+            group_size=32,
+            activations="int8",
+            rules=(QuantRule("lm_head", "int8"), QuantRule("layers_1/self_attn", "none")),
+        ),
+    ],
+    ids=["int8", "int4", "int4-act8-rules"],
+)
 def test_exported_logits_equal_the_qat_forward(tiny, ids, exported, logits, quant):
     qat = qat_model(tiny, quant)
     compressed = exported(quant)
@@ -43,11 +51,16 @@ def test_save_load_roundtrip_is_exact(ids, exported, logits, tmp_path):
     ag.save(compressed, tmp_path / "c")
     loaded = ag.load(tmp_path / "c")
     assert loaded.config == compressed.config
-    same = jax.tree.map(lambda a, b: a.dtype == b.dtype and a.shape == b.shape
-                        and bool((a == b).all()), compressed.params, loaded.params)
+    same = jax.tree.map(
+        lambda a, b: a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all()),
+        compressed.params,
+        loaded.params,
+    )
     assert all(jax.tree.leaves(same))
-    np.testing.assert_array_equal(np.asarray(logits(loaded.module, loaded.params, ids)),
-                                  np.asarray(logits(compressed.module, compressed.params, ids)))
+    np.testing.assert_array_equal(
+        np.asarray(logits(loaded.module, loaded.params, ids)),
+        np.asarray(logits(compressed.module, compressed.params, ids)),
+    )
     with pytest.raises(ValueError, match="already quantized"):
         export_quantized(loaded, QuantConfig())
 
@@ -63,8 +76,17 @@ def test_random_init_of_a_compressed_config(logits):
 
 
 # A config whose widths make bytes meaningful (d_model 256, head rows 256, ffw 512).
-WIDE = TextConfig(vocab_size=512, d_model=256, ffw_dim=512, num_layers=2, num_heads=4,
-                  num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5, max_position_embeddings=256)
+WIDE = TextConfig(
+    vocab_size=512,
+    d_model=256,
+    ffw_dim=512,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=64,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=256,
+)
 
 
 def test_loaded_weights_bytes(tmp_path):
@@ -77,14 +99,17 @@ def test_loaded_weights_bytes(tmp_path):
             assert loaded.params["layers_1"]["mlp"]["down_proj"]["kernel"].dtype == jnp.int8
             b = weight_bytes(loaded)
             ratio = b["quantized"] / b["quantized_bf16"]
-            print(f"{fmt} loaded as {jnp.dtype(dtype).name}: quantized matmuls {ratio:.4f} of "
-                  f"bf16, whole model {b['total'] / b['bf16']:.4f} of bf16")
+            print(
+                f"{fmt} loaded as {jnp.dtype(dtype).name}: quantized matmuls {ratio:.4f} of "
+                f"bf16, whole model {b['total'] / b['bf16']:.4f} of bf16"
+            )
             assert b["quantized_bf16"] == 2 * 2 * (256 * 256 * 2 + 256 * 128 * 2 + 3 * 256 * 512)
             assert ratio <= limit
 
 
 def test_abstract_bytes_equal_the_loaded_params(tmp_path, tiny):
     from autoglm_jax.quant import abstract_bytes, tree_bytes
+
     small = export_quantized(tiny, QuantConfig(weights="int4", group_size=32))
     ag.save(small, tmp_path / "q")
     loaded = ag.load(tmp_path / "q", dtype=jnp.bfloat16)

@@ -5,8 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoglm_jax.nn.quant_formats import (contracting_axes, dequantize, layout_for, pack_int4,
-                                       quantize, unpack_int4)
+from autoglm_jax.nn.quant_formats import (
+    contracting_axes,
+    dequantize,
+    layout_for,
+    pack_int4,
+    quantize,
+    unpack_int4,
+)
 
 
 def test_contracting_axes_of_the_glm_einsums():
@@ -20,10 +26,10 @@ def test_contracting_axes_of_the_glm_einsums():
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16])
 def test_int4_pack_roundtrip_every_value(n):
-    values = np.tile(np.arange(-8, 8, dtype=np.int8), (3, n))[:, :16 * n - (n % 2)]
+    values = np.tile(np.arange(-8, 8, dtype=np.int8), (3, n))[:, : 16 * n - (n % 2)]
     packed = pack_int4(jnp.asarray(values))
     assert packed.dtype == jnp.int8 and packed.shape[-1] == -(-values.shape[-1] // 2)
-    np.testing.assert_array_equal(np.asarray(unpack_int4(packed))[:, :values.shape[-1]], values)
+    np.testing.assert_array_equal(np.asarray(unpack_int4(packed))[:, : values.shape[-1]], values)
 
 
 def test_int4_groups():
@@ -32,20 +38,27 @@ def test_int4_groups():
     assert layout_for("BTD,DNH->BTNH", (46, 6, 16), "int4", 128).group == 46
     big = layout_for("BTF,FD->BTD", (13696, 4096), "int4", 128)
     assert (big.group, big.num_groups, big.stored_shape, big.scale_shape) == (
-        128, 107, (6848, 4096), (107, 4096))
+        128,
+        107,
+        (6848, 4096),
+        (107, 4096),
+    )
     odd = layout_for("BTF,FD->BTD", (131, 8), "int4", 128)
     assert (odd.group, odd.num_groups, odd.stored_shape) == (66, 2, (66, 8))
     o = layout_for("BTNH,NHD->BTD", (6, 16, 72), "int4", 128)  # groups along H, per head
     assert (o.stored_shape, o.scale_shape) == ((6, 8, 72), (6, 1, 72))
 
 
-@pytest.mark.parametrize("fmt,shape,eq", [
-    ("int8", (72, 6, 16), "BTD,DNH->BTNH"),
-    ("int8", (6, 16, 72), "BTNH,NHD->BTD"),
-    ("int4", (72, 2, 46), "BTD,DCF->BTCF"),
-    ("int4", (131, 8), "BTF,FD->BTD"),
-    ("int4", (6, 16, 72), "BTNH,NHD->BTD"),
-])
+@pytest.mark.parametrize(
+    "fmt,shape,eq",
+    [
+        ("int8", (72, 6, 16), "BTD,DNH->BTNH"),
+        ("int8", (6, 16, 72), "BTNH,NHD->BTD"),
+        ("int4", (72, 2, 46), "BTD,DCF->BTCF"),
+        ("int4", (131, 8), "BTF,FD->BTD"),
+        ("int4", (6, 16, 72), "BTNH,NHD->BTD"),
+    ],
+)
 def test_roundtrip_error_is_at_most_half_a_step(fmt, shape, eq):
     w = jax.random.normal(jax.random.key(0), shape) * 0.02
     layout = layout_for(eq, shape, fmt, 32)

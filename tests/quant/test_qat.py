@@ -8,13 +8,25 @@ import pytest
 
 from autoglm_jax.config.quant import QuantConfig, QuantRule
 from autoglm_jax.families import build_module, example_inputs
-from autoglm_jax.quant import (dequantize, fake_quant, fake_quant_policy, layout_for, qat_model,
-                               quantize)
 from autoglm_jax.nn.quant_formats import fake_quant_activations
 from autoglm_jax.nn.quantized import weight_format
+from autoglm_jax.quant import (
+    dequantize,
+    fake_quant,
+    fake_quant_policy,
+    layout_for,
+    qat_model,
+    quantize,
+)
 
-EQUATIONS = {"q_proj": "BTD,DNH->BTNH", "k_proj": "BTD,DNH->BTNH", "v_proj": "BTD,DNH->BTNH",
-             "o_proj": "BTNH,NHD->BTD", "gate_up_proj": "BTD,DCF->BTCF", "down_proj": "BTF,FD->BTD"}
+EQUATIONS = {
+    "q_proj": "BTD,DNH->BTNH",
+    "k_proj": "BTD,DNH->BTNH",
+    "v_proj": "BTD,DNH->BTNH",
+    "o_proj": "BTNH,NHD->BTD",
+    "gate_up_proj": "BTD,DCF->BTCF",
+    "down_proj": "BTF,FD->BTD",
+}
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
@@ -33,8 +45,9 @@ def test_straight_through_gradient_is_the_identity_inside_the_range(fmt):
     np.testing.assert_array_equal(np.asarray(grad), np.where(inside, np.asarray(c), 0))
     # The forward value is the quantized one, not w.
     fwd = fake_quant(w, layout, 1.0)
-    np.testing.assert_array_equal(np.asarray(fwd),
-                                  np.asarray(dequantize(*quantize(w, layout), layout)))
+    np.testing.assert_array_equal(
+        np.asarray(fwd), np.asarray(dequantize(*quantize(w, layout), layout))
+    )
 
 
 def test_activation_fake_quant_rounds_per_token_with_identity_gradient():
@@ -49,8 +62,9 @@ def test_activation_fake_quant_rounds_per_token_with_identity_gradient():
 
 
 def test_rules_pick_layers_by_decoder_path():
-    q = QuantConfig(weights="int4", rules=(QuantRule("lm_head", "none"),
-                                           QuantRule(r"layers_1/mlp/", "int8")))
+    q = QuantConfig(
+        weights="int4", rules=(QuantRule("lm_head", "none"), QuantRule(r"layers_1/mlp/", "int8"))
+    )
     assert weight_format(q, ("layers_0", "mlp", "down_proj"), ()) == "int4"
     assert weight_format(q, ("layers_1", "mlp", "down_proj"), ()) == "int8"
     assert weight_format(q, ("lm_head",), ()) == "none"
@@ -67,8 +81,14 @@ def test_float_and_qat_share_one_param_tree(tiny):
     shapes = jax.eval_shape(lambda: qat.init(jax.random.key(0), *example_inputs(tiny.config)))
     want = jax.tree.map(lambda x: (x.shape, x.dtype), tiny.params)
     got = jax.tree.map(lambda x: (x.shape, x.dtype), shapes["params"])
-    assert jax.tree.map(lambda b: b.unbox() if hasattr(b, "unbox") else b, got,
-                        is_leaf=lambda b: hasattr(b, "unbox")) == want
+    assert (
+        jax.tree.map(
+            lambda b: b.unbox() if hasattr(b, "unbox") else b,
+            got,
+            is_leaf=lambda b: hasattr(b, "unbox"),
+        )
+        == want
+    )
 
 
 def _fake_quantized_params(params, quant):
@@ -104,8 +124,10 @@ def test_qat_gradients_are_the_float_gradients_at_the_quantized_weights(tiny, id
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
     # And it is not the float model's gradient (the quantization is real).
     _, g_plain = float_grad(tiny.params)
-    diff = max(float(jnp.abs(a - b).max())
-               for a, b in zip(jax.tree.leaves(g_qat), jax.tree.leaves(g_plain)))
+    diff = max(
+        float(jnp.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(g_qat), jax.tree.leaves(g_plain))
+    )
     assert diff > 1e-6
 
 

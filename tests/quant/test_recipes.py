@@ -30,14 +30,17 @@ def test_prune_recipe():
     assert cfg == PruneConfig(flops_reduction=0.35, calibration_batches=8)
 
 
-@pytest.mark.parametrize("table,field", [
-    ({"weights": "int3"}, "weights"),
-    ({"group_size": 0}, "group_size"),
-    ({"activations": "fp8"}, "activations"),
-    ({"rules": [{"pattern": "(", "weights": "none"}]}, "rules[0].pattern"),
-    ({"rules": [{"pattern": "x", "weights": "int2"}]}, "rules[0].weights"),
-    ({"bits": 8}, "bits"),
-])
+@pytest.mark.parametrize(
+    "table,field",
+    [
+        ({"weights": "int3"}, "weights"),
+        ({"group_size": 0}, "group_size"),
+        ({"activations": "fp8"}, "activations"),
+        ({"rules": [{"pattern": "(", "weights": "none"}]}, "rules[0].pattern"),
+        ({"rules": [{"pattern": "x", "weights": "int2"}]}, "rules[0].weights"),
+        ({"bits": 8}, "bits"),
+    ],
+)
 def test_bad_quant_tables_name_the_field(table, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         from_dict(QuantConfig, table, source="recipe")

@@ -31,8 +31,9 @@ def media_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, xla_cache, media_dir) -> LiveServer:
     """The main server: tiny model, API key, 1 MiB body limit, local media under media_dir."""
-    s = start_server(tmp_path_factory.mktemp("server"), xla_cache,
-                     "--allowed-local-media-path", str(media_dir))
+    s = start_server(
+        tmp_path_factory.mktemp("server"), xla_cache, "--allowed-local-media-path", str(media_dir)
+    )
     yield s
     code = s.stop()
     assert code == 0, f"server exited with {code}:\n{s.log()[-3000:]}"
@@ -42,4 +43,5 @@ def server(tmp_path_factory, xla_cache, media_dir) -> LiveServer:
 @pytest.fixture(scope="session")
 def tokenizer():
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+
     return Tokenizer.from_dir(TINY_TOKENIZER_DIR)

@@ -30,8 +30,18 @@ MAX_MODEL_LEN = 256
 MAX_BODY = 1 << 20
 
 # Shapes shared by every server (the compilation cache key); limits vary per server.
-ENGINE_FLAGS = ["--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "64",
-                "--max-num-seqs", "64", "--block-size", "8", "--num-gpu-blocks-override", "2100"]
+ENGINE_FLAGS = [
+    "--max-model-len",
+    str(MAX_MODEL_LEN),
+    "--max-num-batched-tokens",
+    "64",
+    "--max-num-seqs",
+    "64",
+    "--block-size",
+    "8",
+    "--num-gpu-blocks-override",
+    "2100",
+]
 
 STARTUP_TIMEOUT = 300.0
 
@@ -60,10 +70,12 @@ class LiveServer:
 
     def metrics(self) -> dict[str, float]:
         from autoglm_jax.serve.metrics import parse_text
+
         return parse_text(self.http.get("/metrics").text)
 
     def metric(self, name: str, **labels: str) -> float:
         from autoglm_jax.serve.metrics import sample
+
         want = [f'{k}="{v}"' for k, v in labels.items()]
         return sample(self.metrics(), name, lambda text: all(w in text for w in want))
 
@@ -72,15 +84,20 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
-            get = lambda n: next(v for k, v in m.items() if k.startswith(n + "{"))  # noqa: E731
-            idle = (get("vllm:num_requests_running") == 0 and get("vllm:num_requests_waiting") == 0
-                    and get("autoglm:kv_cache_free_pages") == get("autoglm:kv_cache_pages"))
+            get = lambda n, m=m: next(v for k, v in m.items() if k.startswith(n + "{"))
+            idle = (
+                get("vllm:num_requests_running") == 0
+                and get("vllm:num_requests_waiting") == 0
+                and get("autoglm:kv_cache_free_pages") == get("autoglm:kv_cache_pages")
+            )
             if idle or time.monotonic() > deadline:
-                return {"running": get("vllm:num_requests_running"),
-                        "waiting": get("vllm:num_requests_waiting"),
-                        "free_pages": get("autoglm:kv_cache_free_pages"),
-                        "pages": get("autoglm:kv_cache_pages"),
-                        "kv_usage": get("vllm:kv_cache_usage_perc")}
+                return {
+                    "running": get("vllm:num_requests_running"),
+                    "waiting": get("vllm:num_requests_waiting"),
+                    "free_pages": get("autoglm:kv_cache_free_pages"),
+                    "pages": get("autoglm:kv_cache_pages"),
+                    "kv_usage": get("vllm:kv_cache_usage_perc"),
+                }
             time.sleep(0.1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
@@ -97,9 +114,21 @@ class LiveServer:
 
 def start_server(directory: Path, cache_dir: str, *extra: str) -> LiveServer:
     """The tests' server: tiny model, API key, small body limit, small engine shapes."""
-    return launch_server(directory, ["serve", "--model", MODEL, "--api-key", API_KEY,
-                                     "--max-request-body-bytes", str(MAX_BODY), *ENGINE_FLAGS,
-                                     *extra], cache_dir)
+    return launch_server(
+        directory,
+        [
+            "serve",
+            "--model",
+            MODEL,
+            "--api-key",
+            API_KEY,
+            "--max-request-body-bytes",
+            str(MAX_BODY),
+            *ENGINE_FLAGS,
+            *extra,
+        ],
+        cache_dir,
+    )
 
 
 def launch_server(directory: Path, argv: list[str], cache_dir: str) -> LiveServer:
@@ -108,13 +137,28 @@ def launch_server(directory: Path, argv: list[str], cache_dir: str) -> LiveServe
     log_path = directory / "server.log"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
     env.pop("XLA_FLAGS", None)  # one CPU device is enough for the server
-    for attempt in range(3):
+    for _attempt in range(3):
         port = _free_port()
-        cmd = [sys.executable, "-m", "infer", *argv, "--port", str(port),
-               "--compilation-cache-dir", cache_dir, "--uvicorn-log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "infer",
+            *argv,
+            "--port",
+            str(port),
+            "--compilation-cache-dir",
+            cache_dir,
+            "--uvicorn-log-level",
+            "warning",
+        ]
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    cwd=Path(__file__).resolve().parents[2])
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=Path(__file__).resolve().parents[2],
+            )
         server = LiveServer(proc, port, log_path)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
@@ -138,6 +182,7 @@ def chat_prompt_tokens(tokenizer, messages: list[dict], **template_kwargs: Any) 
 
 def png_bytes(size: tuple[int, int] = (32, 24), color=(200, 30, 30)) -> bytes:
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format="PNG")
     return buf.getvalue()
@@ -166,7 +211,7 @@ def parse_sse(lines: list[str]) -> tuple[list[dict], bool]:
         if not line or line.startswith(":"):
             continue
         assert line.startswith("data: "), line
-        payload = line[len("data: "):]
+        payload = line[len("data: ") :]
         assert not done, "data after [DONE]"
         if payload == "[DONE]":
             done = True
@@ -177,6 +222,11 @@ def parse_sse(lines: list[str]) -> tuple[list[dict], bool]:
 
 def is_openai_error(body: Any, status: int) -> bool:
     err = body.get("error") if isinstance(body, dict) else None
-    return (isinstance(err, dict) and isinstance(err.get("message"), str) and err["message"]
-            and isinstance(err.get("type"), str) and err.get("code") == status
-            and "param" in err)
+    return (
+        isinstance(err, dict)
+        and isinstance(err.get("message"), str)
+        and err["message"]
+        and isinstance(err.get("type"), str)
+        and err.get("code") == status
+        and "param" in err
+    )

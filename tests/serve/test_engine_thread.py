@@ -12,11 +12,12 @@ import pytest
 
 from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
 from autoglm_jax.engine.sampling import SamplingParams
-from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
 from autoglm_jax.engine.scheduler import QueueFullError
+from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
 from autoglm_jax.serve.app import create_app
 from autoglm_jax.serve.config import ServeConfig
 from autoglm_jax.serve.engine_thread import EngineThread, RequestHandle, SubRequest
+
 from .helpers import is_openai_error, parse_sse
 
 
@@ -27,10 +28,12 @@ class FakeEngine:
     def __init__(self, tokenizer, max_running=2, max_waiting=1, script=None):
         self.tokenizer = tokenizer
         self.script = script  # token ids every request generates, decoded like the engine
-        self.config = types.SimpleNamespace(max_model_len=512, max_logprobs=5,
-                                            scheduling_policy="fcfs")
-        self.model = types.SimpleNamespace(config=types.SimpleNamespace(
-            text=types.SimpleNamespace(vocab_size=523)))
+        self.config = types.SimpleNamespace(
+            max_model_len=512, max_logprobs=5, scheduling_policy="fcfs"
+        )
+        self.model = types.SimpleNamespace(
+            config=types.SimpleNamespace(text=types.SimpleNamespace(vocab_size=523))
+        )
         self.max_running, self.max_waiting = max_running, max_waiting
         self.waiting, self.running, self.reqs = [], [], {}
         self.num_steps = 0
@@ -44,8 +47,14 @@ class FakeEngine:
         if len(self.waiting) >= self.max_waiting:
             raise QueueFullError(f"waiting queue is full ({self.max_waiting} requests)")
         detok = IncrementalDetokenizer(self.tokenizer, None, params.skip_special_tokens)
-        self.reqs[request_id] = {"prompt": list(prompt), "params": params, "out": [],
-                                 "finished": None, "detok": detok, "text": ""}
+        self.reqs[request_id] = {
+            "prompt": list(prompt),
+            "params": params,
+            "out": [],
+            "finished": None,
+            "detok": detok,
+            "text": "",
+        }
         self.waiting.append(request_id)
         return request_id
 
@@ -89,18 +98,27 @@ class FakeEngine:
 
     def output(self, rid):
         r = self.reqs[rid]
-        return RequestOutput(rid, r["prompt"], [CompletionOutput(0, r["text"], r["out"],
-                                                                 r["finished"])], True)
+        return RequestOutput(
+            rid, r["prompt"], [CompletionOutput(0, r["text"], r["out"], r["finished"])], True
+        )
 
     def release(self, rid):
         if self.reqs.get(rid, {}).get("finished"):
             del self.reqs[rid]
 
     def stats(self):
-        return {"compilations": 0, "num_pages": 10, "free_pages": 10, "kv_cache_usage": 0.0,
-                "prefix_cache_hit_rate": 0.0, "prefix_cache_queries": 0,
-                "prefix_cache_hits": 0, "num_waiting": len(self.waiting),
-                "num_running": len(self.running), "num_preemptions": 0}
+        return {
+            "compilations": 0,
+            "num_pages": 10,
+            "free_pages": 10,
+            "kv_cache_usage": 0.0,
+            "prefix_cache_hit_rate": 0.0,
+            "prefix_cache_queries": 0,
+            "prefix_cache_hits": 0,
+            "num_waiting": len(self.waiting),
+            "num_running": len(self.running),
+            "num_preemptions": 0,
+        }
 
 
 def _handle(loop, n_subs, max_tokens, stream=True, tag="r"):
@@ -114,8 +132,9 @@ async def _events(handle, until_done=True):
     while True:
         ev = await asyncio.wait_for(handle.queue.get(), 10)
         out.append(ev)
-        if ev[0] == "error" or (until_done and sum(e[0] == "done" for e in out) == len(
-                handle.subs)):
+        if ev[0] == "error" or (
+            until_done and sum(e[0] == "done" for e in out) == len(handle.subs)
+        ):
             return out
 
 
@@ -207,12 +226,16 @@ def test_engine_failure_fails_requests_and_health(tokenizer):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             assert (await http.get("/health")).status_code == 200
-            ok = await http.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            ok = await http.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
             assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "AB"
             engine.explode = True
-            dead = await http.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            dead = await http.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
             health = await http.get("/health")
             after = await http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
             return dead, health, after
@@ -238,9 +261,14 @@ def test_failure_mid_stream_is_an_error_event_then_done(tokenizer):
     async def run():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            return await http.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50,
-                "stream": True})
+            return await http.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 50,
+                    "stream": True,
+                },
+            )
 
     try:
         r = asyncio.run(run())
@@ -265,18 +293,26 @@ async def _post(app, body):
         return await http.post("/v1/chat/completions", json=body)
 
 
-@pytest.mark.parametrize("extra,reasoning,content", [
-    ({"enable_thinking": True, "return_reasoning": True}, "plan it", "x<answer>go</answer>"),
-    ({}, "plan it", "x<answer>go</answer>"),  # GLM-4.1V thinks by default
-    ({"enable_thinking": True, "return_reasoning": False}, None, "x<answer>go</answer>"),
-    ({"chat_template_kwargs": {"enable_thinking": False}}, None, "xplan it<answer>go</answer>"),
-])
+@pytest.mark.parametrize(
+    "extra,reasoning,content",
+    [
+        ({"enable_thinking": True, "return_reasoning": True}, "plan it", "x<answer>go</answer>"),
+        ({}, "plan it", "x<answer>go</answer>"),  # GLM-4.1V thinks by default
+        ({"enable_thinking": True, "return_reasoning": False}, None, "x<answer>go</answer>"),
+        ({"chat_template_kwargs": {"enable_thinking": False}}, None, "xplan it<answer>go</answer>"),
+    ],
+)
 def test_reasoning_split_whole_and_streamed(tokenizer, extra, reasoning, content):
     """The engine yields `x<think>plan it</think><answer>go</answer>` with the tags as special
     tokens (dropped from the text): the split must find them anyway."""
     think, end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
-    script = (tokenizer.encode("x") + [think] + tokenizer.encode("plan it") + [end]
-              + tokenizer.encode("<answer>go</answer>"))
+    script = (
+        tokenizer.encode("x")
+        + [think]
+        + tokenizer.encode("plan it")
+        + [end]
+        + tokenizer.encode("<answer>go</answer>")
+    )
     thread, app = _app_over(FakeEngine(tokenizer, script=script))
     body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 100, **extra}
     try:

@@ -17,9 +17,16 @@ QUESTION = "Open the settings app."
 @pytest.fixture(scope="module")
 def llm(server):
     return langchain_openai.ChatOpenAI(
-        model=MODEL, base_url=server.base_url, api_key=API_KEY, streaming=True,
-        stream_usage=True, max_tokens=8, max_retries=0, timeout=60,
-        extra_body={"enable_thinking": True, "return_reasoning": True, "ignore_eos": True})
+        model=MODEL,
+        base_url=server.base_url,
+        api_key=API_KEY,
+        streaming=True,
+        stream_usage=True,
+        max_tokens=8,
+        max_retries=0,
+        timeout=60,
+        extra_body={"enable_thinking": True, "return_reasoning": True, "ignore_eos": True},
+    )
 
 
 def test_invoke(llm, tokenizer):
@@ -28,7 +35,8 @@ def test_invoke(llm, tokenizer):
     usage = msg.usage_metadata
     assert usage["output_tokens"] == 8
     assert usage["input_tokens"] == chat_prompt_tokens(
-        tokenizer, [{"role": "user", "content": QUESTION}], enable_thinking=True)
+        tokenizer, [{"role": "user", "content": QUESTION}], enable_thinking=True
+    )
 
 
 def test_stream(llm):
@@ -57,7 +65,12 @@ def test_astream(llm):
 
 def test_invoke_without_streaming_and_thinking_off(server):
     llm = langchain_openai.ChatOpenAI(
-        model=MODEL, base_url=server.base_url, api_key=API_KEY, max_tokens=4, max_retries=0,
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "ignore_eos": True})
+        model=MODEL,
+        base_url=server.base_url,
+        api_key=API_KEY,
+        max_tokens=4,
+        max_retries=0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "ignore_eos": True},
+    )
     msg = llm.invoke(QUESTION)
     assert isinstance(msg.content, str) and msg.usage_metadata["output_tokens"] == 4

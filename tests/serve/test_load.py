@@ -21,8 +21,15 @@ def _messages(i: int) -> list[dict]:
 
 
 async def _stream(http: httpx.AsyncClient, i: int, max_tokens: int) -> tuple[list[dict], bool]:
-    body = {"model": MODEL, "messages": _messages(i), "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True, "seed": i}
+    body = {
+        "model": MODEL,
+        "messages": _messages(i),
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+        "seed": i,
+    }
     async with http.stream("POST", CHAT, json=body) as r:
         assert r.status_code == 200, await r.aread()
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -35,8 +42,9 @@ def test_128_concurrent_streams_finish_with_correct_usage(server, tokenizer):
 
     async def run():
         limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, limits=limits,
-                                     timeout=120) as http:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, limits=limits, timeout=120
+        ) as http:
             return await asyncio.gather(*(_stream(http, i, max_tokens) for i in range(n)))
 
     t0 = time.monotonic()
@@ -69,8 +77,13 @@ def test_soak_with_random_disconnects_frees_every_page(server):
                 events, done = await _stream(http, i, 8)
                 assert done and events[-1]["usage"]["completion_tokens"] == 8
                 return "finished"
-            body = {"model": MODEL, "messages": _messages(i), "max_tokens": 200,
-                    "stream": i % 2 == 0, "ignore_eos": True}
+            body = {
+                "model": MODEL,
+                "messages": _messages(i),
+                "max_tokens": 200,
+                "stream": i % 2 == 0,
+                "ignore_eos": True,
+            }
             if not body["stream"]:  # hang up while the whole response is being generated
                 task = asyncio.ensure_future(http.post(CHAT, json=body))
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
@@ -90,22 +103,29 @@ def test_soak_with_random_disconnects_frees_every_page(server):
     async def run():
         gate = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, limits=limits,
-                                     timeout=120) as http:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, limits=limits, timeout=120
+        ) as http:
             return await asyncio.gather(*(one(http, gate, i) for i in range(total)))
 
     t0 = time.monotonic()
     outcomes = asyncio.run(run())
     assert outcomes.count("left") == len(leavers)
     idle = server.wait_idle()
-    assert idle == {"running": 0, "waiting": 0, "free_pages": idle["pages"],
-                    "pages": idle["pages"], "kv_usage": 0.0}
+    assert idle == {
+        "running": 0,
+        "waiting": 0,
+        "free_pages": idle["pages"],
+        "pages": idle["pages"],
+        "kv_usage": 0.0,
+    }
     aborted = server.metric("vllm:request_success_total", finished_reason="abort")
     mid_stream = sum(1 for i in leavers if i % 2 == 0)
     # Every mid-stream hang-up aborts a running request; a whole-response client may hang up
     # before the server has even read its request, so those are bounded, not exact.
     assert mid_stream <= aborted - aborted_before <= len(leavers)
-    assert server.metric("autoglm:xla_compilations") == compiled_before, \
+    assert server.metric("autoglm:xla_compilations") == compiled_before, (
         "a request shape was compiled after warm-up"
+    )
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert time.monotonic() - t0 < 90

@@ -21,8 +21,15 @@ QUESTION = {"type": "text", "text": "what is on the screen?"}
 def mm_server(tmp_path_factory, xla_cache, media_dir):
     # No warm-up: these few short requests compile only the shapes they use (a cold start
     # would otherwise compile every shape of a second model).
-    s = start_server(tmp_path_factory.mktemp("mm_server"), xla_cache, "--model", MM_MODEL,
-                     "--allowed-local-media-path", str(media_dir), "--no-warmup")
+    s = start_server(
+        tmp_path_factory.mktemp("mm_server"),
+        xla_cache,
+        "--model",
+        MM_MODEL,
+        "--allowed-local-media-path",
+        str(media_dir),
+        "--no-warmup",
+    )
     yield s
     code = s.stop()
     assert code == 0, s.log()[-3000:]
@@ -41,20 +48,27 @@ def _image_part(png: bytes) -> dict:
 
 
 def _audio_part(wav: bytes) -> dict:
-    return {"type": "input_audio",
-            "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"}}
+    return {
+        "type": "input_audio",
+        "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"},
+    }
 
 
 def _image_tokens(png: bytes) -> int:
     from autoglm_jax.processing.image import process_images
+
     (n,) = process_images([png]).num_image_tokens()
     return n
 
 
 def _ask(client, *parts, **kw):
     return client.chat.completions.create(
-        model=MM_MODEL, max_tokens=4, messages=[{"role": "user", "content": list(parts)}],
-        extra_body={"ignore_eos": True}, **kw)
+        model=MM_MODEL,
+        max_tokens=4,
+        messages=[{"role": "user", "content": list(parts)}],
+        extra_body={"ignore_eos": True},
+        **kw,
+    )
 
 
 def test_image_part_is_expanded_by_the_engine(client, tokenizer):
@@ -62,20 +76,25 @@ def test_image_part_is_expanded_by_the_engine(client, tokenizer):
     r = _ask(client, _image_part(png), QUESTION)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
     # The template writes one <|image|>; the engine expands it to the image's token count.
-    rendered = chat_prompt_tokens(tokenizer, [{"role": "user", "content": [
-        {"type": "image"}, QUESTION]}])
+    rendered = chat_prompt_tokens(
+        tokenizer, [{"role": "user", "content": [{"type": "image"}, QUESTION]}]
+    )
     assert r.usage.prompt_tokens == rendered - 1 + _image_tokens(png)
     bigger = png_bytes((168, 112))
     r2 = _ask(client, _image_part(bigger), QUESTION)
-    assert r2.usage.prompt_tokens - r.usage.prompt_tokens == (
-        _image_tokens(bigger) - _image_tokens(png)) > 0
+    assert (
+        r2.usage.prompt_tokens - r.usage.prompt_tokens
+        == (_image_tokens(bigger) - _image_tokens(png))
+        > 0
+    )
 
 
 def test_audio_part_and_both_together(client, tokenizer):
     r = _ask(client, _audio_part(wav_bytes(1.0)), QUESTION)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
-    assert r.usage.prompt_tokens == chat_prompt_tokens(tokenizer, [{"role": "user", "content": [
-        {"type": "audio"}, QUESTION]}])
+    assert r.usage.prompt_tokens == chat_prompt_tokens(
+        tokenizer, [{"role": "user", "content": [{"type": "audio"}, QUESTION]}]
+    )
     png = png_bytes((56, 56))
     both = _ask(client, _audio_part(wav_bytes(0.5)), _image_part(png), QUESTION)
     assert both.usage.prompt_tokens == r.usage.prompt_tokens + 2 + _image_tokens(png)
@@ -84,8 +103,16 @@ def test_audio_part_and_both_together(client, tokenizer):
 def test_streamed_image_request_matches_the_whole_one(client):
     parts = (_image_part(png_bytes((70, 98), color=(10, 200, 40))), QUESTION)
     whole = _ask(client, *parts, seed=3, temperature=0.8)
-    chunks = list(_ask(client, *parts, seed=3, temperature=0.8, stream=True,
-                       stream_options={"include_usage": True}))
+    chunks = list(
+        _ask(
+            client,
+            *parts,
+            seed=3,
+            temperature=0.8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
@@ -102,8 +129,9 @@ def test_prefix_cache_is_keyed_by_image_content(client):
 
 
 def test_local_image_under_the_allowed_directory(client, media_dir):
-    local = _ask(client, {"type": "image_url", "image_url": {"url": f"file://{media_dir}/red.png"}},
-                 QUESTION)
+    local = _ask(
+        client, {"type": "image_url", "image_url": {"url": f"file://{media_dir}/red.png"}}, QUESTION
+    )
     inline = _ask(client, _image_part((media_dir / "red.png").read_bytes()), QUESTION)
     assert local.usage.prompt_tokens == inline.usage.prompt_tokens
 

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import (API_KEY, MAX_MODEL_LEN, MODEL, chat_prompt_tokens, data_url, png_bytes,
-                      wav_bytes)
+from .helpers import (
+    API_KEY,
+    MAX_MODEL_LEN,
+    MODEL,
+    chat_prompt_tokens,
+    data_url,
+    png_bytes,
+    wav_bytes,
+)
 
 openai = pytest.importorskip("openai")
 
-MESSAGES = [{"role": "system", "content": "You are terse."},
-            {"role": "user", "content": "Name three colours."}]
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name three colours."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +40,9 @@ def test_models_list(client):
 
 
 def test_chat_whole_response_and_usage(client, tokenizer):
-    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=7,
-                                       extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=7, extra_body={"ignore_eos": True}
+    )
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
     (choice,) = r.choices
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
@@ -44,11 +54,20 @@ def test_chat_whole_response_and_usage(client, tokenizer):
 
 
 def test_chat_stream_with_include_usage_matches_whole_response(client, tokenizer):
-    kw = dict(model=MODEL, messages=MESSAGES, max_tokens=9, seed=11, temperature=0.9,
-              logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    kw = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=9,
+        seed=11,
+        temperature=0.9,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
     whole = client.chat.completions.create(**kw)
-    chunks = list(client.chat.completions.create(**kw, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True})
+    )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     *body, last = chunks
@@ -77,8 +96,13 @@ def test_repeated_long_prompt_reports_cached_tokens(client):
 
 
 def test_seed_gives_identical_text_and_other_seeds_differ(client):
-    kw = dict(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=1.0,
-              extra_body={"ignore_eos": True})
+    kw = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=1.0,
+        extra_body={"ignore_eos": True},
+    )
     a = client.chat.completions.create(**kw, seed=1234).choices[0].message.content
     b = client.chat.completions.create(**kw, seed=1234).choices[0].message.content
     c = client.chat.completions.create(**kw, seed=4321).choices[0].message.content
@@ -91,8 +115,9 @@ def test_seed_gives_identical_text_and_other_seeds_differ(client):
 
 
 def test_n2_whole_and_streamed(client):
-    kw = dict(model=MODEL, messages=MESSAGES, max_tokens=6, n=2, seed=5,
-              extra_body={"ignore_eos": True})
+    kw = dict(
+        model=MODEL, messages=MESSAGES, max_tokens=6, n=2, seed=5, extra_body={"ignore_eos": True}
+    )
     r = client.chat.completions.create(**kw)
     assert [c.index for c in r.choices] == [0, 1]
     assert r.choices[0].message.content != r.choices[1].message.content  # seeds 5 and 6
@@ -110,42 +135,62 @@ def test_n2_whole_and_streamed(client):
 
 def _printable_window(text: str) -> str | None:
     for i in range(2, len(text) - 2):
-        w = text[i:i + 2]
+        w = text[i : i + 2]
         if w.isascii() and w.isprintable() and w.strip() == w:
             return w
     return None
 
 
 def test_stop_strings_cut_the_text(client):
-    base = dict(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=24,
-                extra_body={"ignore_eos": True})
+    base = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=24,
+        extra_body={"ignore_eos": True},
+    )
     full = client.chat.completions.create(**base).choices[0].message.content
     stop = _printable_window(full)
     if stop is None:
         pytest.skip(f"the random model's greedy text has no printable window: {full!r}")
     r = client.chat.completions.create(**base, stop=[stop, "never-there"])
     assert r.choices[0].finish_reason == "stop"
-    assert r.choices[0].message.content == full[:full.index(stop)]
+    assert r.choices[0].message.content == full[: full.index(stop)]
     assert r.choices[0].model_extra["stop_reason"] == stop
-    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        **base, stop=stop, stream=True) if c.choices)
-    assert streamed == full[:full.index(stop)]
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**base, stop=stop, stream=True)
+        if c.choices
+    )
+    assert streamed == full[: full.index(stop)]
 
 
 def test_completions_string_and_token_prompts(client, tokenizer):
-    r = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5,
-                                  extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=5, extra_body={"ignore_eos": True}
+    )
     assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == len(tokenizer.encode("Once upon a time"))
     assert r.usage.completion_tokens == 5
     ids = tokenizer.encode("Once upon a time")
-    same = client.completions.create(model=MODEL, prompt=ids, max_tokens=5, seed=3,
-                                     extra_body={"ignore_eos": True})
-    again = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5,
-                                      seed=3, extra_body={"ignore_eos": True})
+    same = client.completions.create(
+        model=MODEL, prompt=ids, max_tokens=5, seed=3, extra_body={"ignore_eos": True}
+    )
+    again = client.completions.create(
+        model=MODEL,
+        prompt="Once upon a time",
+        max_tokens=5,
+        seed=3,
+        extra_body={"ignore_eos": True},
+    )
     assert same.choices[0].text == again.choices[0].text
-    lp = client.completions.create(model=MODEL, prompt=ids, max_tokens=4, logprobs=3,
-                                   extra_body={"ignore_eos": True}).choices[0].logprobs
+    lp = (
+        client.completions.create(
+            model=MODEL, prompt=ids, max_tokens=4, logprobs=3, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .logprobs
+    )
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         # A dict by token text: ids that decode alike ("\ufffd" byte pieces) share a key.
@@ -154,38 +199,53 @@ def test_completions_string_and_token_prompts(client, tokenizer):
 
 
 def test_completions_stream_and_batch(client):
-    chunks = list(client.completions.create(model=MODEL, prompt="abc", max_tokens=4, stream=True,
-                                            stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True}))
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="abc",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert chunks[-1].usage.completion_tokens == 4
     assert chunks[-2].choices[0].finish_reason == "length"
-    batch = client.completions.create(model=MODEL, prompt=["abc", "defg"], max_tokens=3, n=2,
-                                      extra_body={"ignore_eos": True})
+    batch = client.completions.create(
+        model=MODEL, prompt=["abc", "defg"], max_tokens=3, n=2, extra_body={"ignore_eos": True}
+    )
     assert sorted(c.index for c in batch.choices) == [0, 1, 2, 3]
     assert batch.usage.completion_tokens == 12
 
 
 def test_completions_echo(client, tokenizer):
-    kw = dict(model=MODEL, prompt="Echo me", max_tokens=3, seed=2,
-              extra_body={"ignore_eos": True})
+    kw = dict(model=MODEL, prompt="Echo me", max_tokens=3, seed=2, extra_body={"ignore_eos": True})
     plain = client.completions.create(**kw).choices[0].text
     echoed = client.completions.create(**kw, echo=True).choices[0].text
     assert echoed == "Echo me" + plain
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        **kw, echo=True, stream=True) if c.choices)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(**kw, echo=True, stream=True)
+        if c.choices
+    )
     assert streamed == echoed
 
 
 def test_thinking_flags_are_accepted_and_render_the_prompt(client, tokenizer):
-    on = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2,
-                                        extra_body={"enable_thinking": True,
-                                                    "return_reasoning": True})
+    on = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=2,
+        extra_body={"enable_thinking": True, "return_reasoning": True},
+    )
     off = client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=2,
-        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=2,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
     # Thinking off appends "<think></think>\n" to the prompt (GLM-4.5V's form).
-    assert off.usage.prompt_tokens == chat_prompt_tokens(tokenizer, MESSAGES,
-                                                         enable_thinking=False)
+    assert off.usage.prompt_tokens == chat_prompt_tokens(tokenizer, MESSAGES, enable_thinking=False)
     assert off.usage.prompt_tokens > on.usage.prompt_tokens
     assert off.choices[0].message.model_extra.get("reasoning_content") is None
 
@@ -194,12 +254,25 @@ def test_image_and_audio_parts_on_a_text_only_model(client):
     """(The success path, on the tiny-mm model, is in test_multimodal.py.)"""
     image = {"type": "image_url", "image_url": {"url": data_url(png_bytes(), "image/png")}}
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-            {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}])
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=2,
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}
+            ],
+        )
     assert "does not accept image input" in e.value.message
-    audio = {"type": "input_audio", "input_audio": {
-        "data": data_url(wav_bytes(), "audio/wav").split(",", 1)[1], "format": "wav"}}
+    audio = {
+        "type": "input_audio",
+        "input_audio": {
+            "data": data_url(wav_bytes(), "audio/wav").split(",", 1)[1],
+            "format": "wav",
+        },
+    }
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[
-            {"role": "user", "content": [audio, {"type": "text", "text": "transcribe"}]}])
+        client.chat.completions.create(
+            model=MODEL,
+            max_tokens=2,
+            messages=[{"role": "user", "content": [audio, {"type": "text", "text": "transcribe"}]}],
+        )
     assert "does not accept audio input" in e.value.message

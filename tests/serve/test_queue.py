@@ -23,9 +23,18 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def queue_server(tmp_path_factory, xla_cache):
-    s = start_server(tmp_path_factory.mktemp("queue_server"), xla_cache,
-                     "--max-waiting-requests", "64", "--max-queue-wait", "0.5",
-                     "--scheduling-policy", "priority", "--shutdown-timeout", "20")
+    s = start_server(
+        tmp_path_factory.mktemp("queue_server"),
+        xla_cache,
+        "--max-waiting-requests",
+        "64",
+        "--max-queue-wait",
+        "0.5",
+        "--scheduling-policy",
+        "priority",
+        "--shutdown-timeout",
+        "20",
+    )
     yield s
     code = s.stop()
     assert code == 0, s.log()[-3000:]
@@ -34,14 +43,22 @@ def queue_server(tmp_path_factory, xla_cache):
 
 async def _burst(server, n: int, max_tokens: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, limits=limits,
-                                 timeout=60) as http:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.headers, limits=limits, timeout=60
+    ) as http:
+
         async def one(i: int) -> httpx.Response:
-            body = {"model": MODEL, "messages": HI, "max_tokens": max_tokens,
-                    "ignore_eos": True, "stream": i % 2 == 1}
+            body = {
+                "model": MODEL,
+                "messages": HI,
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "stream": i % 2 == 1,
+            }
             r = await http.post(CHAT, json=body)
             await r.aread()
             return r
+
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
@@ -67,20 +84,27 @@ def test_openai_client_retries_429_until_it_gets_through(queue_server):
     rejected_before = queue_server.metric("autoglm:requests_rejected_total")
 
     async def run():
-        client = openai.AsyncOpenAI(base_url=queue_server.base_url, api_key=API_KEY,
-                                    max_retries=20, timeout=60)
+        client = openai.AsyncOpenAI(
+            base_url=queue_server.base_url, api_key=API_KEY, max_retries=20, timeout=60
+        )
         try:
-            return await asyncio.gather(*(client.chat.completions.create(
-                model=MODEL, messages=HI, max_tokens=48, extra_body={"ignore_eos": True})
-                for _ in range(200)))
+            return await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model=MODEL, messages=HI, max_tokens=48, extra_body={"ignore_eos": True}
+                    )
+                    for _ in range(200)
+                )
+            )
         finally:
             await client.close()
 
     results = asyncio.run(run())
     assert all(r.choices[0].finish_reason == "length" for r in results)
     assert all(r.usage.completion_tokens == 48 for r in results)
-    assert queue_server.metric("autoglm:requests_rejected_total") > rejected_before, \
+    assert queue_server.metric("autoglm:requests_rejected_total") > rejected_before, (
         "no 429 was served, so no retry was exercised"
+    )
 
 
 def test_request_waiting_past_max_queue_wait_gets_429(queue_server):
@@ -88,16 +112,23 @@ def test_request_waiting_past_max_queue_wait_gets_429(queue_server):
     --max-queue-wait and get 429 with Retry-After, before any header of a stream is sent.
     The fillers are 1-token prompts generating 254 tokens: one step admits all of them, and
     they then hold their slots for 254 steps (seconds)."""
+
     async def run():
         limits = httpx.Limits(max_connections=80, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=queue_server.url, headers=queue_server.headers,
-                                     limits=limits, timeout=60) as http:
+        async with httpx.AsyncClient(
+            base_url=queue_server.url, headers=queue_server.headers, limits=limits, timeout=60
+        ) as http:
             release = asyncio.Event()
             statuses = []
 
             async def filler(started: asyncio.Event):
-                body = {"model": MODEL, "prompt": [5], "max_tokens": 254, "ignore_eos": True,
-                        "stream": True}
+                body = {
+                    "model": MODEL,
+                    "prompt": [5],
+                    "max_tokens": 254,
+                    "ignore_eos": True,
+                    "stream": True,
+                }
                 try:
                     async with http.stream("POST", "/v1/completions", json=body) as r:
                         statuses.append(r.status_code)
@@ -112,8 +143,9 @@ def test_request_waiting_past_max_queue_wait_gets_429(queue_server):
 
             async def probe(stream):
                 t0 = time.monotonic()
-                r = await http.post(CHAT, json={"model": MODEL, "messages": HI,
-                                                "max_tokens": 2, "stream": stream})
+                r = await http.post(
+                    CHAT, json={"model": MODEL, "messages": HI, "max_tokens": 2, "stream": stream}
+                )
                 return r, time.monotonic() - t0
 
             events = [asyncio.Event() for _ in range(64)]
@@ -138,17 +170,14 @@ def test_request_waiting_past_max_queue_wait_gets_429(queue_server):
 
 
 def test_priority_field_is_accepted_under_priority_policy(queue_server):
-    r = queue_server.post(CHAT, {"model": MODEL, "messages": HI, "max_tokens": 2,
-                                 "priority": -5})
+    r = queue_server.post(CHAT, {"model": MODEL, "messages": HI, "max_tokens": 2, "priority": -5})
     assert r.status_code == 200, r.text
 
 
 def test_sigterm_lets_running_streams_finish_then_exits_cleanly(queue_server):
-    body = {"model": MODEL, "messages": HI, "max_tokens": 150, "ignore_eos": True,
-            "stream": True}
+    body = {"model": MODEL, "messages": HI, "max_tokens": 150, "ignore_eos": True, "stream": True}
     lines = []
-    with httpx.Client(base_url=queue_server.url, headers=queue_server.headers,
-                      timeout=60) as http:
+    with httpx.Client(base_url=queue_server.url, headers=queue_server.headers, timeout=60) as http:
         with http.stream("POST", CHAT, json=body) as r:
             it = r.iter_lines()
             for line in it:

@@ -42,10 +42,20 @@ def _commands(code: str) -> list[str]:
     return out
 
 
-SERVE = [c for kind, code in BLOCKS if kind == "bash" and _runnable(code)
-         for c in _commands(code) if c.startswith("python -m infer serve")]
-CURLS = [c for kind, code in BLOCKS if kind == "bash" and _runnable(code)
-         for c in _commands(code) if c.startswith("curl ")]
+SERVE = [
+    c
+    for kind, code in BLOCKS
+    if kind == "bash" and _runnable(code)
+    for c in _commands(code)
+    if c.startswith("python -m infer serve")
+]
+CURLS = [
+    c
+    for kind, code in BLOCKS
+    if kind == "bash" and _runnable(code)
+    for c in _commands(code)
+    if c.startswith("curl ")
+]
 PYTHON = [code for kind, code in BLOCKS if kind == "python" and _runnable(code)]
 
 
@@ -65,8 +75,13 @@ def readme_server(tmp_path_factory, xla_cache) -> LiveServer:
 @pytest.mark.parametrize("command", CURLS, ids=[c.split("'")[0][:60] for c in CURLS])
 def test_readme_curl(readme_server, command):
     command = command.replace("127.0.0.1:8000", f"127.0.0.1:{readme_server.port}")
-    proc = subprocess.run(f"{command} -sS -w '\\nHTTP %{{http_code}}'", shell=True,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        f"{command} -sS -w '\\nHTTP %{{http_code}}'",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("HTTP 200"), proc.stdout[-2000:]
     assert '"error"' not in proc.stdout, proc.stdout[-2000:]
@@ -76,6 +91,7 @@ def test_readme_curl(readme_server, command):
 def test_readme_python(readme_server, code, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(code.replace("127.0.0.1:8000", f"127.0.0.1:{readme_server.port}"))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -66,8 +66,13 @@ def _engine_like_deltas(tokenizer, ids, skip, holdback=0):
 def test_special_tags_are_reinserted_at_their_positions(tokenizer, holdback):
     think, end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
     assert think in tokenizer.special_token_id_set, "the tiny tokenizer marks the tags special"
-    ids = (tokenizer.encode("ab") + [think] + tokenizer.encode("reason here") + [end]
-           + tokenizer.encode("final answer"))
+    ids = (
+        tokenizer.encode("ab")
+        + [think]
+        + tokenizer.encode("reason here")
+        + [end]
+        + tokenizer.encode("final answer")
+    )
     assert "<think>" not in tokenizer.decode(ids, skip_special_tokens=True)
     stream = reasoning_stream(tokenizer, "<|assistant|>\n", None, skip_special_tokens=True)
     assert stream.injector is not None
@@ -92,18 +97,27 @@ def test_non_special_tags_need_no_injector(tokenizer):
 
 
 @pytest.mark.parametrize("holdback", [0, 3])
-@pytest.mark.parametrize("prompt,expected", [
-    ("<|assistant|>\n", (" answer", "abfinal")),  # </think> with no <think>: dropped
-    ("<|assistant|>\n<think>", ("ab", "final answer")),  # the same tokens inside reasoning
-])
+@pytest.mark.parametrize(
+    "prompt,expected",
+    [
+        ("<|assistant|>\n", (" answer", "abfinal")),  # </think> with no <think>: dropped
+        ("<|assistant|>\n<think>", ("ab", "final answer")),  # the same tokens inside reasoning
+    ],
+)
 def test_stray_special_tags_never_reach_the_text(tokenizer, holdback, prompt, expected):
     """Under skip_special_tokens the tags are put back only to split the text: a tag that
     splits nothing (an end without a start, a second start) is dropped, streamed or not."""
     think, end = tokenizer.token_to_id("<think>"), tokenizer.token_to_id("</think>")
-    ids = (tokenizer.encode("ab") + [end] + tokenizer.encode("final") + [think]
-           + tokenizer.encode(" answer"))
+    ids = (
+        tokenizer.encode("ab")
+        + [end]
+        + tokenizer.encode("final")
+        + [think]
+        + tokenizer.encode(" answer")
+    )
     whole = reasoning_stream(tokenizer, prompt, None, skip_special_tokens=True).split(
-        tokenizer.decode(ids, skip_special_tokens=True), ids)
+        tokenizer.decode(ids, skip_special_tokens=True), ids
+    )
     stream = reasoning_stream(tokenizer, prompt, None, skip_special_tokens=True)
     r = c = ""
     for token_ids, text in _engine_like_deltas(tokenizer, ids, True, holdback):

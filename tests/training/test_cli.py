@@ -34,17 +34,34 @@ def env(tmp_path_factory):
 
 
 def _train(args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
 
 
-SMALL = ["--data.seq-len", "32", "--data.batch-size", "4", "--log-every", "1",
-         "--optim.warmup-steps", "1"]
+SMALL = [
+    "--data.seq-len",
+    "32",
+    "--data.batch-size",
+    "4",
+    "--log-every",
+    "1",
+    "--optim.warmup-steps",
+    "1",
+]
 
 
 def test_recipes_parse_and_errors_name_the_file(tmp_path):
-    assert {p.name for p in RECIPES} == {"tiny-pretrain.toml", "tiny-distill.toml",
-                                         "tiny-mm-cga.toml"}
+    assert {p.name for p in RECIPES} == {
+        "tiny-pretrain.toml",
+        "tiny-distill.toml",
+        "tiny-mm-cga.toml",
+    }
     for p in RECIPES:
         load_recipe(p)
     bad = tmp_path / "bad.toml"
@@ -60,6 +77,7 @@ def test_recipes_parse_and_errors_name_the_file(tmp_path):
 
 def _main(args, capsys):
     from train.__main__ import main
+
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     out = capsys.readouterr()
@@ -71,8 +89,14 @@ def test_help_is_readable(capsys):
     assert code == 0 and "pretrain" in out and "distill" in out
     code, out, _ = _main(["distill", "--help"], capsys)
     assert code == 0
-    for text in ("--recipe", "--optim.lr", "Peak learning rate", "--distill.layer-map",
-                 "--resume", "--mesh.rules"):
+    for text in (
+        "--recipe",
+        "--optim.lr",
+        "Peak learning rate",
+        "--distill.layer-map",
+        "--resume",
+        "--mesh.rules",
+    ):
         assert text in out, text
     code, _, _ = _main(["pretrain", "--recipe", "no/such.toml"], capsys)
     assert code == "error: no/such.toml: recipe file not found"
@@ -80,8 +104,22 @@ def test_help_is_readable(capsys):
 
 def test_pretrain_then_distill_end_to_end(tmp_path, env):
     run = tmp_path / "pre"
-    p = _train(["pretrain", "--recipe", "configs/recipes/tiny-pretrain.toml", "--steps", "3",
-                "--run-dir", str(run), "--checkpoint.every", "2", *SMALL], env, timeout=600)
+    p = _train(
+        [
+            "pretrain",
+            "--recipe",
+            "configs/recipes/tiny-pretrain.toml",
+            "--steps",
+            "3",
+            "--run-dir",
+            str(run),
+            "--checkpoint.every",
+            "2",
+            *SMALL,
+        ],
+        env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "params 161,400" in p.stderr and "est. FLOPs/step" in p.stderr
     assert sorted(x.name for x in (run / "checkpoints").iterdir()) == ["2", "3"]
@@ -94,9 +132,23 @@ def test_pretrain_then_distill_end_to_end(tmp_path, env):
     assert model.tokenizer is not None and model.config.text.num_layers == 3
 
     # the exported model is a teacher for `distill`
-    d = _train(["distill", "--recipe", "configs/recipes/tiny-distill.toml", "--steps", "2",
-                "--run-dir", str(tmp_path / "dist"), "--distill.teacher", str(run / "model"),
-                "--checkpoint.no-export", *SMALL], env, timeout=600)
+    d = _train(
+        [
+            "distill",
+            "--recipe",
+            "configs/recipes/tiny-distill.toml",
+            "--steps",
+            "2",
+            "--run-dir",
+            str(tmp_path / "dist"),
+            "--distill.teacher",
+            str(run / "model"),
+            "--checkpoint.no-export",
+            *SMALL,
+        ],
+        env,
+        timeout=600,
+    )
     assert d.returncode == 0, d.stderr[-3000:]
     assert "teacher forward" in d.stderr
     rec = M.read_jsonl(tmp_path / "dist" / "metrics.jsonl")
@@ -108,10 +160,29 @@ def test_multimodal_cga_recipe_end_to_end(tmp_path, env):
     recipe = load_recipe(ROOT / "configs" / "recipes" / "tiny-mm-cga.toml")
     assert recipe.optim.train == "cga" and recipe.data.synthetic_tasks == ("audio",)
     run = tmp_path / "mm"
-    p = _train(["pretrain", "--recipe", "configs/recipes/tiny-mm-cga.toml", "--steps", "3",
-                "--run-dir", str(run), "--checkpoint.every", "2", "--log-every", "1",
-                "--data.synthetic-tasks", "audio", "image", "--data.batch-size", "2",
-                "--checkpoint.no-export"], env, timeout=600)
+    p = _train(
+        [
+            "pretrain",
+            "--recipe",
+            "configs/recipes/tiny-mm-cga.toml",
+            "--steps",
+            "3",
+            "--run-dir",
+            str(run),
+            "--checkpoint.every",
+            "2",
+            "--log-every",
+            "1",
+            "--data.synthetic-tasks",
+            "audio",
+            "image",
+            "--data.batch-size",
+            "2",
+            "--checkpoint.no-export",
+        ],
+        env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     # trainable = the fusion: projectors 13,066 + CGA blocks 30,344 (docs/multimodal.md)
     assert "params 468,862 | trainable 43,410" in p.stderr
@@ -127,18 +198,25 @@ def test_multimodal_cga_recipe_end_to_end(tmp_path, env):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, env):
     recipe_file = tmp_path / "r.toml"
     recipe_file.write_text(
-        'steps = 20\nlog_every = 1\nprogress = false\n'
-        '[data]\nseq_len = 32\nbatch_size = 4\n'
-        '[optim]\nlr = 3e-3\nwarmup_steps = 2\n'
-        '[model]\nnum_layers = 2\n'
-        '[checkpoint]\nevery = 4\nkeep = 2\n')
+        "steps = 20\nlog_every = 1\nprogress = false\n"
+        "[data]\nseq_len = 32\nbatch_size = 4\n"
+        "[optim]\nlr = 3e-3\nwarmup_steps = 2\n"
+        "[model]\nnum_layers = 2\n"
+        "[checkpoint]\nevery = 4\nkeep = 2\n"
+    )
     # the uninterrupted run, in this process
     ref = run_pretrain(load_recipe(recipe_file, {"run_dir": str(tmp_path / "ref")}))
 
     run = tmp_path / "run"
     args = ["pretrain", "--recipe", str(recipe_file), "--run-dir", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:

@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 from autoglm_jax.training import data as D
-from autoglm_jax.training import tokens
 from autoglm_jax.training import synthetic as S
+from autoglm_jax.training import tokens
 from autoglm_jax.training.recipe import DataRecipe
 
 
@@ -24,15 +24,22 @@ def tok():
 
 def test_text_samples_are_deterministic_with_known_values():
     # Pinned values: a change here means old runs' data changed.
-    got = [(s.task, s.messages[0]["content"], s.answer)
-           for s in (S.text_sample(0, i) for i in range(5))]
-    assert got == [("add", "63+51=", "114"), ("reverse", "Reverse: hecgbhha", "ahhbgceh"),
-                   ("add", "8+28=", "36"), ("reverse", "Reverse: hgfcechc", "chcecfgh"),
-                   ("copy", "Copy: dbgdedag", "dbgdedag")]
+    got = [
+        (s.task, s.messages[0]["content"], s.answer)
+        for s in (S.text_sample(0, i) for i in range(5))
+    ]
+    assert got == [
+        ("add", "63+51=", "114"),
+        ("reverse", "Reverse: hecgbhha", "ahhbgceh"),
+        ("add", "8+28=", "36"),
+        ("reverse", "Reverse: hgfcechc", "chcecfgh"),
+        ("copy", "Copy: dbgdedag", "dbgdedag"),
+    ]
     assert S.text_sample(7, 2).answer == "bdd"
     assert [S.text_sample(3, i) for i in range(20)] == [S.text_sample(3, i) for i in range(20)]
-    assert [S.text_sample(3, i).messages for i in range(20)] != \
-           [S.text_sample(4, i).messages for i in range(20)]
+    assert [S.text_sample(3, i).messages for i in range(20)] != [
+        S.text_sample(4, i).messages for i in range(20)
+    ]
 
 
 @pytest.mark.parametrize("task", S.TEXT_TASKS)
@@ -56,7 +63,7 @@ def test_text_answers_follow_from_the_prompt(task):
 
 
 def test_image_samples_match_their_labels():
-    fill = {"circle": np.pi * 0.45 ** 2, "square": 0.8 ** 2, "triangle": 0.8 * 0.45 * 0.8}
+    fill = {"circle": np.pi * 0.45**2, "square": 0.8**2, "triangle": 0.8 * 0.45 * 0.8}
     for i in range(12):
         s = S.image_sample(5, i)
         img = s.messages[0]["content"][0]["image"]
@@ -72,7 +79,7 @@ def test_image_samples_match_their_labels():
         for sl in ndimage.find_objects(blobs):
             box = fg[sl]
             side = max(box.shape) / 0.8
-            ratio = box.sum() / side ** 2
+            ratio = box.sum() / side**2
             best = min(fill, key=lambda k: abs(fill[k] - ratio))
             assert best == s.labels["shape"], (i, ratio, s.labels)
         assert s.answer in (str(s.labels["count"]), s.labels["shape"], s.labels["colour"])
@@ -96,15 +103,21 @@ def test_audio_samples_match_their_labels():
 # --- tokenization and masks ----------------------------------------------------------------------
 
 
-CONVO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2+2?"},
-         {"role": "assistant", "content": "4"}]
+CONVO = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def test_loss_mask_covers_assistant_turns_and_their_stop_token(tok):
     ids, mask = D.tokenize_chat(tok, CONVO)
-    assert tok.decode(ids) == ("[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\nHello"
-                               "<|user|>\n2+2?<|assistant|>\n4<|endoftext|>")
+    assert tok.decode(ids) == (
+        "[gMASK]<sop><|system|>\nBe brief.<|user|>\nHi<|assistant|>\nHello"
+        "<|user|>\n2+2?<|assistant|>\n4<|endoftext|>"
+    )
     # the masked tokens, run by run
     runs, cur = [], []
     for i, m in zip(ids, mask):
@@ -151,9 +164,22 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 
 def test_skip_bad_records_skips_and_counts(tmp_path):
-    f = _write(tmp_path / "chat.jsonl", [GOOD, "{not json", "", GOOD, "[1, 2]",
-                                         {"messages": [{"role": "user", "content": "q"},
-                                                       {"role": "assistant", "content": "a2"}]}])
+    f = _write(
+        tmp_path / "chat.jsonl",
+        [
+            GOOD,
+            "{not json",
+            "",
+            GOOD,
+            "[1, 2]",
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a2"},
+                ]
+            },
+        ],
+    )
     src = D.JsonlSource([f], "chat", skip_bad_records=True)
     assert len(src) == 3 and src.info.skipped == 2 and src.info.records == 3
     assert src.info.skipped_examples[0].startswith(f"{f}:2:")
@@ -162,15 +188,22 @@ def test_skip_bad_records_skips_and_counts(tmp_path):
 
 def _media_record(kind, path):
     part = {"type": kind, kind: path}
-    return {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "what?"}]},
-                         {"role": "assistant", "content": "a cat"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": [part, {"type": "text", "text": "what?"}]},
+            {"role": "assistant", "content": "a cat"},
+        ]
+    }
 
 
 @pytest.mark.parametrize("kind", ["image", "audio"])
 def test_missing_media_file_names_the_path(tmp_path, kind):
     f = _write(tmp_path / "mm.jsonl", [GOOD, _media_record(kind, "media/missing.bin")])
-    with pytest.raises(D.DataError, match=rf"{f}:2: {kind} file not found: "
-                                          rf"{tmp_path / 'media' / 'missing.bin'}"):
+    with pytest.raises(
+        D.DataError,
+        match=rf"{f}:2: {kind} file not found: "
+        rf"{tmp_path / 'media' / 'missing.bin'}",
+    ):
         D.JsonlSource([f], "chat")
     src = D.JsonlSource([f], "chat", skip_bad_records=True)
     assert src.info.skipped == 1 and len(src) == 1
@@ -179,8 +212,11 @@ def test_missing_media_file_names_the_path(tmp_path, kind):
 def test_media_records_need_a_media_processor(tmp_path, tok):
     (tmp_path / "cat.png").write_bytes(b"\x89PNG fake")
     f = _write(tmp_path / "mm.jsonl", [GOOD, _media_record("image_url", {"url": "cat.png"})])
-    with pytest.raises(D.DataError, match=rf"{f}:2: record has image parts, but the model has "
-                                          "no image/audio encoder"):
+    with pytest.raises(
+        D.DataError,
+        match=rf"{f}:2: record has image parts, but the model has "
+        "no image/audio encoder",
+    ):
         D.JsonlSource([f], "chat")
     # the hook: in a dataset with media every record goes through the processor, media file
     # paths made absolute (the real one, media.MultimodalProcessor, is tested in
@@ -192,8 +228,15 @@ def test_media_records_need_a_media_processor(tmp_path, tok):
         seen.append((part[0]["image"] if isinstance(part, list) else part, where))
         return {"input_ids": np.arange(10, 20), "loss_mask": np.r_[np.zeros(5), np.ones(5)]}
 
-    recipe = DataRecipe(source="chat", paths=(str(f),), seq_len=16, batch_size=2, shuffle=False,
-                        mode="pad", prefetch=0)
+    recipe = DataRecipe(
+        source="chat",
+        paths=(str(f),),
+        seq_len=16,
+        batch_size=2,
+        shuffle=False,
+        mode="pad",
+        prefetch=0,
+    )
     ds, info = D.make_dataset(recipe, tok, media_processor=processor)
     batch = next(iter(ds))
     assert info.records == 2 and info.image_records == 1 and info.images and not info.audio
@@ -206,8 +249,9 @@ def test_media_records_need_a_media_processor(tmp_path, tok):
 
 
 def _check_batch(b, seq_len, tok):
-    assert {k: v.shape for k, v in b.items()} == {k: (4, seq_len) for k in D.FEATURES + (
-        "segment_ids", "positions")}
+    assert {k: v.shape for k, v in b.items()} == {
+        k: (4, seq_len) for k in D.FEATURES + ("segment_ids", "positions")
+    }
     for row in range(4):
         seg, pos, inp, tgt = (b[k][row] for k in ("segment_ids", "positions", "inputs", "targets"))
         starts = np.nonzero(np.diff(np.concatenate([[0], seg])))[0]
@@ -222,14 +266,18 @@ def _check_batch(b, seq_len, tok):
     # the loss mask covers answers: its targets decode to assistant text and stop tokens
     masked = b["targets"][b["loss_mask"] > 0]
     assert set(masked.tolist()) & {tok.special_ids.endoftext}
-    assert not set(masked.tolist()) & {tok.special_ids.user, tok.special_ids.gmask,
-                                       tok.special_ids.assistant}
+    assert not set(masked.tolist()) & {
+        tok.special_ids.user,
+        tok.special_ids.gmask,
+        tok.special_ids.assistant,
+    }
 
 
 @pytest.mark.parametrize("mode", ["pack", "pad"])
 def test_batches_and_iterator_state_resume(tok, mode):
-    recipe = DataRecipe(seq_len=48, batch_size=4, mode=mode, packing_bins=4, prefetch=2,
-                        synthetic_size=500)
+    recipe = DataRecipe(
+        seq_len=48, batch_size=4, mode=mode, packing_bins=4, prefetch=2, synthetic_size=500
+    )
     ds, _ = D.make_dataset(recipe, tok)
     it = iter(ds)
     for _ in range(3):
@@ -254,8 +302,15 @@ def test_batches_and_iterator_state_resume(tok, mode):
 
 def test_text_source_trains_on_every_token(tmp_path, tok):
     f = _write(tmp_path / "t.jsonl", [{"text": "hello world"}, {"text": "abc"}])
-    recipe = DataRecipe(source="text", paths=(str(f),), seq_len=32, batch_size=2, mode="pad",
-                        shuffle=False, prefetch=0)
+    recipe = DataRecipe(
+        source="text",
+        paths=(str(f),),
+        seq_len=32,
+        batch_size=2,
+        mode="pad",
+        shuffle=False,
+        prefetch=0,
+    )
     b = next(iter(D.make_dataset(recipe, tok)[0]))
     n = len(tok.encode("hello world"))  # + eos, minus the shift
     np.testing.assert_array_equal(b["loss_mask"][0], (np.arange(32) < n).astype(np.int32))

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 import autoglm_jax as ag
-from autoglm_jax.training import load_recipe, make_dataset, make_eval_step, run_distill, run_pretrain
+from autoglm_jax.training import (
+    load_recipe,
+    make_dataset,
+    make_eval_step,
+    run_distill,
+    run_pretrain,
+)
 from autoglm_jax.training.step import put_batch
 
 from . import np_init
@@ -20,11 +26,14 @@ TASKS = ["count", "copy", "reverse"]
 
 
 def _recipe(run_dir, steps, **over):
-    base = {"run_dir": str(run_dir), "steps": steps, "progress": False,
-            "data": {"seq_len": 64, "batch_size": 16, "synthetic_tasks": TASKS,
-                     "synthetic_max_len": 5},
-            "optim": {"lr": 3e-3, "warmup_steps": 30, "weight_decay": 0.01},
-            "checkpoint": {"every": 10_000, "export": False, "async_save": False}}
+    base = {
+        "run_dir": str(run_dir),
+        "steps": steps,
+        "progress": False,
+        "data": {"seq_len": 64, "batch_size": 16, "synthetic_tasks": TASKS, "synthetic_max_len": 5},
+        "optim": {"lr": 3e-3, "warmup_steps": 30, "weight_decay": 0.01},
+        "checkpoint": {"every": 10_000, "export": False, "async_save": False},
+    }
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return load_recipe(None, base)
@@ -38,8 +47,9 @@ def evaluate(f, params, teacher, batches):
 @pytest.mark.slow
 def test_distilled_student_beats_ce_only(tmp_path):
     cfg = ag.load_config("tiny")
-    teacher = run_pretrain(_recipe(tmp_path / "teacher", 200, optim={"lr": 5e-3}),
-                           model=np_init(cfg, 0)).model
+    teacher = run_pretrain(
+        _recipe(tmp_path / "teacher", 200, optim={"lr": 5e-3}), model=np_init(cfg, 0)
+    ).model
     held_out = _recipe(tmp_path / "x", 1, data={"seed": 99, "prefetch": 0})
     it = iter(make_dataset(held_out.data, teacher.tokenizer)[0])
     batches = [put_batch(next(it), None) for _ in range(8)]
@@ -48,9 +58,11 @@ def test_distilled_student_beats_ce_only(tmp_path):
     student = np_init(cfg.replace(text=cfg.text.replace(num_layers=2)), seed=1)
     small = {"seed": 1, "synthetic_size": 128}
     ce = run_pretrain(_recipe(tmp_path / "ce", 100, data=small), model=student).model
-    kd = run_distill(_recipe(tmp_path / "kd", 100, data=small,
-                             distill={"alpha": 0.8, "temperature": 1.0}),
-                     teacher=teacher, model=student).model
+    kd = run_distill(
+        _recipe(tmp_path / "kd", 100, data=small, distill={"alpha": 0.8, "temperature": 1.0}),
+        teacher=teacher,
+        model=student,
+    ).model
     f = make_eval_step(student.module, teacher.module)  # one compile for both students
     ce_eval, kd_eval = (evaluate(f, m.params, teacher, batches) for m in (ce, kd))
     print(f"\nteacher {t_eval}\nce-only {ce_eval}\ndistilled {kd_eval}")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import autoglm_jax as ag
-from autoglm_jax.training import NonFiniteError, load_recipe, run_pretrain
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+from autoglm_jax.training import NonFiniteError, load_recipe, run_pretrain
 from autoglm_jax.training import metrics as M
 from autoglm_jax.training.data import make_dataset
 from autoglm_jax.training.loop import _checkpoint_manager, restore_checkpoint
@@ -22,11 +22,15 @@ from . import np_init
 
 
 def _recipe(run_dir, **over):
-    base = {"run_dir": str(run_dir), "steps": 8, "progress": False,
-            "data": {"seq_len": 32, "batch_size": 4, "prefetch": 2},
-            "optim": {"lr": 3e-3, "warmup_steps": 2},
-            "model": {"num_layers": 1},
-            "checkpoint": {"every": 4, "keep": 3, "export": False}}
+    base = {
+        "run_dir": str(run_dir),
+        "steps": 8,
+        "progress": False,
+        "data": {"seq_len": 32, "batch_size": 4, "prefetch": 2},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "model": {"num_layers": 1},
+        "checkpoint": {"every": 4, "keep": 3, "export": False},
+    }
     for k, v in over.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return load_recipe(None, base)
@@ -65,8 +69,9 @@ def test_resume_is_exact_and_skips_an_interrupted_save(tmp_path, one):
     it = iter(make_dataset(recipe.data, Tokenizer.from_dir(TINY_TOKENIZER_DIR))[0])
     assert it.get_state() != saved
     mngr = _checkpoint_manager(recipe)
-    state, meta = restore_checkpoint(mngr, 8, resumed.state,
-                                     jax.tree.map(lambda x: x.sharding, resumed.state), it)
+    state, meta = restore_checkpoint(
+        mngr, 8, resumed.state, jax.tree.map(lambda x: x.sharding, resumed.state), it
+    )
     mngr.close()
     assert int(state.step) == 8 and it.get_state() == saved and meta["step"] == 8
     assert meta["recipe"]["steps"] == 8 and meta["model_config"]["text"]["num_layers"] == 1
@@ -93,17 +98,28 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, one):
 
 def _event_class():
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     F = descriptor_pb2.FieldDescriptorProto
     fdp = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="tfev")
     ev = fdp.message_type.add(name="Event")
     ev.field.add(name="wall_time", number=1, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
     ev.field.add(name="step", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
     ev.field.add(name="file_version", number=3, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    ev.field.add(name="summary", number=5, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
-                 type_name=".tfev.Summary")
+    ev.field.add(
+        name="summary",
+        number=5,
+        type=F.TYPE_MESSAGE,
+        label=F.LABEL_OPTIONAL,
+        type_name=".tfev.Summary",
+    )
     summary = fdp.message_type.add(name="Summary")
-    summary.field.add(name="value", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED,
-                      type_name=".tfev.Summary.Value")
+    summary.field.add(
+        name="value",
+        number=1,
+        type=F.TYPE_MESSAGE,
+        label=F.LABEL_REPEATED,
+        type_name=".tfev.Summary.Value",
+    )
     value = summary.nested_type.add(name="Value")
     value.field.add(name="tag", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
     value.field.add(name="simple_value", number=2, type=F.TYPE_FLOAT, label=F.LABEL_OPTIONAL)
@@ -150,6 +166,7 @@ def test_loss_png_with_matplotlib_and_with_pillow(tmp_path, monkeypatch):
     out = M.plot_losses(records, tmp_path / "b.png")
     assert _png_size(out) == (700, 420)
     from PIL import Image
+
     img = np.asarray(Image.open(out).convert("RGB"))
     assert (img != 255).any(axis=-1).mean() > 0.01  # something was drawn
 
@@ -171,13 +188,18 @@ def test_resume_refuses_a_changed_model_or_data_recipe(tmp_path, capsys):
 
     run = tmp_path / "run"
     run_pretrain(_recipe(run, steps=4))
-    with pytest.raises(ConfigError, match=r"model\.ffw_dim: checkpoint None, now 64.*"
-                                          r"model config\.text\.ffw_dim"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.ffw_dim: checkpoint None, now 64.*"
+        r"model config\.text\.ffw_dim",
+    ):
         run_pretrain(_recipe(run, steps=8, model={"ffw_dim": 64}), resume=True)
     with pytest.raises(ConfigError, match=r"data\.seq_len: checkpoint 32, now 48"):
         run_pretrain(_recipe(run, steps=8, data={"seq_len": 48}), resume=True)
     capsys.readouterr()
     resumed = run_pretrain(_recipe(run, steps=6, optim={"lr": 1e-3}), resume=True)
     assert resumed.start_step == 4
-    assert "warning: resuming with changed settings: optim.lr: checkpoint 0.003, now 0.001" \
+    assert (
+        "warning: resuming with changed settings: optim.lr: checkpoint 0.003, now 0.001"
         in capsys.readouterr().err
+    )

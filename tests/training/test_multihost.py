@@ -22,21 +22,43 @@ from autoglm_jax.config import ConfigError
 from autoglm_jax.distributed import DistributedConfig
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 from autoglm_jax.training import load_recipe
-from autoglm_jax.training.loop import train
 from autoglm_jax.training.data import make_dataset
+from autoglm_jax.training.loop import train
 from autoglm_jax.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "configs/recipes/tiny-pretrain.toml"
 STEPS, EVERY = 24, 4
-OVERRIDES = {"steps": STEPS, "log_every": 1, "progress": False,
-             "checkpoint": {"every": EVERY},
-             "mesh": {"data": 2, "tensor": 2, "rules": "tp"},
-             "model": {"num_layers": 1}, "data": {"seq_len": 32, "batch_size": 4}}
-FLAGS = ["--steps", str(STEPS), "--log-every", "1", "--no-progress",
-         "--checkpoint.every", str(EVERY), "--mesh.data", "2", "--mesh.tensor", "2",
-         "--mesh.rules", "tp", "--model.num-layers", "1", "--data.seq-len", "32",
-         "--data.batch-size", "4"]
+OVERRIDES = {
+    "steps": STEPS,
+    "log_every": 1,
+    "progress": False,
+    "checkpoint": {"every": EVERY},
+    "mesh": {"data": 2, "tensor": 2, "rules": "tp"},
+    "model": {"num_layers": 1},
+    "data": {"seq_len": 32, "batch_size": 4},
+}
+FLAGS = [
+    "--steps",
+    str(STEPS),
+    "--log-every",
+    "1",
+    "--no-progress",
+    "--checkpoint.every",
+    str(EVERY),
+    "--mesh.data",
+    "2",
+    "--mesh.tensor",
+    "2",
+    "--mesh.rules",
+    "tp",
+    "--model.num-layers",
+    "1",
+    "--data.seq-len",
+    "32",
+    "--data.batch-size",
+    "4",
+]
 TIMEOUT_S = 240
 
 
@@ -48,15 +70,40 @@ def _free_port() -> int:
 
 def _launch(run_dir: Path, *extra: str) -> list[subprocess.Popen]:
     """`python -m train pretrain` as processes 0 and 1 of a 2-process run, 2 CPU devices each."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
     port = _free_port()
-    return [subprocess.Popen(
-        [sys.executable, "-m", "train", "pretrain", "--recipe", RECIPE, *FLAGS,
-         "--run-dir", str(run_dir), "--distributed.coordinator", f"127.0.0.1:{port}",
-         "--distributed.num-processes", "2", "--distributed.process-id", str(k), *extra],
-        cwd=ROOT, env=env, stdout=open(run_dir.parent / f"{run_dir.name}-{k}.log", "ab"),
-        stderr=subprocess.STDOUT, start_new_session=True) for k in (0, 1)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "train",
+                "pretrain",
+                "--recipe",
+                RECIPE,
+                *FLAGS,
+                "--run-dir",
+                str(run_dir),
+                "--distributed.coordinator",
+                f"127.0.0.1:{port}",
+                "--distributed.num-processes",
+                "2",
+                "--distributed.process-id",
+                str(k),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(run_dir.parent / f"{run_dir.name}-{k}.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for k in (0, 1)
+    ]
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
@@ -87,8 +134,9 @@ def _losses(run_dir: Path) -> list[tuple[int, float, int]]:
 def test_two_processes_resume_exactly_and_match_one_process(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _finish(_launch(whole), whole)
-    assert sorted(p.name for p in (whole / "checkpoints" / str(STEPS) / "data_iterator")
-                  .glob("*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert sorted(
+        p.name for p in (whole / "checkpoints" / str(STEPS) / "data_iterator").glob("*.json")
+    ) == ["process_0-of-2.json", "process_1-of-2.json"]
     # One writer for host-side files: one TensorBoard file, one metrics line per step.
     assert len(list((whole / "tb").iterdir())) == 1
     assert [s for s, _, _ in _losses(whole)] == list(range(1, STEPS + 1))
@@ -108,15 +156,14 @@ def test_two_processes_resume_exactly_and_match_one_process(tmp_path):
     # One process with 4 devices, fed the same global batches (process 0's rows, then 1's).
     recipe = load_recipe(RECIPE, {**OVERRIDES, "run_dir": str(tmp_path / "one")})
     tok = Tokenizer.from_dir(TINY_TOKENIZER_DIR)
-    halves = [make_dataset(recipe.data, tok, process_index=k, process_count=2)[0]
-              for k in (0, 1)]
+    halves = [make_dataset(recipe.data, tok, process_index=k, process_count=2)[0] for k in (0, 1)]
     both = gex.ZipIterDataset(halves).map(
-        lambda rows: {k: np.concatenate([r[k] for r in rows]) for k in rows[0]})
+        lambda rows: {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    )
     one = train(recipe, dataset=both)
     two = _losses(whole)
     assert [h["tokens"] for h in one.history] == [t for _, _, t in two]
-    np.testing.assert_allclose([h["loss"] for h in one.history], [x for _, x, _ in two],
-                               rtol=2e-5)
+    np.testing.assert_allclose([h["loss"] for h in one.history], [x for _, x, _ in two], rtol=2e-5)
 
     # The 2-process export, loaded in this one process: the same model.
     exported = ag.load(whole / "model")
@@ -131,20 +178,36 @@ def test_two_processes_resume_exactly_and_match_one_process(tmp_path):
         train(recipe.replace(run_dir=str(killed)), resume=True)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (dict(num_processes=2, process_id=0), "coordinator: needed"),
-    (dict(coordinator="127.0.0.1:1234", process_id=0), "num-processes: needed"),
-    (dict(coordinator="127.0.0.1:1234", num_processes=2), "process-id: needed"),
-    (dict(coordinator="localhost", num_processes=2, process_id=0), "expected HOST:PORT"),
-    (dict(coordinator="h:1", num_processes=2, process_id=2), "process-id: must be in"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(num_processes=2, process_id=0), "coordinator: needed"),
+        (dict(coordinator="127.0.0.1:1234", process_id=0), "num-processes: needed"),
+        (dict(coordinator="127.0.0.1:1234", num_processes=2), "process-id: needed"),
+        (dict(coordinator="localhost", num_processes=2, process_id=0), "expected HOST:PORT"),
+        (dict(coordinator="h:1", num_processes=2, process_id=2), "process-id: must be in"),
+    ],
+)
 def test_distributed_flags_are_checked(flags, message):
     with pytest.raises(ConfigError, match=message):
         DistributedConfig(**flags).validate()
 
 
 def test_cli_refuses_incomplete_distributed_flags():
-    out = subprocess.run([sys.executable, "-m", "train", "pretrain", "--recipe", RECIPE,
-                          "--distributed.coordinator", "127.0.0.1:1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "pretrain",
+            "--recipe",
+            RECIPE,
+            "--distributed.coordinator",
+            "127.0.0.1:1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "--distributed.num-processes: needed" in out.stderr

@@ -22,6 +22,7 @@ from autoglm_jax.training import media as M
 from autoglm_jax.training import step as st
 from autoglm_jax.training import synthetic as S
 from autoglm_jax.training.recipe import DataRecipe, OptimRecipe
+
 from . import np_init
 
 
@@ -42,8 +43,16 @@ def proc(mm, tok):
 
 
 def _recipe(**kw):
-    base = dict(source="synthetic", synthetic_tasks=("image", "audio"), seq_len=48,
-                batch_size=4, mode="pad", prefetch=0, synthetic_size=1000, seed=3)
+    base = dict(
+        source="synthetic",
+        synthetic_tasks=("image", "audio"),
+        seq_len=48,
+        batch_size=4,
+        mode="pad",
+        prefetch=0,
+        synthetic_size=1000,
+        seed=3,
+    )
     return DataRecipe(**{**base, **kw})
 
 
@@ -75,7 +84,10 @@ def test_image_samples_survive_preprocessing_with_their_labels():
         # colour: the middle of every blob is the label's colour
         for k, sl in enumerate(ndimage.find_objects(blobs), start=1):
             core = ndimage.binary_erosion(blobs == k, iterations=2)
-            assert np.abs(rgb[core].mean(0) - S.COLOURS[s.labels["colour"]]).max() < 6, (i, s.labels)
+            assert np.abs(rgb[core].mean(0) - S.COLOURS[s.labels["colour"]]).max() < 6, (
+                i,
+                s.labels,
+            )
             ratio = (blobs[sl] == k).mean()
             assert min(fill, key=lambda f: abs(fill[f] - ratio)) == s.labels["shape"], (i, ratio)
         # position: the cells of the blobs' centres
@@ -84,17 +96,19 @@ def test_image_samples_survive_preprocessing_with_their_labels():
         assert cells == sorted(s.labels["cells"]), (i, centres, s.labels)
         q, a = s.messages[0]["content"][1]["text"], s.answer
         seen.add(q)
-        want = {"How many shapes are there?": str(s.labels["count"]),
-                "Which shape is drawn?": s.labels["shape"],
-                "What colour are the shapes?": s.labels["colour"],
-                "Where is the shape?": s.labels["cells"][0]}[q]
+        want = {
+            "How many shapes are there?": str(s.labels["count"]),
+            "Which shape is drawn?": s.labels["shape"],
+            "What colour are the shapes?": s.labels["colour"],
+            "Where is the shape?": s.labels["cells"][0],
+        }[q]
         assert a == want and s.messages[1] == {"role": "assistant", "content": a}
     assert len(seen) >= 3
 
 
 def _beeps_and_pitch_from_features(feats):
     """(onsets, dominant frequency in Hz) of a log-mel window [80, 3000]."""
-    clip = feats[:, :200]                                  # 2 s at 100 frames/s
+    clip = feats[:, :200]  # 2 s at 100 frames/s
     level = clip.max(0)
     loud = level > (level.min() + level.max()) / 2
     onsets = int(np.count_nonzero(np.diff(loud.astype(int)) == 1) + loud[0])
@@ -122,8 +136,10 @@ def test_audio_samples_survive_preprocessing_with_their_labels():
         assert onsets == s.labels["beeps"], (i, s.labels)
         nearest = min(S.PITCHES, key=lambda p: abs(np.log(S.PITCHES[p] / centre)))
         assert nearest == s.labels["pitch"], (i, centre, s.labels)
-        want = {"How many beeps do you hear?": str(s.labels["beeps"]),
-                "Is the pitch low, mid or high?": s.labels["pitch"]}
+        want = {
+            "How many beeps do you hear?": str(s.labels["beeps"]),
+            "Is the pitch low, mid or high?": s.labels["pitch"],
+        }
         assert s.answer == want[s.messages[0]["content"][1]["text"]]
 
 
@@ -131,17 +147,23 @@ def test_synthetic_media_is_deterministic_by_seed(tok, proc):
     a = S.image_sample(2, 5).messages[0]["content"][0]["image"]
     np.testing.assert_array_equal(a, S.image_sample(2, 5).messages[0]["content"][0]["image"])
     assert not np.array_equal(a, S.image_sample(3, 5).messages[0]["content"][0]["image"])
-    assert S.audio_sample(2, 5).messages[0]["content"][0]["audio"] == \
+    assert (
         S.audio_sample(2, 5).messages[0]["content"][0]["audio"]
-    assert [S.sample(1, i, ("image", "audio", "add")).task for i in range(12)] == \
-        [S.sample(1, i, ("image", "audio", "add")).task for i in range(12)]
-    assert {S.sample(1, i, ("image", "audio", "add")).task for i in range(12)} == \
-        {"image", "audio", "add"}
+        == S.audio_sample(2, 5).messages[0]["content"][0]["audio"]
+    )
+    assert [S.sample(1, i, ("image", "audio", "add")).task for i in range(12)] == [
+        S.sample(1, i, ("image", "audio", "add")).task for i in range(12)
+    ]
+    assert {S.sample(1, i, ("image", "audio", "add")).task for i in range(12)} == {
+        "image",
+        "audio",
+        "add",
+    }
     # whole batches, media arrays included, repeat exactly; another seed differs
-    b1, b2 = (next(iter(D.make_dataset(_recipe(), tok, media_processor=proc)[0]))
-              for _ in range(2))
-    assert b1.keys() == b2.keys() >= {"pixel_values", "input_features", "audio_rows",
-                                      "image_grid_thw"}
+    b1, b2 = (next(iter(D.make_dataset(_recipe(), tok, media_processor=proc)[0])) for _ in range(2))
+    assert (
+        b1.keys() == b2.keys() >= {"pixel_values", "input_features", "audio_rows", "image_grid_thw"}
+    )
     for k in b1:
         np.testing.assert_array_equal(b1[k], b2[k])
     b3 = next(iter(D.make_dataset(_recipe(seed=4), tok, media_processor=proc)[0]))
@@ -166,8 +188,9 @@ def test_recipe_and_model_checks(mm, tok):
         TrainRecipe(data=DataRecipe(synthetic_tasks=("audio",), mode="pack")).validate()
     with pytest.raises(ConfigError, match="optim.trainable.*not both"):
         TrainRecipe(optim=OptimRecipe(train="cga", trainable=("fusion/*",))).validate()
-    text = np_init(ag.load_config("tiny").replace(
-        text=ag.load_config("tiny").text.replace(num_layers=1)))
+    text = np_init(
+        ag.load_config("tiny").replace(text=ag.load_config("tiny").text.replace(num_layers=1))
+    )
     with pytest.raises(ConfigError, match="optim.train.*does not have"):
         st.make_optimizer(OptimRecipe(train="cga"), 10, text.params)
     # the synthetic media tasks need the matching encoder
@@ -186,9 +209,10 @@ def test_training_examples_are_prepared_like_serving_requests(mm, tok, proc):
 
     cfg = mm.config
     batch = next(iter(D.make_dataset(_recipe(seq_len=64), tok, media_processor=proc)[0]))
-    engine = Engine(dataclasses.replace(mm, tokenizer=tok),
-                    EngineConfig(max_num_seqs=1, num_pages=8, max_model_len=128,
-                                 max_num_batched_tokens=64))
+    engine = Engine(
+        dataclasses.replace(mm, tokenizer=tok),
+        EngineConfig(max_num_seqs=1, num_pages=8, max_model_len=128, max_num_batched_tokens=64),
+    )
     kinds, image_i = set(), 0
     n_images = len(batch["image_grid_thw"])
     assert n_images == 4 and batch["pixel_values"].shape == (4 * 36, 1176)
@@ -206,12 +230,13 @@ def test_training_examples_are_prepared_like_serving_requests(mm, tok, proc):
         masked = batch["targets"][row][batch["loss_mask"][row] > 0]
         assert tok.decode(masked).strip() == s.answer + "<|endoftext|>"
         # (the prompt ends in "<|assistant|>\n"; that "\n" opens the rendered turn)
-        assert batch["loss_mask"][row][:n - 2].sum() == 0
+        assert batch["loss_mask"][row][: n - 2].sum() == 0
         if s.task == "image":
             assert np.count_nonzero(inputs == cfg.image_token_id) == 9
             np.testing.assert_array_equal(batch["image_grid_thw"][image_i], [1, 6, 6])
             np.testing.assert_array_equal(
-                batch["pixel_values"][image_i * 36:(image_i + 1) * 36], mmi.pixel_values)
+                batch["pixel_values"][image_i * 36 : (image_i + 1) * 36], mmi.pixel_values
+            )
             image_i += 1
             assert batch["audio_rows"][row] == -1
             assert batch["audio_frames"][row] == 0  # a padding window: nothing to attend
@@ -222,7 +247,7 @@ def test_training_examples_are_prepared_like_serving_requests(mm, tok, proc):
             assert 0 < batch["audio_frames"][row] < 300  # the synthetic clips are ~1 s
     assert kinds == {"image", "audio"}
     # padding images after the real ones (zeros, same grid: one compiled shape)
-    assert not batch["pixel_values"][image_i * 36:].any()
+    assert not batch["pixel_values"][image_i * 36 :].any()
     assert (batch["image_grid_thw"] == [1, 6, 6]).all()
 
 
@@ -236,8 +261,9 @@ def _png(path, colour):
 
 
 def _chat(parts, answer):
-    return {"messages": [{"role": "user", "content": parts},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": answer}]
+    }
 
 
 def _write(path, records):
@@ -254,62 +280,95 @@ def test_chat_jsonl_with_image_and_audio_files(tmp_path, tok, proc):
     Image.fromarray(np.full((30, 30, 3), 60, np.uint8)).save(buf, format="PNG")
     data_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     records = [
-        _chat([{"type": "image", "path": "img/red.png"}, {"type": "text", "text": "colour?"}], "red"),
+        _chat(
+            [{"type": "image", "path": "img/red.png"}, {"type": "text", "text": "colour?"}], "red"
+        ),
         _chat([{"type": "audio", "path": "snd/b.wav"}, {"type": "text", "text": "beeps?"}], "2"),
-        _chat([{"type": "image_url", "image_url": {"url": data_uri}},
-               {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav).decode(),
-                                                       "format": "wav"}},
-               {"type": "text", "text": "both?"}], "yes"),
-        {"messages": [{"role": "user", "content": "plain text"},
-                      {"role": "assistant", "content": "ok"}]},
+        _chat(
+            [
+                {"type": "image_url", "image_url": {"url": data_uri}},
+                {
+                    "type": "input_audio",
+                    "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"},
+                },
+                {"type": "text", "text": "both?"},
+            ],
+            "yes",
+        ),
+        {
+            "messages": [
+                {"role": "user", "content": "plain text"},
+                {"role": "assistant", "content": "ok"},
+            ]
+        },
     ]
     f = _write(tmp_path / "chat.jsonl", records)
-    recipe = DataRecipe(source="chat", paths=(str(f),), seq_len=96, batch_size=4, mode="pad",
-                        shuffle=False, prefetch=0)
+    recipe = DataRecipe(
+        source="chat",
+        paths=(str(f),),
+        seq_len=96,
+        batch_size=4,
+        mode="pad",
+        shuffle=False,
+        prefetch=0,
+    )
     ds, info = D.make_dataset(recipe, tok, media_processor=proc)
     assert (info.records, info.image_records, info.audio_records) == (4, 2, 2)
     b = next(iter(ds))
     red = process_images([str(tmp_path / "img" / "red.png")])
     grey = process_images([data_uri])
     grids = b["image_grid_thw"]
-    np.testing.assert_array_equal(grids[:2], np.concatenate([red.image_grid_thw,
-                                                             grey.image_grid_thw]))
+    np.testing.assert_array_equal(
+        grids[:2], np.concatenate([red.image_grid_thw, grey.image_grid_thw])
+    )
     n_red = int(red.image_grid_thw.prod())
     np.testing.assert_array_equal(b["pixel_values"][:n_red], red.pixel_values)
-    np.testing.assert_array_equal(b["pixel_values"][n_red:n_red + len(grey.pixel_values)],
-                                  grey.pixel_values)
+    np.testing.assert_array_equal(
+        b["pixel_values"][n_red : n_red + len(grey.pixel_values)], grey.pixel_values
+    )
     np.testing.assert_array_equal(b["audio_rows"], [-1, 1, 2, -1])
     np.testing.assert_array_equal(b["input_features"][1], load_audio(wav)[0])
     np.testing.assert_array_equal(b["input_features"][2], b["input_features"][1])
     # image tokens per row follow the grids; the text row is an ordinary chat example
     per_row = (b["inputs"] == proc.config.image_token_id).sum(1)
-    assert per_row.tolist() == [int(red.image_grid_thw.prod()) // 4, 0,
-                                int(grey.image_grid_thw.prod()) // 4, 0]
+    assert per_row.tolist() == [
+        int(red.image_grid_thw.prod()) // 4,
+        0,
+        int(grey.image_grid_thw.prod()) // 4,
+        0,
+    ]
     ids, _ = D.tokenize_chat(tok, records[3]["messages"])
-    np.testing.assert_array_equal(b["inputs"][3][:len(ids) - 1], ids[:-1])
+    np.testing.assert_array_equal(b["inputs"][3][: len(ids) - 1], ids[:-1])
     assert tok.decode(b["targets"][0][b["loss_mask"][0] > 0]).strip() == "red<|endoftext|>"
 
 
-@pytest.mark.parametrize("part", [
-    {"type": "image", "path": "img/missing.png"},
-    {"type": "image_url", "image_url": {"url": "img/missing.png"}},
-    {"type": "audio", "audio": "snd/missing.wav"},
-    {"type": "input_audio", "input_audio": {"path": "snd/missing.wav"}},
-])
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image", "path": "img/missing.png"},
+        {"type": "image_url", "image_url": {"url": "img/missing.png"}},
+        {"type": "audio", "audio": "snd/missing.wav"},
+        {"type": "input_audio", "input_audio": {"path": "snd/missing.wav"}},
+    ],
+)
 def test_missing_media_file_names_the_path_and_line(tmp_path, part):
     ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     f = _write(tmp_path / "mm.jsonl", [ok, _chat([part], "a")])
     name = "img/missing.png" if "image" in part["type"] else "snd/missing.wav"
-    with pytest.raises(D.DataError, match=rf"{f}:2: {part['type']} file not found: "
-                                          rf"{tmp_path / name}"):
+    with pytest.raises(
+        D.DataError,
+        match=rf"{f}:2: {part['type']} file not found: "
+        rf"{tmp_path / name}",
+    ):
         D.JsonlSource([f], "chat", allow_media=True)
 
 
 def test_media_errors_at_read_time_name_the_path(tmp_path, tok, proc):
     img = _png(tmp_path / "img" / "x.png", (0, 0, 255))
     f = _write(tmp_path / "mm.jsonl", [_chat([{"type": "image", "path": "img/x.png"}], "blue")])
-    recipe = DataRecipe(source="chat", paths=(str(f),), seq_len=64, batch_size=1, mode="pad",
-                        prefetch=0)
+    recipe = DataRecipe(
+        source="chat", paths=(str(f),), seq_len=64, batch_size=1, mode="pad", prefetch=0
+    )
     ds, _ = D.make_dataset(recipe, tok, media_processor=proc)
     img.unlink()  # gone after the scan
     with pytest.raises(D.DataError, match=rf"{f}:1: .*{img}"):
@@ -332,8 +391,12 @@ def test_media_errors_at_read_time_name_the_path(tmp_path, tok, proc):
 def test_cga_only_training_on_the_audio_task(mm, tok, proc):
     recipe = _recipe(synthetic_tasks=("audio",), seq_len=40, prefetch=2, seed=0)
     it = iter(D.make_dataset(recipe, tok, media_processor=proc)[0])
-    held = st.put_batch(next(iter(D.make_dataset(dataclasses.replace(recipe, seed=99), tok,
-                                                 media_processor=proc)[0])), None)
+    held = st.put_batch(
+        next(
+            iter(D.make_dataset(dataclasses.replace(recipe, seed=99), tok, media_processor=proc)[0])
+        ),
+        None,
+    )
     steps = 30
     optim = OptimRecipe(train="cga", lr=1e-2, warmup_steps=0, weight_decay=0.0)
     tx, _ = st.make_optimizer(optim, steps, mm.params)
@@ -349,15 +412,18 @@ def test_cga_only_training_on_the_audio_task(mm, tok, proc):
         history.append(float(m["loss"]))
     assert len(step.compiled) == 1  # every batch has the same shapes
     after = evaluate(state.params, held)
-    print(f"\nCGA-only, {steps} steps: train loss {np.mean(history[:3]):.3f} -> "
-          f"{np.mean(history[-3:]):.3f}; held-out CE {float(before['ce']):.3f} -> "
-          f"{float(after['ce']):.3f}, token accuracy {float(after['accuracy']):.3f}")
+    print(
+        f"\nCGA-only, {steps} steps: train loss {np.mean(history[:3]):.3f} -> "
+        f"{np.mean(history[-3:]):.3f}; held-out CE {float(before['ce']):.3f} -> "
+        f"{float(after['ce']):.3f}, token accuracy {float(after['accuracy']):.3f}"
+    )
     assert np.mean(history[-5:]) < np.mean(history[:5]) - 0.3
     assert float(after["ce"]) < float(before["ce"]) - 0.3
     # only fusion/* changed (all of it but the ViT projector, which no input reached);
     # everything else is bit-identical
-    for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(state.params),
-                                jax.tree.leaves(mm.params)):
+    for (path, new), old in zip(
+        jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(mm.params)
+    ):
         name = st.path_str(path)
         moved = name.startswith("fusion/") and not name.startswith("fusion/vit_projector/")
         assert np.array_equal(new, old) != moved, name

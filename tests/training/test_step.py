@@ -13,6 +13,7 @@ from autoglm_jax.training import losses
 from autoglm_jax.training import step as st
 from autoglm_jax.training.data import make_dataset
 from autoglm_jax.training.recipe import DataRecipe, DistillRecipe, OptimRecipe
+
 from . import np_init
 
 
@@ -22,8 +23,9 @@ def tok():
 
 
 def _batch(tok, batch_size=4, seq_len=48, seed=0):
-    ds, _ = make_dataset(DataRecipe(seq_len=seq_len, batch_size=batch_size, prefetch=0,
-                                    seed=seed), tok)
+    ds, _ = make_dataset(
+        DataRecipe(seq_len=seq_len, batch_size=batch_size, prefetch=0, seed=seed), tok
+    )
     return next(iter(ds))
 
 
@@ -62,7 +64,9 @@ def test_overfits_a_fixed_batch(tok, tiny):
     assert int(state.step) == 150
 
 
-def _run(module, params, batches, mesh=None, rules="fsdp", optim=OptimRecipe(lr=1e-3, warmup_steps=2)):
+def _run(
+    module, params, batches, mesh=None, rules="fsdp", optim=OptimRecipe(lr=1e-3, warmup_steps=2)
+):
     tx, _ = st.make_optimizer(optim, 10, params)
     state, shardings = st.init_state(params, tx, 0, mesh)
     step = st.make_train_step(module, tx, shardings, mesh=mesh, rules=rules)
@@ -77,8 +81,15 @@ def _run(module, params, batches, mesh=None, rules="fsdp", optim=OptimRecipe(lr=
 @pytest.fixture(scope="module")
 def sharding_case(tok):
     # sizes divisible by 4 so every rule really shards (the tiny preset's are prime-ish)
-    cfg = _cfg(d_model=64, num_heads=8, num_kv_heads=4, head_dim=8, ffw_dim=48, vocab_size=528,
-               num_layers=2)
+    cfg = _cfg(
+        d_model=64,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=8,
+        ffw_dim=48,
+        vocab_size=528,
+        num_layers=2,
+    )
     model = np_init(cfg, seed=0)
     batches = [_batch(tok, seed=s) for s in range(5)]
     return model, batches, _run(model.module, _fresh(model), batches)
@@ -90,7 +101,9 @@ def test_sharded_steps_equal_single_device(sharding_case, rules, shape):
     model, batches, (want_state, want) = sharding_case
     mesh = ag.make_mesh(**shape)
     boxed = ag.abstract_params(model.module, (jnp.zeros((1, 2), jnp.int32),))
-    params = jax.tree.map(jax.device_put, _fresh(model), nn.unbox(ag.param_shardings(boxed, mesh, rules)))
+    params = jax.tree.map(
+        jax.device_put, _fresh(model), nn.unbox(ag.param_shardings(boxed, mesh, rules))
+    )
     q = params["layers_0"]["self_attn"]["q_proj"]["kernel"]
     assert len({s.device for s in q.addressable_shards}) == 4
     assert q.addressable_shards[0].data.size == q.size // 4, "weights should be split 4 ways"
@@ -130,7 +143,8 @@ def test_freeze_mask_trains_only_matching_paths(tok, one):
     optim = OptimRecipe(lr=1e-2, warmup_steps=0, trainable=("layers_0/mlp/*", "norm/*"))
     mask = st.trainable_mask(tiny.params, optim.trainable)
     assert st.count_params(tiny.params, mask) == (
-        st.count_params(tiny.params["layers_0"]["mlp"]) + tiny.config.text.d_model)
+        st.count_params(tiny.params["layers_0"]["mlp"]) + tiny.config.text.d_model
+    )
     tx, _ = st.make_optimizer(optim, 10, tiny.params)
     state, _ = st.init_state(_fresh(tiny), tx, 0)
     step = st.make_train_step(tiny.module, tx, trainable=mask)
@@ -150,8 +164,10 @@ def test_freeze_mask_trains_only_matching_paths(tok, one):
 
 def test_weight_decay_skips_norms_and_biases(one):
     tiny = one
-    mask = {st.path_str(p): m for p, m in
-            jax.tree_util.tree_leaves_with_path(st.decay_mask(tiny.params))}
+    mask = {
+        st.path_str(p): m
+        for p, m in jax.tree_util.tree_leaves_with_path(st.decay_mask(tiny.params))
+    }
     assert mask["layers_0/self_attn/q_proj/kernel"] and mask["embed_tokens/embedding"]
     assert not mask["layers_0/self_attn/q_proj/bias"]
     assert not mask["layers_0/input_layernorm/scale"] and not mask["norm/scale"]
@@ -189,6 +205,7 @@ def test_nonfinite_step_is_skipped(tok, one):
 
 def test_bf16_compute_with_fp32_master_weights(one, first_step):
     from autoglm_jax.nn.glm import GlmDecoder
+
     b, _, fp32_loss = first_step
     module = GlmDecoder(one.config.with_dtypes("float32", "bfloat16").text)
     tx, _ = st.make_optimizer(OptimRecipe(lr=1e-3, warmup_steps=0), 10, one.params)
@@ -212,22 +229,35 @@ def test_losses_against_numpy():
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
     ce = -np.take_along_axis(log_softmax(s), tgt[..., None], -1)[..., 0]
-    np.testing.assert_allclose(losses.cross_entropy(s, tgt, mask), (ce * mask).sum() / mask.sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.cross_entropy(s, tgt, mask), (ce * mask).sum() / mask.sum(), rtol=1e-5
+    )
     T = 2.0
     pt, ps = log_softmax(t / T), log_softmax(s / T)
     kl = (np.exp(pt) * (pt - ps)).sum(-1)
-    np.testing.assert_allclose(losses.kl_divergence(t, s, mask, T), (kl * mask).sum() / mask.sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.kl_divergence(t, s, mask, T), (kl * mask).sum() / mask.sum(), rtol=1e-5
+    )
     assert float(losses.kl_divergence(s, s, mask, T)) == pytest.approx(0.0, abs=1e-6)
     h1, h2 = rng.randn(2, 5, 3), rng.randn(2, 5, 3)
     mse = ((h1 - h2) ** 2).mean(-1)
-    np.testing.assert_allclose(losses.hidden_mse([h1], [h2], mask), (mse * mask).sum() / mask.sum(),
-                               rtol=1e-5)
-    total, parts = losses.distill_loss(s, t, tgt, mask, alpha=0.3, temperature=T, beta=0.5,
-                                       student_hidden=[h1], teacher_hidden=[h2])
-    np.testing.assert_allclose(total, 0.3 * T * T * parts["kl"] + 0.7 * parts["ce"]
-                               + 0.5 * parts["hidden_mse"], rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.hidden_mse([h1], [h2], mask), (mse * mask).sum() / mask.sum(), rtol=1e-5
+    )
+    total, parts = losses.distill_loss(
+        s,
+        t,
+        tgt,
+        mask,
+        alpha=0.3,
+        temperature=T,
+        beta=0.5,
+        student_hidden=[h1],
+        teacher_hidden=[h2],
+    )
+    np.testing.assert_allclose(
+        total, 0.3 * T * T * parts["kl"] + 0.7 * parts["ce"] + 0.5 * parts["hidden_mse"], rtol=1e-6
+    )
     assert float(losses.cross_entropy(s, tgt, np.zeros_like(mask))) == 0.0
     # exact match per segment: row 0 has segments 1 (ok) and 2 (one wrong token)
     logits = np.eye(11)[tgt] * 5
@@ -244,14 +274,24 @@ def test_distill_step_uses_the_teacher(tok, tiny, one):
     step = st.make_train_step(student.module, tx, distill=d, teacher_module=tiny.module)
     state, _ = st.init_state(_fresh(student), tx, 0)
     _, m = step(state, batch, tiny.params)
-    kw = dict(positions=batch["positions"], segment_ids=batch["segment_ids"],
-              mutable=["intermediates"])
+    kw = dict(
+        positions=batch["positions"], segment_ids=batch["segment_ids"], mutable=["intermediates"]
+    )
     logits, s_inter = student.module.apply({"params": student.params}, batch["inputs"], **kw)
     t_logits, inter = tiny.module.apply({"params": tiny.params}, batch["inputs"], **kw)
     mask = batch["loss_mask"]
-    np.testing.assert_allclose(m["kl"], losses.kl_divergence(t_logits, logits, mask, 2.0), rtol=1e-5)
-    np.testing.assert_allclose(m["hidden_mse"], losses.hidden_mse(
-        [s_inter["intermediates"]["hidden_states"][0]],
-        [inter["intermediates"]["hidden_states"][2]], mask), rtol=1e-5)
-    assert float(m["loss"]) == pytest.approx(2.0 * float(m["kl"]) + 0.5 * float(m["ce"])
-                                             + 0.1 * float(m["hidden_mse"]), rel=1e-5)
+    np.testing.assert_allclose(
+        m["kl"], losses.kl_divergence(t_logits, logits, mask, 2.0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        m["hidden_mse"],
+        losses.hidden_mse(
+            [s_inter["intermediates"]["hidden_states"][0]],
+            [inter["intermediates"]["hidden_states"][2]],
+            mask,
+        ),
+        rtol=1e-5,
+    )
+    assert float(m["loss"]) == pytest.approx(
+        2.0 * float(m["kl"]) + 0.5 * float(m["ce"]) + 0.1 * float(m["hidden_mse"]), rel=1e-5
+    )

@@ -111,8 +111,9 @@ def get_block_sizes(
     splits = 1
     if programs < _TARGET_PROGRAMS:
         max_tiles = max(1, -(-pages_per_seq * page_size // block_k))
-        splits = min(_MAX_SPLITS, -(-_TARGET_PROGRAMS // programs),
-                     max(1, max_tiles // _MIN_TILES_PER_SPLIT))
+        splits = min(
+            _MAX_SPLITS, -(-_TARGET_PROGRAMS // programs), max(1, max_tiles // _MIN_TILES_PER_SPLIT)
+        )
         per_split = num_tokens * num_kv_heads * queries_per_kv_head * head_dim * 4
         splits = max(1, min(splits, _MAX_SPLIT_BYTES // max(1, per_split)))
     return BlockSizes(

@@ -79,8 +79,9 @@ def make_schedule(
     tail_start = jnp.clip(cu_q_lens[n], 0, t)
     part_start = jnp.concatenate([q_start, tail_start[None]])  # [S + 1]
     part_end = jnp.concatenate([q_end, jnp.full((1,), t, jnp.int32)])
-    part_kv = jnp.concatenate([jnp.where(live, jnp.maximum(kv_lens, 0), 0),
-                               jnp.zeros((1,), jnp.int32)])
+    part_kv = jnp.concatenate(
+        [jnp.where(live, jnp.maximum(kv_lens, 0), 0), jnp.zeros((1,), jnp.int32)]
+    )
     part_seq = jnp.concatenate([jnp.arange(s, dtype=jnp.int32), jnp.zeros((1,), jnp.int32)])
     n_blocks = (part_end - part_start + block_q - 1) // block_q
     blk_end = jnp.cumsum(n_blocks)
@@ -90,12 +91,14 @@ def make_schedule(
     used = owner <= s
     owner = jnp.minimum(owner, s)
     row0 = part_start[owner] + (b - blk_begin[owner]) * block_q
-    return jnp.stack([
-        jnp.where(used, part_seq[owner], 0),
-        jnp.where(used, row0, t),
-        jnp.where(used, part_end[owner], t),
-        jnp.where(used, part_kv[owner], 0),
-    ]).astype(jnp.int32)
+    return jnp.stack(
+        [
+            jnp.where(used, part_seq[owner], 0),
+            jnp.where(used, row0, t),
+            jnp.where(used, part_end[owner], t),
+            jnp.where(used, part_kv[owner], 0),
+        ]
+    ).astype(jnp.int32)
 
 
 def _kernel(
@@ -138,8 +141,11 @@ def _kernel(
     d_ok = d < head_dim
     q_pos = kv_len - (row_end - tok)  # [R] position of each row's token in its KV
 
-    q = plgpu.load(q_ref.at[tok[:, None], head[:, None], d[None, :]],
-                   mask=row_ok[:, None] & d_ok[None, :], other=0)  # [R, Hp]
+    q = plgpu.load(
+        q_ref.at[tok[:, None], head[:, None], d[None, :]],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0,
+    )  # [R, Hp]
 
     # Keys [0, kv_hi) are visible to some row; [0, kv_full) to every row of the block.
     last_tok = jnp.minimum(row0 + block_q, row_end) - 1
@@ -185,9 +191,11 @@ def _kernel(
         pv = plgpu.dot(p.astype(compute_dtype), v.astype(compute_dtype), precision=precision)
         return acc * alpha[:, None] + pv, m_next, l_next
 
-    carry = (jnp.zeros((rows, head_dim_p), jnp.float32),
-             jnp.full((rows,), M_INIT, jnp.float32),
-             jnp.zeros((rows,), jnp.float32))
+    carry = (
+        jnp.zeros((rows, head_dim_p), jnp.float32),
+        jnp.full((rows,), M_INIT, jnp.float32),
+        jnp.zeros((rows,), jnp.float32),
+    )
     split_full = jnp.minimum(jnp.maximum(n_full, t_lo), t_hi)
     carry = lax.fori_loop(t_lo, split_full, functools.partial(tile, masked=False), carry)
     acc, m, l = lax.fori_loop(split_full, t_hi, functools.partial(tile, masked=True), carry)
@@ -235,35 +243,50 @@ def ragged_paged_attention_pallas(
     block_sizes: BlockSizes | None = None,
 ) -> jax.Array:  # [T, N, H]
     """Unjitted body of `ragged_paged_attention` (usable inside a caller's jit)."""
-    dims = validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
-                           k_scales, v_scales)
+    dims = validate_inputs(
+        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, k_scales, v_scales
+    )
     if block_sizes is None:
         block_sizes = get_block_sizes(
-            head_dim=dims.head_dim, page_size=dims.page_size,
-            queries_per_kv_head=dims.queries_per_kv_head, num_kv_heads=dims.num_kv_heads,
-            num_tokens=dims.num_tokens, num_seqs=dims.num_seqs, pages_per_seq=dims.pages_per_seq)
+            head_dim=dims.head_dim,
+            page_size=dims.page_size,
+            queries_per_kv_head=dims.queries_per_kv_head,
+            num_kv_heads=dims.num_kv_heads,
+            num_tokens=dims.num_tokens,
+            num_seqs=dims.num_seqs,
+            pages_per_seq=dims.pages_per_seq,
+        )
     bs = block_sizes
     rows = bs.block_q * next_pow2(dims.queries_per_kv_head)
     if not interpret and (rows < MIN_ROWS or rows & (rows - 1)):
         raise ValueError(
             f"block_q * next_pow2(queries_per_kv_head) = {rows} rows per program: Triton needs a "
-            f"power of two >= {MIN_ROWS} (interpret mode accepts any)")
+            f"power of two >= {MIN_ROWS} (interpret mode accepts any)"
+        )
     t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
     num_blocks = num_query_blocks(t, dims.num_seqs, bs.block_q)
-    sched = make_schedule(kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=bs.block_q,
-                          num_blocks=num_blocks)
+    sched = make_schedule(
+        kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=bs.block_q, num_blocks=num_blocks
+    )
     splits = bs.num_kv_splits
     if splits == 1:
         grid = (num_blocks, dims.num_kv_heads)
         out_shape = jax.ShapeDtypeStruct((t, n, h), q.dtype)
     else:
         grid = (num_blocks, dims.num_kv_heads, splits)
-        out_shape = (jax.ShapeDtypeStruct((splits, t, n, h), jnp.float32),
-                     jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
-                     jax.ShapeDtypeStruct((splits, t, n), jnp.float32))
+        out_shape = (
+            jax.ShapeDtypeStruct((splits, t, n, h), jnp.float32),
+            jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
+            jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
+        )
     kernel = functools.partial(
-        _kernel, sm_scale=float(sm_scale), block_q=bs.block_q, block_k=bs.block_k,
-        group=dims.queries_per_kv_head, num_splits=splits)
+        _kernel,
+        sm_scale=float(sm_scale),
+        block_q=bs.block_q,
+        block_k=bs.block_k,
+        group=dims.queries_per_kv_head,
+        num_splits=splits,
+    )
     out = pl.pallas_call(
         kernel,
         grid=grid,
@@ -302,5 +325,16 @@ def ragged_paged_attention(
     only same-shaped buffer is q, which callers usually still hold.
     """
     return ragged_paged_attention_pallas(
-        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, sm_scale=sm_scale,
-        k_scales=k_scales, v_scales=v_scales, interpret=interpret, block_sizes=block_sizes)
+        q,
+        k_pages,
+        v_pages,
+        kv_lens,
+        block_tables,
+        cu_q_lens,
+        num_seqs,
+        sm_scale=sm_scale,
+        k_scales=k_scales,
+        v_scales=v_scales,
+        interpret=interpret,
+        block_sizes=block_sizes,
+    )

@@ -35,8 +35,9 @@ def ragged_paged_attention_reference(
 ) -> jax.Array:  # [T, N, H], zeros on padding rows
     """Same contract as `ragged_paged_attention`; `interpret` is accepted and ignored."""
     del interpret
-    dims = validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
-                           k_scales, v_scales)
+    dims = validate_inputs(
+        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, k_scales, v_scales
+    )
     kv_lens = np.asarray(kv_lens)
     block_tables = np.asarray(block_tables)
     cu_q_lens = np.asarray(cu_q_lens)
@@ -56,9 +57,11 @@ def ragged_paged_attention_reference(
         if q_len == 0:
             continue
         if not 0 < q_len <= kv_len <= dims.pages_per_seq * dims.page_size:
-            raise ValueError(f"sequence {s}: need 0 < q_len ({q_len}) <= kv_len ({kv_len}) <= "
-                             f"pages_per_seq * page_size ({dims.pages_per_seq * dims.page_size})")
-        pages = block_tables[s, :-(-kv_len // dims.page_size)]
+            raise ValueError(
+                f"sequence {s}: need 0 < q_len ({q_len}) <= kv_len ({kv_len}) <= "
+                f"pages_per_seq * page_size ({dims.pages_per_seq * dims.page_size})"
+            )
+        pages = block_tables[s, : -(-kv_len // dims.page_size)]
         k = k_all[pages].reshape(-1, dims.num_kv_heads, dims.head_dim)[:kv_len]
         v = v_all[pages].reshape(-1, dims.num_kv_heads, dims.head_dim)[:kv_len]
         qs = q_all[q0:q1].reshape(q_len, dims.num_kv_heads, g, dims.head_dim)

@@ -59,11 +59,13 @@ def validate_inputs(
         raise ValueError(f"q must be [tokens, q_heads, head_dim], got shape {_shape(q)}")
     if len(_shape(k_pages)) != 4:
         raise ValueError(
-            f"k_pages must be [pages, page_size, kv_heads, head_dim], got shape {_shape(k_pages)}")
+            f"k_pages must be [pages, page_size, kv_heads, head_dim], got shape {_shape(k_pages)}"
+        )
     if _shape(k_pages) != _shape(v_pages):
         raise ValueError(
             f"k_pages and v_pages must have the same shape, got {_shape(k_pages)} and "
-            f"{_shape(v_pages)}")
+            f"{_shape(v_pages)}"
+        )
     t, n, h = _shape(q)
     p, page, k, hk = _shape(k_pages)
     if hk != h:
@@ -74,16 +76,19 @@ def validate_inputs(
         raise ValueError(f"empty dimension in q {_shape(q)} or pages {_shape(k_pages)}")
     if n % k:
         raise ValueError(
-            f"the number of query heads ({n}) must be a multiple of the number of KV heads ({k})")
+            f"the number of query heads ({n}) must be a multiple of the number of KV heads ({k})"
+        )
     if _dtype(q) not in _FLOAT_DTYPES:
         raise ValueError(f"q must be float32, bfloat16 or float16, got {_dtype(q)}")
     if _dtype(k_pages) != _dtype(v_pages):
         raise ValueError(
-            f"k_pages and v_pages must share a dtype, got {_dtype(k_pages)} and {_dtype(v_pages)}")
+            f"k_pages and v_pages must share a dtype, got {_dtype(k_pages)} and {_dtype(v_pages)}"
+        )
     quantized = _dtype(k_pages) == jnp.dtype(jnp.int8)
     if not quantized and _dtype(k_pages) != _dtype(q):
         raise ValueError(
-            f"KV pages must have q's dtype ({_dtype(q)}) or be int8, got {_dtype(k_pages)}")
+            f"KV pages must have q's dtype ({_dtype(q)}) or be int8, got {_dtype(k_pages)}"
+        )
     if quantized:
         for name, s in (("k_scales", k_scales), ("v_scales", v_scales)):
             if s is None:
@@ -102,17 +107,30 @@ def validate_inputs(
         raise ValueError("kv_lens is empty: S must be at least 1 (pad with a dummy sequence)")
     if len(_shape(block_tables)) != 2 or _shape(block_tables)[0] != s:
         raise ValueError(
-            f"block_tables must be i32[S={s}, max_pages], got shape {_shape(block_tables)}")
+            f"block_tables must be i32[S={s}, max_pages], got shape {_shape(block_tables)}"
+        )
     if _shape(block_tables)[1] < 1:
         raise ValueError("block_tables needs at least one page column")
     if _shape(cu_q_lens) != (s + 1,):
         raise ValueError(f"cu_q_lens must be i32[S+1={s + 1}], got shape {_shape(cu_q_lens)}")
     if _shape(num_seqs) != (1,):
         raise ValueError(f"num_seqs must be i32[1], got shape {_shape(num_seqs)}")
-    for name, x in (("kv_lens", kv_lens), ("block_tables", block_tables),
-                    ("cu_q_lens", cu_q_lens), ("num_seqs", num_seqs)):
+    for name, x in (
+        ("kv_lens", kv_lens),
+        ("block_tables", block_tables),
+        ("cu_q_lens", cu_q_lens),
+        ("num_seqs", num_seqs),
+    ):
         if _dtype(x) != jnp.dtype(jnp.int32):
             raise ValueError(f"{name} must be int32, got {_dtype(x)}")
     return Dims(
-        num_tokens=t, num_q_heads=n, head_dim=h, num_pages=p, page_size=page, num_kv_heads=k,
-        num_seqs=s, pages_per_seq=_shape(block_tables)[1], quantized=quantized)
+        num_tokens=t,
+        num_q_heads=n,
+        head_dim=h,
+        num_pages=p,
+        page_size=page,
+        num_kv_heads=k,
+        num_seqs=s,
+        pages_per_seq=_shape(block_tables)[1],
+        quantized=quantized,
+    )

@@ -60,8 +60,9 @@ def ragged_paged_attention_xla(
     block_k: keys per loop step, rounded down to whole pages (default 128).
     """
     del interpret
-    dims = validate_inputs(q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs,
-                           k_scales, v_scales)
+    dims = validate_inputs(
+        q, k_pages, v_pages, kv_lens, block_tables, cu_q_lens, num_seqs, k_scales, v_scales
+    )
     t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
     kh, g, page = dims.num_kv_heads, dims.queries_per_kv_head, dims.page_size
     if block_q is None:
@@ -69,8 +70,9 @@ def ragged_paged_attention_xla(
     pages_per_tile = max(1, min((block_k or _TILE_KEYS) // page, dims.pages_per_seq))
     tile = pages_per_tile * page
     nb = num_query_blocks(t, dims.num_seqs, block_q)
-    sched = make_schedule(kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=block_q,
-                          num_blocks=nb)
+    sched = make_schedule(
+        kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=block_q, num_blocks=nb
+    )
     seq, row0 = sched[SCHED_SEQ], sched[SCHED_ROW0]
     row_end, kv_len = sched[SCHED_ROW_END], sched[SCHED_KV_LEN]
 
@@ -113,9 +115,11 @@ def ragged_paged_attention_xla(
         acc = acc * alpha[..., None] + jnp.einsum("BKGTS,BSKH->BKGTH", p, v)
         return acc, m_next, l_next
 
-    carry = (jnp.zeros((nb, kh, g, block_q, h), jnp.float32),
-             jnp.full((nb, kh, g, block_q), -jnp.inf, jnp.float32),
-             jnp.zeros((nb, kh, g, block_q), jnp.float32))
+    carry = (
+        jnp.zeros((nb, kh, g, block_q, h), jnp.float32),
+        jnp.full((nb, kh, g, block_q), -jnp.inf, jnp.float32),
+        jnp.zeros((nb, kh, g, block_q), jnp.float32),
+    )
     acc, _, l = lax.fori_loop(0, num_steps, step, carry)
     o = acc / jnp.where(l == 0.0, 1.0, l)[..., None]  # [B, K, G, T, H]
     o = o.transpose(0, 3, 1, 2, 4).reshape(nb * block_q, n, h)
