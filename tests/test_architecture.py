@@ -3,6 +3,7 @@ level and inside functions), no module cycles, and only the model families decid
 `model_type`. docs/architecture.md draws the same layers."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,25 @@ def model_type_checks(path: Path) -> list[str]:
         elif isinstance(node, ast.Match) and _mentions_model_type(node.subject):
             bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     return bad
+
+
+# The axis legend of nn/layers.py and docs/architecture.md.
+LEGEND = set("BTSDNKGHFVPMCROEQALXYIJxy")
+
+
+def einsum_letters(path: Path) -> set[str]:
+    """Letters of every einsum equation literal ("BTD,DNH->BTNH") in the file."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if re.fullmatch(r"[A-Za-z]+(,[A-Za-z]+)*->[A-Za-z]*", node.value):
+                out |= set(node.value) - set(",->")
+    return out
+
+
+def test_every_einsum_uses_the_legend():
+    stray = {str(p.relative_to(ROOT)): sorted(einsum_letters(p) - LEGEND) for p in _sources()}
+    assert {k: v for k, v in stray.items() if v} == {}
 
 
 def test_imports_run_down_the_layers():

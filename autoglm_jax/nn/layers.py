@@ -1,9 +1,14 @@
 """Shared layers: norms, linear maps with logical axes, embeddings, rotary embeddings.
 
-Axis legend (every einsum in the package uses these letters):
-  B batch, T query tokens, S key tokens, D model width, N query heads, K kv heads,
-  G queries per kv head, H head dim, F ffw width, V vocab, P patches, M memory tokens,
-  C channels / fused projection index, R rotary frequencies.
+Axis legend (every einsum in the package uses these letters, with these meanings only;
+docs/architecture.md has the same table and tests/test_architecture.py checks the letters):
+  B batch, T query tokens (or samples), S key tokens, D model width, N query heads,
+  K kv heads, G queries per kv head, H head dim, F ffw width, V vocab, P patches,
+  M memory tokens, C channels / fused projection index, R rotary frequencies,
+  O output width of a projection to another width, E CGA modalities, Q M-RoPE position rows,
+  A audio windows, L frames per audio window, X Y rows / columns inside a kernel window or
+  patch, I J rows / columns of a learned position grid, x y rows / columns of the grid it is
+  resampled to.
 
 Logical axis names attached to weights (mapped to mesh axes by `autoglm_jax.sharding`):
   embed, heads, kv_heads, head_dim, mlp, vocab, norm, fused, and for encoders the same names.
@@ -236,7 +241,7 @@ def rope_angles(
 def _select_rows(per_row: Array, axis: np.ndarray) -> Array:
     # per_row [3, B, T, R]; pick row axis[r] for frequency r.
     onehot = jnp.asarray(np.eye(3, dtype=np.float32)[axis].T)  # [3, R]
-    return jnp.einsum("XBTR,XR->BTR", per_row, onehot)
+    return jnp.einsum("QBTR,QR->BTR", per_row, onehot)
 
 
 def apply_interleaved_rope(x: Array, angles: Array) -> Array:

@@ -360,7 +360,7 @@ class Glm4vVisionTower(nn.Module):
         m = cfg.spatial_merge_size
         x = x.reshape(-1, m, m, cfg.d_model)
         x = Einsum(
-            "TXYD,XYDE->TE",
+            "TXYD,XYDO->TO",
             (m, m, cfg.d_model, cfg.out_hidden_size),
             (None, None, "embed", "mlp"),
             bias_shape=(cfg.out_hidden_size,),

@@ -134,7 +134,7 @@ class ViTEncoder(nn.Module):
             return x, None
         # E: the pooler's output width.
         pooled = Einsum(
-            "BD,DE->BE",
+            "BD,DO->BO",
             (c.d_model, c.pooler_width),
             ("embed", None),
             bias_shape=(c.pooler_width,),

@@ -219,7 +219,7 @@ def resample(
         base, phase = pos // up, pos % up
         idx = base[:, None] - j[None, :] + pad  # into xp; outside x reads zeros
         idx = np.clip(idx, 0, xp.shape[0] - 1)
-        out[m] = np.einsum("mj,mj->m", xp[idx], h_poly[phase])
+        out[m] = np.einsum("TX,TX->T", xp[idx], h_poly[phase])
     return out.astype(np.float32)
 
 
