@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,13 @@ import numpy as np
 
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError, SafetensorsIndex, save_file
 from autoglm_jax.families.family import Family
-from autoglm_jax.families.keymap import get_path, set_path, state_dict_from_params
+from autoglm_jax.families.keymap import (
+    get_path,
+    join_parts,
+    part_shape,
+    set_path,
+    state_dict_from_params,
+)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -60,24 +67,28 @@ def read_hf_tensors(
         )
     target = _NP_DTYPES[param_dtype]
     params: dict[str, Any] = {}
+    num_parts = Counter(m.path for m in maps if m.part is not None)
+    pending: dict[tuple[str, ...], dict[int, np.ndarray]] = {}  # leaves fused from several keys
     for m in maps:
         want = get_path(expected, m.path)
+        shape = part_shape(want.shape, m.part)
         arr = index.get(m.hf_key)
         problem = None
-        if arr.size != int(np.prod(want.shape)):
+        if arr.size != int(np.prod(shape)):
             problem = "size"
         else:
             try:
                 arr = m.to_flax(arr)
             except ValueError:
                 problem = "layout"
-            if problem is None and tuple(arr.shape) != tuple(want.shape):
+            if problem is None and tuple(arr.shape) != shape:
                 problem = "layout"
         if problem:
+            part = "" if m.part is None else f", slice {m.part[1]} of axis {m.part[0]}"
             raise CheckpointError(
                 f"{index.file_of(m.hf_key)}: key `{m.hf_key}`: shape mismatch: checkpoint has "
-                f"{list(index.shape(m.hf_key))}, the config expects {list(want.shape)} "
-                f"(our layout of param {'/'.join(m.path)})"
+                f"{list(index.shape(m.hf_key))}, the config expects {list(shape)} "
+                f"(our layout of param {'/'.join(m.path)}{part})"
             )
         if not np.issubdtype(arr.dtype, np.floating) and arr.dtype != target:
             raise CheckpointError(
@@ -85,6 +96,12 @@ def read_hf_tensors(
                 f"floating tensor, got {arr.dtype}"
             )
         arr = arr.astype(target, copy=False)
+        if m.part is not None:  # place the leaf once all its slices are read
+            got = pending.setdefault(m.path, {})
+            got[m.part[1]] = arr
+            if len(got) < num_parts[m.path]:
+                continue
+            arr = join_parts(pending.pop(m.path), m.part[0])
         sharding = get_path(shardings, m.path) if shardings is not None else None
         set_path(
             params,

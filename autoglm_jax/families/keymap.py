@@ -26,12 +26,30 @@ def _identity(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class TensorMap:
-    """One HF tensor <-> one leaf of the Flax params tree."""
+    """One HF tensor <-> one leaf of the Flax params tree, or one slice of a leaf.
+
+    With `part=(axis, index)` the tensor is `leaf.take(index, axis)` (to_flax returns that
+    slice): several HF tensors fused into one param, such as separate gate and up projections
+    in a [D, 2, F] kernel. The maps of one leaf must cover every index of that axis.
+    """
 
     hf_key: str
     path: ParamPath
     to_flax: Transform = _identity
     to_hf: Transform = _identity
+    part: tuple[int, int] | None = None
+
+
+def part_shape(shape: tuple[int, ...], part: tuple[int, int] | None) -> tuple[int, ...]:
+    """The shape of a map's slice of a leaf of `shape` (the whole shape when part is None)."""
+    if part is None:
+        return tuple(shape)
+    return tuple(shape[: part[0]]) + tuple(shape[part[0] + 1 :])
+
+
+def join_parts(pieces: dict[int, np.ndarray], axis: int) -> np.ndarray:
+    """A leaf from its slices {index: slice} along `axis` (indices 0..n-1)."""
+    return np.stack([pieces[i] for i in range(len(pieces))], axis=axis)
 
 
 def linear_weight(
@@ -82,11 +100,25 @@ def set_path(tree: dict[str, Any], path: ParamPath, value: Any) -> None:
 def params_from_state_dict(maps: list[TensorMap], state: dict[str, np.ndarray]) -> dict[str, Any]:
     """Convenience for tests: a params tree from an in-memory HF state dict (numpy)."""
     params: dict[str, Any] = {}
+    pieces: dict[ParamPath, dict[int, np.ndarray]] = {}
     for m in maps:
-        set_path(params, m.path, m.to_flax(np.asarray(state[m.hf_key])))
+        arr = m.to_flax(np.asarray(state[m.hf_key]))
+        if m.part is None:
+            set_path(params, m.path, arr)
+        else:
+            pieces.setdefault(m.path, {})[m.part[1]] = arr
+    axes = {m.path: m.part[0] for m in maps if m.part is not None}
+    for path, got in pieces.items():
+        set_path(params, path, join_parts(got, axes[path]))
     return params
 
 
 def state_dict_from_params(maps: list[TensorMap], params: dict[str, Any]) -> dict[str, np.ndarray]:
     """An HF state dict (numpy) from a params tree."""
-    return {m.hf_key: m.to_hf(np.asarray(get_path(params, m.path))) for m in maps}
+    out = {}
+    for m in maps:
+        leaf = np.asarray(get_path(params, m.path))
+        if m.part is not None:
+            leaf = np.take(leaf, m.part[1], axis=m.part[0])
+        out[m.hf_key] = m.to_hf(leaf)
+    return out

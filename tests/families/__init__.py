@@ -1,0 +1,1 @@
+"""Tests of model families added through the registry table."""
