@@ -1,4 +1,4 @@
-"""python -m infer {generate, chat, serve, bench, bench-attention}
+"""python -m infer {generate, chat, serve, bench, bench-attention, agent, agent-eval, agent-data}
 
 Thin: parses flags with tyro and calls the command bodies in this package. Every command that
 runs the engine takes the same model and engine flags (`infer.flags`), flat, with vLLM's names.
@@ -12,6 +12,14 @@ import tyro
 
 
 def main(argv: list[str] | None = None) -> None:
+    from infer.agent import (
+        AgentArgs,
+        AgentDataArgs,
+        AgentEvalArgs,
+        run_agent,
+        run_agent_data,
+        run_agent_eval,
+    )
     from infer.bench import BenchArgs, run_bench
     from infer.bench_attention import BenchAttentionArgs, run_bench_attention
     from infer.generate import ChatArgs, GenerateArgs, run_chat, run_generate
@@ -23,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
         "serve": ServeArgs,
         "bench": BenchArgs,
         "bench-attention": BenchAttentionArgs,
+        "agent": AgentArgs,
+        "agent-eval": AgentEvalArgs,
+        "agent-data": AgentDataArgs,
     }
     runners = {
         GenerateArgs: run_generate,
@@ -30,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         ServeArgs: run_serve,
         BenchArgs: run_bench,
         BenchAttentionArgs: run_bench_attention,
+        AgentArgs: run_agent,
+        AgentEvalArgs: run_agent_eval,
+        AgentDataArgs: run_agent_data,
     }
     args = tyro.extras.subcommand_cli_from_dict(
         commands, args=argv, config=(tyro.conf.OmitArgPrefixes,)

@@ -1,8 +1,11 @@
 """The phone agent: the AutoGLM-Phone action language, a simulated phone with tasks, and the
-agent loop that drives a phone through any OpenAI-compatible endpoint.
+agent loop that drives a phone through any OpenAI-compatible endpoint or an in-process engine.
 
     task = make_task(seed=0, split="heldout")
     episode = run_episode(task.new_phone(), task.instruction, AgentConfig(base_url=...))
+    episode = run_episode(phone, instruction, config, backend=EngineBackend(engine, config))
+    write_episodes("data/agent", num_tasks=200)  # oracle steps as chat JSONL for training
+    evaluate(lambda task, phone: backend, num_tasks=20)  # task success, step accuracy
 """
 
 from autoglm_jax.agent.actions import (
@@ -20,6 +23,9 @@ from autoglm_jax.agent.actions import (
     parse_action,
     split_reply,
 )
+from autoglm_jax.agent.episodes import write_episodes
+from autoglm_jax.agent.evaluate import EvalResult, TaskResult, evaluate, oracle_backend, run_task
+from autoglm_jax.agent.local import EngineBackend
 from autoglm_jax.agent.loop import (
     SYSTEM_PROMPT,
     AgentConfig,
@@ -39,6 +45,8 @@ __all__ = [
     "ActionError",
     "AgentConfig",
     "AgentError",
+    "EngineBackend",
+    "EvalResult",
     "Back",
     "Episode",
     "Finish",
@@ -53,13 +61,18 @@ __all__ = [
     "Swipe",
     "Tap",
     "Task",
+    "TaskResult",
     "Type",
     "Wait",
+    "evaluate",
     "make_task",
+    "oracle_backend",
     "oracle_episode",
     "parse_action",
     "run_episode",
+    "run_task",
     "split_reply",
     "step_is_correct",
     "target_box",
+    "write_episodes",
 ]

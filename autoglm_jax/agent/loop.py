@@ -275,16 +275,22 @@ def chat(config: AgentConfig, messages: list[dict[str, Any]]) -> str:
 # --- the loop ------------------------------------------------------------------------------
 
 
-def _steps(
-    phone: Phone, instruction: str, config: AgentConfig, send: Callable[[list[dict[str, Any]]], str]
-) -> Iterator[Step]:
+Backend = Callable[[list[dict[str, Any]]], str]
+"""What answers the loop: the request's messages -> the reply's content (HTTP, or in-process)."""
+
+
+def turn_text(instruction: str, index: int, current_app: str) -> str:
+    """The text of step `index`'s user turn: the task on the first turn only, then screen info."""
+    info = screen_info(current_app)
+    return f"{instruction}\n\n{info}" if index == 0 else info
+
+
+def _steps(phone: Phone, instruction: str, config: AgentConfig, send: Backend) -> Iterator[Step]:
     turns: list[Turn] = []
     for index in range(config.max_steps):
         screen = phone.screenshot()
         app = phone.current_app
-        info = screen_info(app)
-        text = f"{instruction}\n\n{info}" if index == 0 else info
-        turns.append(Turn(index, text, png_data_uri(screen)))
+        turns.append(Turn(index, turn_text(instruction, index, app), png_data_uri(screen)))
         reply = send(build_messages(turns, config))
         turns[-1].reply = reply
         thinking, action_text = split_reply(reply)
@@ -301,13 +307,17 @@ def run_episode(
     instruction: str,
     config: AgentConfig,
     on_step: Callable[[Step], None] | None = None,
+    backend: Backend | None = None,
 ) -> Episode:
     """Drives `phone` towards `instruction` until the model finishes, max_steps pass, or
     max_parse_failures replies in a row do not parse. Model output never raises; AgentError
-    means the server failed. `on_step` sees each step as it is recorded."""
+    means the server failed. `on_step` sees each step as it is recorded. `backend` answers the
+    requests (default: `chat` over HTTP to config.base_url; `local.EngineBackend` runs an
+    engine in-process); the sampling fields of `config` are the backend's to honour."""
+    send = backend if backend is not None else (lambda m: chat(config, m))
     steps: list[Step] = []
     failures = 0
-    for step in _steps(phone, instruction, config, lambda m: chat(config, m)):
+    for step in _steps(phone, instruction, config, send):
         steps.append(step)
         if on_step is not None:
             on_step(step)

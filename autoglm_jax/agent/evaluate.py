@@ -1,0 +1,112 @@
+"""Scoring a backend on simulator tasks: task success (the task's checker on the final phone)
+and per-step action accuracy (`step_is_correct` on the state the model saw when it chose).
+
+A step whose reply does not parse counts as a wrong step. `oracle_backend` answers with the
+oracle's action: a reference that scores 1.0 on both, used by tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from autoglm_jax.agent.actions import Action
+from autoglm_jax.agent.episodes import PHONE_SIZE, answer_text
+from autoglm_jax.agent.loop import AgentConfig, Backend, Episode, Step, run_episode
+from autoglm_jax.agent.phone import SimPhone
+from autoglm_jax.agent.tasks import Task, make_task, step_is_correct
+
+BackendFactory = Callable[[Task, SimPhone], Backend]
+"""A backend for one task's episode on its phone (most ignore both; the oracle reads them)."""
+
+
+class JudgedPhone:
+    """A SimPhone that judges each action against the oracle before performing it."""
+
+    def __init__(self, task: Task, phone: SimPhone):
+        self.task, self.phone = task, phone
+        self.judged: list[bool] = []
+
+    @property
+    def current_app(self) -> str:
+        return self.phone.current_app
+
+    def screenshot(self) -> Any:
+        return self.phone.screenshot()
+
+    def apply(self, action: Action) -> str:
+        self.judged.append(step_is_correct(self.task, self.phone, action))
+        return self.phone.apply(action)
+
+
+def oracle_backend(task: Task, phone: SimPhone) -> Backend:
+    """Replies with the oracle's next action on `phone` (whatever the messages say)."""
+    return lambda messages: answer_text(task.next_action(phone))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskResult:
+    task: Task
+    episode: Episode
+    phone: SimPhone  # the final state
+    correct: tuple[bool, ...]  # per step; False where the reply did not parse
+
+    @property
+    def success(self) -> bool:
+        return self.task.done(self.phone)
+
+
+def run_task(
+    task: Task,
+    backend: BackendFactory,
+    config: AgentConfig = AgentConfig(),
+    on_step: Callable[[Step], None] | None = None,
+) -> TaskResult:
+    """One episode of `task` on a fresh phone, judged step by step."""
+    phone = task.new_phone()
+    judged = JudgedPhone(task, phone)
+    episode = run_episode(judged, task.instruction, config, on_step, backend(task, phone))
+    marks = iter(judged.judged)  # one per step that parsed, in order
+    correct = tuple(next(marks) if s.action is not None else False for s in episode.steps)
+    return TaskResult(task, episode, phone, correct)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    results: tuple[TaskResult, ...]
+
+    @property
+    def success_rate(self) -> float:
+        return sum(r.success for r in self.results) / max(1, len(self.results))
+
+    @property
+    def step_accuracy(self) -> float:
+        marks = [m for r in self.results for m in r.correct]
+        return sum(marks) / max(1, len(marks))
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(r.correct) for r in self.results)
+
+
+def evaluate(
+    backend: BackendFactory,
+    num_tasks: int,
+    split: str = "heldout",
+    seed: int = 0,
+    width: int = PHONE_SIZE[0],
+    height: int = PHONE_SIZE[1],
+    config: AgentConfig = AgentConfig(),
+    on_task: Callable[[TaskResult], None] | None = None,
+) -> EvalResult:
+    """Tasks seed .. seed + num_tasks - 1 of `split`, one episode each."""
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+    results = []
+    for task_seed in range(seed, seed + num_tasks):
+        result = run_task(make_task(task_seed, split, width, height), backend, config)
+        results.append(result)
+        if on_task is not None:
+            on_task(result)
+    return EvalResult(tuple(results))

@@ -1,0 +1,149 @@
+"""The offline phone agent: oracle training data the trainer reads, `python -m infer agent` and
+`agent-eval` with an oracle and a garbage backend, and one real run on tiny-mm random weights."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import autoglm_jax as ag
+from autoglm_jax.agent import make_task, oracle_episode, split_reply
+from autoglm_jax.agent.episodes import PHONE_SIZE
+from autoglm_jax.agent.evaluate import oracle_backend
+from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+from autoglm_jax.training import data as D
+from autoglm_jax.training.media import MultimodalProcessor
+from autoglm_jax.training.recipe import DataRecipe
+from infer.agent import (
+    AgentArgs,
+    AgentDataArgs,
+    AgentEvalArgs,
+    AgentLoopFlags,
+    run_agent,
+    run_agent_data,
+    run_agent_eval,
+)
+
+
+def test_agent_data_is_read_by_the_trainer(tmp_path):
+    out = io.StringIO()
+    path = run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=3, task_seed=5), out=out)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    steps = sum(len(oracle_episode(make_task(s, "train", *PHONE_SIZE))[0]) for s in (5, 6, 7))
+    assert len(records) == steps and f"wrote {steps} records" in out.getvalue()
+    for r in records:
+        *prompt, answer = r["messages"]
+        assert prompt[0]["role"] == "system" and answer["role"] == "assistant"
+        images = [p for m in prompt if isinstance(m["content"], list) for p in m["content"]]
+        images = [p["image_url"]["url"] for p in images if p["type"] == "image_url"]
+        assert len(images) == 1 and (tmp_path / images[0]).is_file()  # the current screen only
+        assert Image.open(tmp_path / images[0]).size == PHONE_SIZE
+        split_reply(answer["content"])  # the loop reads what the model is taught to write
+    first = records[0]["messages"][1]["content"][-1]["text"]
+    assert first.startswith(make_task(5, "train").instruction)
+
+    tok = Tokenizer.from_dir(TINY_TOKENIZER_DIR)
+    ids, mask = D.tokenize_chat(tok, records[0]["messages"])
+    assert tok.decode(ids[mask > 0]).strip().startswith("<answer>do(")
+    recipe = DataRecipe(
+        source="chat",
+        paths=(str(path),),
+        seq_len=640,
+        batch_size=2,
+        mode="pad",
+        shuffle=False,
+        prefetch=0,
+    )
+    config = ag.load_config("tiny-mm")
+    ds, info = D.make_dataset(recipe, tok, media_processor=MultimodalProcessor(config, tok))
+    assert info.records == len(records) and info.image_records == len(records)
+    batch = next(iter(ds))
+    # 112 x 196 pixels -> 8 x 14 patches -> 4 x 7 tokens after the 2x2 merge, one image a row
+    per_row = (batch["inputs"] == config.image_token_id).sum(1)
+    assert per_row.tolist() == [28, 28]
+    np.testing.assert_array_equal(batch["image_grid_thw"][:2], [[1, 14, 8], [1, 14, 8]])
+    assert batch["loss_mask"].sum() > 0
+
+
+def test_agent_with_the_oracle_succeeds_and_saves_screens(tmp_path):
+    out = io.StringIO()
+    args = AgentArgs(task_seed=3, split="heldout", out_dir=tmp_path)
+    result = run_agent(args, backend=oracle_backend, out=out)
+    n = len(result.episode.steps)
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "success" and result.success and n >= 2
+    assert sum(line.startswith("step ") for line in lines) == n
+    assert len(list(tmp_path.glob("step-*.png"))) == n
+    assert Image.open(tmp_path / "episode.gif").n_frames == n
+    assert "RANDOM" not in out.getvalue()
+
+
+def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
+    out = io.StringIO()
+    docs = tmp_path / "agent.md"
+    args = AgentEvalArgs(num_tasks=4, split="heldout", docs=docs)
+    result = run_agent_eval(args, backend=oracle_backend, out=out, log=io.StringIO())
+    assert (result.success_rate, result.step_accuracy) == (1.0, 1.0)
+    assert "| 1.00 | 1.00 (" in out.getvalue() and docs.read_text().count("| heldout | 4 |") == 1
+
+    def garbage(task, phone):
+        return lambda messages: "I would rather not."
+
+    out = io.StringIO()
+    args = AgentEvalArgs(num_tasks=3, split="heldout", loop=AgentLoopFlags(max_steps=5))
+    result = run_agent_eval(args, backend=garbage, out=out, log=io.StringIO())
+    assert (result.success_rate, result.step_accuracy) == (0.0, 0.0)
+    assert result.num_steps == 9  # three unusable replies end each episode
+    assert "| 0.00 | 0.00 (9 steps) |" in out.getvalue()
+
+
+@pytest.mark.slow  # ~40 s on a cold compilation cache (2 shared cores), ~10 s warm
+def test_agent_cli_on_random_tiny_mm_fails_and_says_so(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infer",
+            "agent",
+            "--model",
+            "tiny-mm",
+            "--max-steps",
+            "2",
+            "--max-tokens",
+            "4",
+            "--max-model-len",
+            "1024",
+            "--num-gpu-blocks-override",
+            "80",
+            "--max-num-seqs",
+            "2",
+            "--max-num-batched-tokens",
+            "256",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SMOKE RUN" in proc.stderr and "RANDOM weights" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "failure" and sum(line.startswith("step ") for line in lines) == 2
+    assert len(list(tmp_path.glob("step-*.png"))) == 2
+    assert Image.open(tmp_path / "episode.gif").n_frames == 2
+
+
+@pytest.mark.parametrize("command", ["agent", "agent-eval", "agent-data"])
+def test_commands_parse_their_flags(command, capsys):
+    from infer.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "--task-seed" in capsys.readouterr().out
