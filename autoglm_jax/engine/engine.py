@@ -32,6 +32,7 @@ from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.runner import ModelRunner
 from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
+from autoglm_jax.engine.step_plan import describe
 from autoglm_jax.families import family_of
 
 Prompt = str | Sequence[int] | dict
@@ -365,7 +366,8 @@ class Engine:
             [len(c.request.output_token_ids) for c in out.chunks],
             self.config.max_num_seqs,
         )
-        tokens, chosen, top_ids, top_vals = self.runner.execute(out.chunks, sampling)
+        seqs = describe(out.chunks, self.runner.mrope)
+        tokens, chosen, top_ids, top_vals = self.runner.execute(seqs, sampling)
         self.num_steps += 1
         now = time.monotonic()
         for i, c in enumerate(out.chunks):

@@ -19,10 +19,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from autoglm_jax.engine.multimodal import token_positions
 from autoglm_jax.engine.paged_attention import PagedAttention
 from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
-from autoglm_jax.engine.scheduler import ScheduledChunk
+from autoglm_jax.engine.step_plan import SeqStep
 from autoglm_jax.kernels import KVCache
 
 Array = jax.Array
@@ -343,12 +342,10 @@ class ModelRunner:
         self.shapes_compiled.add(("prime",))
         self.penalties = self._prime(self.penalties, jnp.int32(slot), p, o)
 
-    def execute(
-        self, chunks: Sequence[ScheduledChunk], sampling: SamplingArrays
-    ) -> tuple[np.ndarray, ...]:
+    def execute(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
-        for the first len(chunks) sequences."""
-        x = self.build_inputs(chunks, sampling)
+        for the first len(seqs) sequences."""
+        x = self.build_inputs(seqs, sampling)
         shape = (
             int(x.input_ids.shape[0]),
             None if x.mm_embeds is None else int(x.mm_embeds.shape[0]),
@@ -359,28 +356,24 @@ class ModelRunner:
         out, self.caches, self.penalties = self._executables[shape](
             self.params, self.caches, self.penalties, x, self.memory
         )
-        return tuple(np.asarray(a)[: len(chunks)] for a in out)
+        return tuple(np.asarray(a)[: len(seqs)] for a in out)
 
     def _image_rows(
-        self, chunks: Sequence[ScheduledChunk], t: int
+        self, seqs: Sequence[SeqStep], t: int
     ) -> tuple[Array | None, np.ndarray | None]:
-        """The image embedding rows this step's tokens need, and each token's row."""
+        """The image embedding rows this step's tokens need (bucketed), and each token's row."""
+        if not self.multimodal:
+            return None, None
         index = np.full((t,), -1, np.int32)
         pieces = []
         count, row = 0, 0
-        for c in chunks:
-            mm = c.request.mm
-            if mm is not None and mm.image_ordinal is not None:
-                ordinal = mm.image_ordinal[c.start : c.start + c.num_tokens]
-                ordinal = np.pad(ordinal, (0, c.num_tokens - len(ordinal)), constant_values=-1)
-                used = ordinal >= 0
-                if used.any():
-                    pieces.append(mm.image_embeds[ordinal[used]])
-                    index[row : row + c.num_tokens][used] = count + np.arange(int(used.sum()))
-                    count += int(used.sum())
-            row += c.num_tokens
-        if not self.multimodal:
-            return None, None
+        for q in seqs:
+            if q.image_embeds is not None:
+                used = q.image_index >= 0
+                index[row : row + q.num_tokens][used] = count + q.image_index[used]
+                pieces.append(q.image_embeds)
+                count += int(q.image_embeds.shape[0])
+            row += q.num_tokens
         if not pieces:
             return None, index
         size = _bucket(count, token_buckets(1 << 30))
@@ -388,14 +381,12 @@ class ModelRunner:
         embeds = jnp.pad(embeds, ((0, size - count), (0, 0)))
         return embeds, index
 
-    def build_inputs(
-        self, chunks: Sequence[ScheduledChunk], sampling: SamplingArrays
-    ) -> StepInputs:
-        total = sum(c.num_tokens for c in chunks)
+    def build_inputs(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> StepInputs:
+        total = sum(q.num_tokens for q in seqs)
         t = _bucket(total, self.buckets)
         s = self.max_num_seqs
-        if len(chunks) > s:
-            raise ValueError(f"{len(chunks)} sequences exceed max_num_seqs={s}")
+        if len(seqs) > s:
+            raise ValueError(f"{len(seqs)} sequences exceed max_num_seqs={s}")
         ids = np.zeros((t,), np.int32)
         pos = np.zeros((3, t) if self.mrope else (t,), np.int32)
         memory_rows = np.full((t,), -1, np.int32)
@@ -407,37 +398,33 @@ class ModelRunner:
         seq_slots = np.zeros((s,), np.int32)
         do_sample = np.zeros((s,), bool)
         row = 0
-        for i, c in enumerate(chunks):
-            r = c.request
-            tokens = r.all_token_ids[c.start : c.start + c.num_tokens]
-            positions = np.arange(c.start, c.start + c.num_tokens)
-            ids[row : row + c.num_tokens] = tokens
-            pos[..., row : row + c.num_tokens] = token_positions(
-                r.mm, c.start, c.num_tokens, len(r.prompt_token_ids), self.mrope
+        for i, q in enumerate(seqs):
+            n = q.num_tokens
+            positions = np.arange(q.kv_len - n, q.kv_len)
+            ids[row : row + n] = q.token_ids
+            pos[..., row : row + n] = q.positions
+            memory_rows[row : row + n] = q.slot
+            slots[row : row + n] = (
+                q.pages[positions // self.page_size] * self.page_size + positions % self.page_size
             )
-            memory_rows[row : row + c.num_tokens] = r.slot
-            pages = np.asarray(r.pages, np.int32)
-            slots[row : row + c.num_tokens] = (
-                pages[positions // self.page_size] * self.page_size + positions % self.page_size
-            )
-            kv_lens[i] = c.start + c.num_tokens
-            tables[i, : len(pages)] = pages
-            row += c.num_tokens
+            kv_lens[i] = q.kv_len
+            tables[i, : len(q.pages)] = q.pages
+            row += n
             cu[i + 1] = row
             logits_idx[i] = row - 1
-            seq_slots[i] = r.slot
-            do_sample[i] = c.samples
-        cu[len(chunks) + 1 :] = row
+            seq_slots[i] = q.slot
+            do_sample[i] = q.samples
+        cu[len(seqs) + 1 :] = row
         attention = PagedAttention(
             slots,
             kv_lens,
             tables,
             cu,
-            np.array([len(chunks)], np.int32),
+            np.array([len(seqs)], np.int32),
             impl=self.attention_impl,
             interpret=self.interpret,
         )
-        mm_embeds, mm_index = self._image_rows(chunks, t)
+        mm_embeds, mm_index = self._image_rows(seqs, t)
         return StepInputs(
             ids,
             pos,
