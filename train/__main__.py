@@ -19,7 +19,7 @@ from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.distributed import DistributedConfig, initialize, is_primary
 from autoglm_jax.training.compress import load_compress_recipe
 from autoglm_jax.training.recipe import TrainRecipe
-from autoglm_jax.training.report import ReportOptions, run_report
+from train.report import ReportOptions, run_report
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Compression commands of the trainer: QAT, structured pruning, compressed export (the
-table that compares them is `training.report`).
+table that compares them is `train/report.py`, `python -m train report`).
 
     recipe = load_compress_recipe("configs/recipes/qat-int8.toml", {"steps": 10})
     result = run_qat(recipe)                       # fake-quantized student, float param tree

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autoglm_jax.training.report import ReportOptions, _publish, run_report
+from train.report import ReportOptions, _publish, run_report
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_report_figures_come_only_from_the_run():
     import ast
     import inspect
 
-    import autoglm_jax.training.report as report
+    import train.report as report
 
     tree = ast.parse(inspect.getsource(report))
     json_reads = [
