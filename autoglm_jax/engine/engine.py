@@ -24,8 +24,9 @@ from autoglm_jax.engine.multimodal import (
     EncoderCache,
     MultimodalInputs,
     check_media,
-    collect_media,
+    load_prompt_media,
     prepare,
+    prompt_media,
 )
 from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
@@ -251,14 +252,17 @@ class Engine:
         """Token ids of a prompt and its multimodal inputs: ids as given, a string tokenized,
         or a chat request ({"messages": [...], "enable_thinking": ..., "images": [...],
         "audios": [...]}) rendered with the chat template; image and audio content parts
-        ({"type": "image" | "image_url" | "audio" | "input_audio"}) are preprocessed."""
-        images: list[Any] = []
-        audios: list[Any] = []
-        if isinstance(prompt, dict):
-            images, audios = collect_media(prompt)
-            check_media(self.model.config, images, audios)
+        (`processing.content`: "image" | "image_url" | "audio" | "input_audio" | "audio_url")
+        are decoded and preprocessed."""
+        items = prompt_media(prompt) if isinstance(prompt, dict) else []
+        # the modality check first: a text-only model refuses media without reading them
+        check_media(
+            self.model.config,
+            [m for m in items if m.kind == "image"],
+            [m for m in items if m.kind == "audio"],
+        )
         ids = self._encode_text(prompt)
-        return prepare(self.model.config, ids, images, audios)
+        return prepare(self.model.config, ids, *load_prompt_media(items))
 
     def _encode_text(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, dict):

@@ -1,6 +1,8 @@
 """Multimodal requests in the engine: prompt preparation (images, audio, M-RoPE positions) and
 the per-request encoder outputs.
 
+- Content parts are parsed and decoded by `processing.content` under the engine's policy
+  (`ENGINE_RULES`).
 - Images (glm4v and autoglm models): preprocessed on the host; the vision tower runs once per
   request at its first admission (one compilation per distinct set of image grids); its
   embeddings are spliced at the `<|image|>` tokens of the prompt as the chunks reach them.
@@ -23,11 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from autoglm_jax.config import ModelConfig
+from autoglm_jax.processing.content import (
+    ContentRules,
+    MediaItem,
+    load_media,
+    media_item,
+    parse_messages,
+)
 
 Array = jax.Array
-
-_IMAGE_PARTS = ("image", "image_url")
-_AUDIO_PARTS = ("audio", "input_audio")
 
 
 @dataclasses.dataclass
@@ -48,48 +54,38 @@ class MultimodalInputs:
         self.image_embeds = None
 
 
-def _part_source(part: dict[str, Any], kind: str) -> Any:
-    """The image/audio payload of a message content part (our names and OpenAI's)."""
-    t = part.get("type")
-    if kind == "image":
-        if t == "image_url":
-            url = part.get("image_url")
-            return url.get("url") if isinstance(url, dict) else url
-        return part.get("image", part.get("path", part.get("url")))
-    if t == "input_audio":
-        audio = part.get("input_audio") or {}
-        data = audio.get("data") if isinstance(audio, dict) else audio
-        if isinstance(data, str):
-            import base64
-            import binascii
+ENGINE_RULES = ContentRules(strict=False, refuse_unknown=False, objects=True)
+"""The engine's content policy: a library caller's own process, so any local file and any
+loaded object (array, PIL image, WAV bytes, Waveform) is accepted; parts the parser does not
+know, and malformed ones, are left to the chat template."""
 
-            try:
-                return base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise ValueError("input_audio.data is not valid base64") from None
-        return data
-    return part.get("audio", part.get("path"))
+
+def prompt_media(prompt: dict[str, Any], rules: ContentRules = ENGINE_RULES) -> list[MediaItem]:
+    """The media of a chat prompt, parsed but not read, in order of appearance: message parts,
+    then the prompt's own `images` / `audios` lists."""
+    items = list(parse_messages(prompt.get("messages", []), rules, load=False).media)
+    for kind in ("image", "audio"):
+        key = f"{kind}s"
+        items += [
+            media_item(kind, s, f"{key}[{i}]", rules) for i, s in enumerate(prompt.get(key, []))
+        ]
+    return items
+
+
+def load_prompt_media(
+    items: Sequence[MediaItem], rules: ContentRules = ENGINE_RULES
+) -> tuple[list[Any], list[Any]]:
+    """Read the items: images u8[H, W, 3] and audio Waveforms, in order."""
+    loaded = [load_media(m, rules) for m in items]
+    return [m.loaded for m in loaded if m.kind == "image"], [
+        m.loaded for m in loaded if m.kind == "audio"
+    ]
 
 
 def collect_media(prompt: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """Images and audio clips of a chat prompt, in order of appearance (message parts, then the
-    prompt's own `images` / `audios` lists)."""
-    images: list[Any] = []
-    audios: list[Any] = []
-    for message in prompt.get("messages", []):
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
-            continue
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") in _IMAGE_PARTS:
-                images.append(_part_source(part, "image"))
-            elif part.get("type") in _AUDIO_PARTS:
-                audios.append(_part_source(part, "audio"))
-    images.extend(prompt.get("images", []))
-    audios.extend(prompt.get("audios", []))
-    return images, audios
+    """Images and audio clips of a chat prompt, decoded, in order of appearance (message parts,
+    then the prompt's own `images` / `audios` lists)."""
+    return load_prompt_media(prompt_media(prompt))
 
 
 def check_media(config: ModelConfig, images: Sequence[Any], audios: Sequence[Any]) -> None:

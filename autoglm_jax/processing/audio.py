@@ -12,6 +12,7 @@ Only numpy and the standard library are used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import struct
@@ -31,6 +32,19 @@ AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 class AudioError(ValueError):
     """Audio input that cannot be used; the message names the source and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Waveform:
+    """A decoded clip (what `read_wav` returns), so that a checked clip travels as one value
+    and is not decoded twice."""
+
+    samples: np.ndarray  # f32[n] mono in [-1, 1]
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
 
 
 # ----------------------------------------------------------------------------------------
@@ -364,15 +378,22 @@ def log_mel_windows(
 
 
 def load_audio(
-    source: AudioSource, max_seconds: float = 120.0, n_mels: int = 80, return_frames: bool = False
+    source: AudioSource | Waveform,
+    max_seconds: float = 120.0,
+    n_mels: int = 80,
+    return_frames: bool = False,
 ) -> Any:
-    """A WAV file (path, bytes or binary file object) -> Whisper features f32[W, n_mels, 3000]:
-    read, mixed to mono, resampled to 16 kHz, split into 30 s windows (W = ceil(seconds / 30)).
+    """A WAV file (path, bytes or binary file object) or a decoded `Waveform` -> Whisper
+    features f32[W, n_mels, 3000]: read, mixed to mono, resampled to 16 kHz, split into 30 s
+    windows (W = ceil(seconds / 30)).
     return_frames: (features, i32[W] real mel frames per window).
 
     Raises AudioError for unreadable files and for clips longer than `max_seconds`.
     """
-    waveform, rate = read_wav(source)
+    if isinstance(source, Waveform):
+        waveform, rate = source.samples, source.sample_rate
+    else:
+        waveform, rate = read_wav(source)
     try:
         return log_mel_windows(waveform, rate, n_mels, max_seconds, return_frames)
     except AudioError as e:
@@ -388,6 +409,7 @@ __all__ = [
     "N_FRAMES",
     "N_SAMPLES",
     "SAMPLE_RATE",
+    "Waveform",
     "load_audio",
     "log_mel_spectrogram",
     "log_mel_windows",

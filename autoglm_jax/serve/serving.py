@@ -216,10 +216,12 @@ class OpenAIServing:
 
         allowed = self.config.allowed_local_media_path
         if has_media_parts(req.messages):  # decoding images can take a while: off the loop
-            messages, media = await anyio.to_thread.run_sync(render_messages, req.messages, allowed)
+            messages, content = await anyio.to_thread.run_sync(
+                render_messages, req.messages, allowed
+            )
         else:
-            messages, media = render_messages(req.messages, allowed)
-        check_modalities(media, self.modalities, self.model_name)
+            messages, content = render_messages(req.messages, allowed)
+        check_modalities(content, self.modalities, self.model_name)
         try:
             prompt_text = self.tokenizer.apply_chat_template(
                 messages,
@@ -233,7 +235,7 @@ class OpenAIServing:
                 f"the chat template failed on these messages: {type(e).__name__}: {e}", "messages"
             ) from None
         max_tokens = req.max_completion_tokens or req.max_tokens
-        if media:  # the engine expands the placeholders and preprocesses the media
+        if content.media:  # the engine expands the placeholders and preprocesses the media
             template_kwargs = dict(kwargs, **({"tools": req.tools} if req.tools else {}))
             prompt: Any = {
                 "messages": messages,

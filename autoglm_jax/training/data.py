@@ -33,8 +33,6 @@ Targets are shifted inside each example before packing, so no target crosses a s
 
 from __future__ import annotations
 
-import base64
-import binascii
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,17 +40,17 @@ import grain
 import grain.experimental as gex
 import numpy as np
 
+from autoglm_jax.processing.content import ContentError, parse_messages
 from autoglm_jax.training import media as M
 from autoglm_jax.training import synthetic
 from autoglm_jax.training.recipe import DataRecipe
 from autoglm_jax.training.records import (
     FEATURES,
-    MEDIA_PART_TYPES,
     DataError,
     JsonlSource,
     MediaProcessor,
     SourceInfo,
-    _media_ref,
+    content_rules,
 )
 from autoglm_jax.training.tokens import shift, shift_media, tokenize_chat, tokenize_text
 
@@ -89,7 +87,7 @@ def _featurizer(
         if recipe.source == "text":
             return shift(*tokenize_text(tokenizer, record["text"]), seq_len)
         base = Path(item["base_dir"])
-        return features([_resolve_media(m, base, where) for m in record["messages"]], where)
+        return features(_resolve_media(record["messages"], base, where), where)
 
     def from_synthetic(index: int) -> dict[str, np.ndarray]:
         sample = synthetic.sample(
@@ -100,32 +98,16 @@ def _featurizer(
     return from_synthetic if recipe.source == "synthetic" else from_record
 
 
-def _resolve_media(message: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
-    """A message whose media parts are in the forms `engine.multimodal.collect_media` reads:
-    {"type": "image", "image": absolute path or data URI}, {"type": "audio", "audio":
-    absolute path or bytes}; input_audio base64 parts are kept."""
-    content = message.get("content")
-    if not isinstance(content, list):
-        return dict(message)
-    parts = []
-    for part in content:
-        if part.get("type") in MEDIA_PART_TYPES:
-            kind, path = _media_ref(part)
-            if path is not None:
-                part = {"type": kind, kind: str((base / path).resolve())}
-            elif part["type"] != "input_audio":
-                uri = part.get(part["type"])
-                uri = uri.get("url", uri.get("path")) if isinstance(uri, Mapping) else uri
-                if uri is None:
-                    uri = part.get("path", part.get("url"))
-                if kind == "audio":  # data:audio/wav;base64,... -> the WAV bytes
-                    try:
-                        uri = base64.b64decode(uri.partition(",")[2], validate=True)
-                    except (binascii.Error, ValueError):
-                        raise DataError(f"{where}: audio data URI is not valid base64") from None
-                part = {"type": kind, kind: uri}
-        parts.append(part)
-    return {**message, "content": parts}
+def _resolve_media(
+    messages: Sequence[Mapping[str, Any]], base: Path, where: str
+) -> list[dict[str, Any]]:
+    """The messages with their media parts as the engine's parser reads them:
+    {"type": "image", "image": absolute path or data: URL bytes}, {"type": "audio", "audio":
+    absolute path or WAV bytes} (`processing.content`, training's rules)."""
+    try:
+        return parse_messages(list(messages), content_rules(base), load=False).messages
+    except ContentError as e:  # the scan checked the record; a file may have changed since
+        raise DataError(f"{where}: {e}") from None
 
 
 def _pad(example: dict[str, np.ndarray], seq_len: int) -> dict[str, np.ndarray]:

@@ -78,7 +78,10 @@ class MultimodalProcessor:
     ) -> dict[str, np.ndarray]:
         from autoglm_jax.engine.multimodal import collect_media, prepare
 
-        images, audios = collect_media({"messages": list(messages)})
+        try:
+            images, audios = collect_media({"messages": list(messages)})
+        except (ValueError, OSError) as e:  # ContentError: a file gone or changed since the scan
+            raise DataError(f"{where}: {e}") from None
         if len(images) > self.max_images:
             raise DataError(
                 f"{where}: {len(images)} images in one example; data.max_images is "

@@ -11,8 +11,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from autoglm_jax.processing.content import ContentRules, parse_messages
+
 FEATURES = ("inputs", "targets", "loss_mask")
-MEDIA_PART_TYPES = ("image", "image_url", "audio", "input_audio", "video")
 
 
 class DataError(ValueError):
@@ -49,72 +50,28 @@ class SourceInfo:
 # --- record validation -------------------------------------------------------------------
 
 
-IMAGE_PART_TYPES = ("image", "image_url")
-AUDIO_PART_TYPES = ("audio", "input_audio")
-
-
-def _media_ref(part: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(kind "image"/"audio", file path or None) of a media part; None: inline data (a data:
-    URI, or input_audio's base64 `data`). Raises ValueError for what training cannot read."""
-    t = part["type"]
-    if t not in IMAGE_PART_TYPES + AUDIO_PART_TYPES:
-        raise ValueError(f"{t} parts are not supported in training (images and audio are)")
-    kind = "image" if t in IMAGE_PART_TYPES else "audio"
-    value = part.get(t)
-    if t == "input_audio":
-        if isinstance(value, str) or (
-            isinstance(value, Mapping) and isinstance(value.get("data"), str)
-        ):
-            return kind, None  # base64 WAV bytes
-    if value is None:
-        value = part.get("path", part.get("url"))
-    if isinstance(value, Mapping):
-        value = value.get("url", value.get("path"))
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{t} part needs a file path (or a data: URI)")
-    if value.startswith("data:"):
-        return kind, None
-    if value.startswith("file://"):
-        value = value[len("file://") :]
-    if "://" in value:
-        raise ValueError(
-            f"{t} part: only local file paths and data: URIs are supported, got {value[:60]!r}"
-        )
-    return kind, value
+def content_rules(base_dir: Path | str) -> ContentRules:
+    """Training's content policy: local files relative to the JSONL's folder; parts of other
+    types are left to the chat template."""
+    return ContentRules(refuse_unknown=False, base_dir=str(base_dir))
 
 
 def _check_messages(messages: Any, base_dir: Path) -> set[str]:
     """Validates a chat record; the media kinds it holds ({"image", "audio"}). Raises
-    ValueError / FileNotFoundError with a message that the caller prefixes."""
+    ValueError / FileNotFoundError with a message that the caller prefixes. Media files are
+    only looked for here; they are read when the example is."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("`messages` must be a non-empty list")
-    kinds: set[str] = set()
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ValueError(f"messages[{i}] must be an object with a string `role`")
-        content = m.get("content")
-        if content is None or isinstance(content, str):
-            continue
-        if not isinstance(content, list):
-            raise ValueError(f"messages[{i}].content must be a string or a list of parts")
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise ValueError(f"messages[{i}].content[{j}] must be an object with a `type`")
-            if part["type"] in MEDIA_PART_TYPES:
-                try:
-                    kind, path = _media_ref(part)
-                except ValueError as e:
-                    raise ValueError(f"messages[{i}].content[{j}]: {e}") from None
-                kinds.add(kind)
-                if path is not None:
-                    full = (base_dir / path).resolve()
-                    if not full.is_file():
-                        raise FileNotFoundError(f"{part['type']} file not found: {full}")
-            elif part["type"] == "text" and not isinstance(part.get("text"), str):
-                raise ValueError(f"messages[{i}].content[{j}]: text part needs a string `text`")
+    content = parse_messages(messages, content_rules(base_dir), load=False)
+    for item in content.media:
+        if item.path is not None and not Path(item.path).is_file():
+            raise FileNotFoundError(f"{item.part_type} file not found: {item.path}")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant message (nothing to train on)")
-    return kinds
+    return content.kinds
 
 
 def _check_record(record: Any, kind: str, base_dir: Path) -> set[str]:
