@@ -35,6 +35,7 @@ from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
 from autoglm_jax.engine.step_plan import describe
 from autoglm_jax.families import family_of
+from autoglm_jax.nn.model import memory_pool
 
 Prompt = str | Sequence[int] | dict
 
@@ -199,18 +200,16 @@ class Engine:
             mesh=self.mesh,
             mrope=text.mrope_section is not None,
             multimodal=family.multimodal,
+            memory=(
+                memory_pool(model.config, model.params, config.max_num_seqs)
+                if family.multimodal and getattr(model.config, "audio", None) is not None
+                else None
+            ),
         )
         self.attention_impl = impl
         self.encoders = None
         if family.multimodal:
             self.encoders = EncoderCache(model.module, model.params, model.config)
-            if getattr(model.config, "audio", None) is not None:
-                a = model.config.audio
-                dummy = np.zeros((1, a.num_mel_bins, a.num_frames), np.float32)
-                template = jax.eval_shape(
-                    lambda: self.encoders.audio_memory_kv(MultimodalInputs(audio_features=dummy))
-                )
-                self.runner.init_memory(template)
         eos = self.tokenizer.stop_token_ids if self.tokenizer is not None else text.eos_token_ids
         self.eos_token_ids = frozenset(int(i) for i in eos)
         self._tracks: dict[str, _Track] = {}

@@ -5,11 +5,13 @@ the per-request encoder outputs.
   (`ENGINE_RULES`).
 - Images (glm4v and autoglm models): preprocessed on the host; the vision tower runs once per
   request at its first admission (one compilation per distinct set of image grids); its
-  embeddings are spliced at the `<|image|>` tokens of the prompt as the chunks reach them.
+  embeddings are spliced at the `<|image|>` tokens of the prompt as the chunks reach them
+  (the runner hands each step's rows and a row index to the model's `embed_step`).
 - M-RoPE: prompt positions come from `get_rope_index`; a generated token at index i has
   position i + delta on all three rows.
-- Audio (autoglm models with a Whisper encoder): encoded once per request; every CGA block's
-  memory K/V go into a per-slot device pool that the step reads through `memory_rows`, and are
+- Audio (autoglm models with a Whisper encoder): encoded once per request
+  (`nn.model.request_memory`); every CGA block's memory K/V go into the model's per-slot pool
+  (a `MemoryKV` with a row per slot) that the step reads through `memory_rows`, and are
   overwritten when the slot is reused.
 - Prefix caching keys pages by the images' and audio's content as well as the tokens.
 """
@@ -17,6 +19,7 @@ the per-request encoder outputs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any, Sequence
 
@@ -224,28 +227,13 @@ class EncoderCache:
         return fn(self.params, jnp.asarray(mm.pixel_values))
 
     def audio_memory_kv(self, mm: MultimodalInputs) -> Any:
-        """Every CGA block's (k, v) for this request's audio: ([S, K, H], ...), valid bool[S]."""
-        from autoglm_jax.nn.model import AutoGLM
+        """This request's CGA memory (`nn.model.request_memory`): a MemoryKV with R = 1."""
+        from autoglm_jax.nn.model import request_memory
 
         windows = mm.audio_features.shape[0]
         fn = self._audio.get(windows)
         if fn is None:
-            config, most = self.config, self.config.audio.max_windows
-
-            @jax.jit
-            def fn(params: Any, feats: Array, frames: Array) -> Any:
-                model = AutoGLM(config)
-                memory = model.apply(
-                    {"params": params},
-                    1,
-                    feats,
-                    max_audio_per_row=most,
-                    audio_frames=frames,
-                    method="encode_memory",
-                )
-                return model.apply({"params": params}, memory, method="memory_kv")
-
-            self._audio[windows] = fn
+            fn = self._audio[windows] = jax.jit(functools.partial(request_memory, self.config))
         frames = (
             mm.audio_frames
             if mm.audio_frames is not None

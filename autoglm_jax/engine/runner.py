@@ -23,6 +23,7 @@ from autoglm_jax.engine.paged_attention import PagedAttention
 from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
 from autoglm_jax.engine.step_plan import SeqStep
 from autoglm_jax.kernels import KVCache
+from autoglm_jax.nn.fusion import MemoryKV
 
 Array = jax.Array
 
@@ -49,17 +50,6 @@ class StepInputs:
     mm_embeds: Array | None = None  # [R, D] image embeddings used this step (R bucketed)
     mm_index: Array | None = None  # i32[T] row of mm_embeds for each token, -1: text
     memory_rows: Array | None = None  # i32[T] CGA memory pool row of each token, -1: none
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class MemoryPool:
-    """Per-slot CGA memory (audio) K/V, written at admission, read by every step."""
-
-    k: tuple[Array, ...]  # per CGA block [slots, S, K, H]
-    v: tuple[Array, ...]  # per CGA block [slots, S, K, H]
-    valid: Array  # bool[slots, S]
-    modality: Array  # i32[S]
 
 
 def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
@@ -101,7 +91,10 @@ class ModelRunner:
         interpret: bool = False,
         mrope: bool = False,
         multimodal: bool = False,
+        memory: MemoryKV | None = None,
     ):
+        """`memory`: the per-slot CGA memory pool of a model with audio
+        (`nn.model.memory_pool`), written at admissions by `set_memory`."""
         self.module, self.params = module, params
         self.mrope = mrope
         self.multimodal = multimodal
@@ -138,11 +131,11 @@ class ModelRunner:
             jnp.zeros((max_num_seqs, vocab_size), jnp.int32),
             jnp.zeros((max_num_seqs, vocab_size), bool),
         )
-        self.memory: MemoryPool | None = None
+        self.memory = memory
         self.max_prompt_len = max_pages_per_seq * page_size
         self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
         self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
-        self._set_memory = jax.jit(self._set_memory_impl, donate_argnums=(0,))
+        self._set_memory = jax.jit(MemoryKV.with_row, donate_argnums=(0,))
         # One AOT executable per step shape: (tokens bucket, image rows bucket or None).
         self._executables: dict[tuple[int, int | None], Any] = {}
         self.shapes_compiled: set[tuple[Any, ...]] = set()
@@ -222,7 +215,7 @@ class ModelRunner:
 
     # The jitted functions.
     def _forward(
-        self, params: Any, caches: list[KVCache], x: StepInputs, memory: MemoryPool | None
+        self, params: Any, caches: list[KVCache], x: StepInputs, memory: MemoryKV | None
     ) -> tuple[Array, list[KVCache]]:
         positions = x.positions[:, None] if self.mrope else x.positions[None]
         if not self.multimodal:
@@ -236,22 +229,14 @@ class ModelRunner:
             )
 
         def run(m: Any) -> Any:
-            embeds = m.language_model.embed(x.input_ids[None])
-            if x.mm_embeds is not None:
-                rows = x.mm_embeds[jnp.maximum(x.mm_index, 0)].astype(embeds.dtype)
-                embeds = jnp.where((x.mm_index >= 0)[None, :, None], rows[None], embeds)
+            image_index = None if x.mm_embeds is None else x.mm_index[None]
             extra = {}
             if memory is not None:
-                from autoglm_jax.nn.fusion import MemoryKV
-
-                extra = {
-                    "memory": MemoryKV(memory.k, memory.v, memory.valid, memory.modality),
-                    "memory_rows": x.memory_rows[None],
-                }
+                extra = {"memory": memory, "memory_rows": x.memory_rows[None]}
             return m(
                 None,
                 positions,
-                inputs_embeds=embeds,
+                inputs_embeds=m.embed_step(x.input_ids[None], x.mm_embeds, image_index),
                 attention=x.attention,
                 kv_caches=caches,
                 logits_indices=x.logits_indices[None],
@@ -260,30 +245,8 @@ class ModelRunner:
 
         return self.module.apply({"params": params}, method=run)
 
-    def init_memory(self, template: Any) -> None:
-        """Allocate the CGA memory pool; `template` is one request's MemoryKV (shapes only)."""
-        rows = self.max_num_seqs
-        modality = np.zeros(template.modality.shape, np.int32)
-        self.memory = MemoryPool(
-            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.k),
-            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in template.v),
-            jnp.zeros((rows, template.valid.shape[1]), bool),
-            jnp.asarray(modality),
-        )
-
-    @staticmethod
-    def _set_memory_impl(pool: MemoryPool, slot: Array, mkv: Any) -> MemoryPool:
-        """Row `slot` := one request's MemoryKV (R = 1), or an empty row when mkv is None."""
-        if mkv is None:
-            return dataclasses.replace(pool, valid=pool.valid.at[slot].set(False))
-        return MemoryPool(
-            tuple(p.at[slot].set(k[0]) for p, k in zip(pool.k, mkv.k)),
-            tuple(p.at[slot].set(v[0]) for p, v in zip(pool.v, mkv.v)),
-            pool.valid.at[slot].set(mkv.valid[0]),
-            mkv.modality,
-        )
-
-    def set_memory(self, slot: int, mkv: Any) -> None:
+    def set_memory(self, slot: int, mkv: MemoryKV | None) -> None:
+        """The slot's row of the memory pool := one request's memory (None: none)."""
         self.shapes_compiled.add(("memory", mkv is None))
         self.memory = self._set_memory(self.memory, jnp.int32(slot), mkv)
 
@@ -293,7 +256,7 @@ class ModelRunner:
         caches: list[KVCache],
         pen: PenaltyState,
         x: StepInputs,
-        memory: MemoryPool | None = None,
+        memory: MemoryKV | None = None,
     ) -> tuple[Any, ...]:
         logits, caches = self._forward(params, caches, x, memory)
         logits = logits[0, :, : self.vocab_size].astype(jnp.float32)  # [S, V]

@@ -51,12 +51,38 @@ class Memory:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MemoryKV:
-    """Per-CGA-block keys and values of a Memory (computed once per request)."""
+    """Per-CGA-block keys and values of a Memory (computed once per request).
+
+    A serving engine keeps one as a per-slot pool (R = its sequence slots): `empty` builds
+    it, `with_row` writes one request's memory into its slot, and each step's tokens pick
+    their row with `memory_rows`."""
 
     k: tuple[Array, ...]  # per block f[R, S, K, H]
     v: tuple[Array, ...]  # per block f[R, S, K, H]
     valid: Array  # bool[R, S]
     modality: Array  # i32[S]
+
+    @classmethod
+    def empty(cls, like: MemoryKV, rows: int) -> MemoryKV:
+        """`rows` rows shaped as `like`'s (arrays or ShapeDtypeStructs), every slot invalid."""
+        return cls(
+            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in like.k),
+            tuple(jnp.zeros((rows, *x.shape[1:]), x.dtype) for x in like.v),
+            jnp.zeros((rows, like.valid.shape[1]), bool),
+            jnp.zeros(like.modality.shape, jnp.int32),
+        )
+
+    def with_row(self, row: Array, one: MemoryKV | None) -> MemoryKV:
+        """Row `row` := the one-row memory `one` (R = 1), or no memory at all when None (its
+        slots invalid, so the gates see no modality present). Jit-friendly in `row`."""
+        if one is None:
+            return dataclasses.replace(self, valid=self.valid.at[row].set(False))
+        return MemoryKV(
+            tuple(p.at[row].set(k[0]) for p, k in zip(self.k, one.k)),
+            tuple(p.at[row].set(v[0]) for p, v in zip(self.v, one.v)),
+            self.valid.at[row].set(one.valid[0]),
+            one.modality,
+        )
 
 
 def _concrete(x: Any) -> np.ndarray | None:

@@ -17,7 +17,9 @@ In decode, a generated token at sequence index i has position i + delta on all t
 The composite adds `input_features` f32[A, mels, 3000] (Whisper windows) with `audio_rows`
 i32[A] (the batch row of each window, -1 for none; default one per row, or all to row 0 for a
 batch of one) and `vit_pixel_values` f32[I, 3, H, W] with `vit_rows`. For serving, encode the
-memory once per request (`encode_memory`, `memory_kv`) and pass `memory=` to every step.
+memory once per request (`request_memory`, or `encode_memory` + `memory_kv`) and pass
+`memory=` to every step; an engine keeps one row per sequence slot (`memory_pool`,
+`MemoryKV.with_row`) and embeds each step's tokens with `embed_step`.
 
 Param tree (HF names in `families/glm4v.py`): visual (Glm4vVisionTower), language_model
 (GlmDecoder), audio_encoder (WhisperEncoder), vit_encoder (ViTEncoder), fusion (CgaFusion).
@@ -99,6 +101,19 @@ class Glm4vModel(nn.Module):
                 )
         image_embeds = self.visual(pixel_values, image_grid_thw)
         return splice_embeddings(x, image_embeds, input_ids, c.image_token_id)
+
+    def embed_step(
+        self, input_ids: Array, image_rows: Array | None = None, image_index: Array | None = None
+    ) -> Array:
+        """Token embeddings [B, T, D] of a serving step, with already encoded image rows
+        image_rows [R, D] spliced in: image_index i32[B, T] is each token's row, -1 for a
+        text token. The engine encodes a request's images once and feeds them chunk by chunk,
+        so rows are given by index, not matched to image tokens (`embed_inputs`)."""
+        x = self.language_model.embed(input_ids)
+        if image_rows is None:
+            return x
+        rows = image_rows[jnp.maximum(image_index, 0)].astype(x.dtype)
+        return jnp.where((image_index >= 0)[..., None], rows, x)
 
     def mrope_positions(
         self, input_ids: Any, image_grid_thw: Any = None, attention_mask: Any = None
@@ -260,6 +275,18 @@ class AutoGLM(Glm4vModel):
     def memory_kv(self, memory: Memory) -> MemoryKV:
         return self.fusion.memory_kv(memory)
 
+    def request_memory(self, input_features: Array, audio_frames: Array) -> MemoryKV:
+        """One request's CGA memory K/V (R = 1) from its audio windows f32[W, mels, 3000]
+        and their real frames i32[W], laid out for `audio.max_windows` windows so that every
+        request's memory has one shape (a row of the engine's pool, `MemoryKV.with_row`)."""
+        memory = self.encode_memory(
+            1,
+            input_features,
+            max_audio_per_row=self.config.audio.max_windows,
+            audio_frames=audio_frames,
+        )
+        return self.memory_kv(memory)
+
     def __call__(
         self,
         input_ids: Array | None = None,
@@ -389,3 +416,28 @@ def memory_kv(config: ModelConfig, params: Any, memory: Memory) -> MemoryKV:
     forward at every step. params: the whole model's tree (only params["fusion"] is read)."""
     # through the composite, so a quantized fusion (scope "all") finds its policy and paths
     return AutoGLM(config).apply({"params": params}, memory, method="memory_kv")
+
+
+def request_memory(
+    config: ModelConfig, params: Any, input_features: Array, audio_frames: Array
+) -> MemoryKV:
+    """`AutoGLM.request_memory` with the whole model's params: run once per request."""
+    return AutoGLM(config).apply(
+        {"params": params}, input_features, audio_frames, method="request_memory"
+    )
+
+
+def memory_pool(config: ModelConfig, params: Any, num_slots: int) -> MemoryKV:
+    """An empty per-slot CGA memory pool (R = num_slots, every slot invalid) for an engine
+    that serves `config`'s audio: each row has the shape of one `request_memory`."""
+    a = config.audio
+    one = jax.eval_shape(
+        lambda p: request_memory(
+            config,
+            p,
+            jnp.zeros((1, a.num_mel_bins, a.num_frames), jnp.float32),
+            jnp.full((1,), a.num_frames, jnp.int32),
+        ),
+        params,
+    )
+    return MemoryKV.empty(one, num_slots)

@@ -13,7 +13,14 @@ import autoglm_jax as ag
 from autoglm_jax.families import example_inputs
 from autoglm_jax.nn.fusion import CgaBlock, place_in_rows, slots_per_row
 from autoglm_jax.nn.glm import GlmDecoder
-from autoglm_jax.nn.model import AutoGLM, encode_memory, init_fusion_params, memory_kv
+from autoglm_jax.nn.model import (
+    AutoGLM,
+    encode_memory,
+    init_fusion_params,
+    memory_kv,
+    memory_pool,
+    request_memory,
+)
 
 # What the engine runs once per request (config and row count static).
 encode = jax.jit(encode_memory, static_argnums=(0, 2))
@@ -180,6 +187,44 @@ def test_flat_token_batch_with_memory_rows_matches_per_row(params):
         )
     )(p, mkv)
     np.testing.assert_allclose(np.asarray(flat).reshape(2, T, -1), per_row, atol=1e-5, rtol=0)
+
+
+def test_memory_pool_rows_serve_each_slots_request(params):
+    """The engine's pool: each slot's row holds its request's memory (an empty row: none), and
+    a flat batch of several requests reads its rows through memory_rows."""
+    p = set_alphas(params, 0.6)
+    ids, feats = ids_batch(), audio(2)
+    per_row = np.asarray(fused_logits(p, ids, feats))
+    base = np.asarray(base_logits(p, ids))
+    pool = memory_pool(CFG, p, 3)
+    assert pool.k[0].shape[0] == 3 and not np.asarray(pool.valid).any()
+    frames = np.full((1,), FRAMES, np.int32)
+    pool = pool.with_row(2, request_memory(CFG, p, feats[:1], frames))
+    pool = pool.with_row(0, request_memory(CFG, p, feats[1:], frames))
+    pool = pool.with_row(1, request_memory(CFG, p, feats[:1], frames)).with_row(1, None)
+    flat_ids = np.concatenate([ids[0], ids[1], ids[0]])[None]
+    positions = np.tile(np.arange(T, dtype=np.int32), 3)[None]
+    segments = np.repeat(np.arange(1, 4, dtype=np.int32), T)[None]
+    rows = np.repeat(np.array([2, 0, 1], np.int32), T)[None]
+    flat = jax.jit(
+        lambda p, m: MODEL.apply(
+            {"params": p}, flat_ids, positions, memory=m, memory_rows=rows, segment_ids=segments
+        )
+    )(p, pool)
+    want = np.stack([per_row[0], per_row[1], base[0]])
+    np.testing.assert_allclose(np.asarray(flat).reshape(3, T, -1), want, atol=1e-5, rtol=0)
+
+
+def test_embed_step_splices_image_rows_by_index(params):
+    ids = ids_batch(1)
+    rows = np.random.default_rng(3).standard_normal((4, CFG.text.d_model)).astype(np.float32)
+    index = np.full((1, T), -1, np.int32)
+    index[0, [2, 5]] = [3, 0]
+    text = np.asarray(MODEL.apply({"params": params}, ids, method="embed_step"))
+    got = np.asarray(MODEL.apply({"params": params}, ids, rows, index, method="embed_step"))
+    want = text.copy()
+    want[0, 2], want[0, 5] = rows[3], rows[0]
+    np.testing.assert_array_equal(got, want)
 
 
 def _reference_block(prm, h, mem, valid, modality, cfg):
