@@ -1,8 +1,9 @@
 """Attention benchmark at GLM-4-9B shapes (wired as `python -m infer bench-attention`).
 
 Times decode batches (one token per sequence) and mixed batches (the decode batch plus one
-chunked-prefill chunk) for the Pallas kernel, the XLA path and, for bf16 decode, jax's
-bundled `jax.experimental.pallas.ops.gpu.paged_attention`, all in one run. Reports
+chunked-prefill chunk) for the ragged Pallas kernel, the decode Pallas kernel (decode batches
+only: `decode_only=True`), the XLA path and, for bf16 decode, jax's bundled
+`jax.experimental.pallas.ops.gpu.paged_attention`, all in one run. Reports
 microseconds per call and the achieved bytes/s (K/V, scales, q and output bytes that must
 move) against this device's copy bandwidth, measured in the same run. Writes
 `attention.json` and `attention.png` (if matplotlib is importable) under `out_dir`.
@@ -34,7 +35,7 @@ from autoglm_jax.kernels.ragged_paged_attention import (
 )
 
 KvDtype = Literal["bfloat16", "int8"]
-Impl = Literal["pallas", "jax_paged_attention", "xla"]
+Impl = Literal["pallas", "pallas_decode", "jax_paged_attention", "xla"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +48,8 @@ class BenchAttentionArgs:
     """KV length of every sequence (this step's tokens included)."""
     dtypes: tuple[KvDtype, ...] = ("bfloat16", "int8")
     """KV page dtypes; int8 pages carry a float32 scale per token and KV head. q is bfloat16."""
-    impls: tuple[Impl, ...] = ("pallas", "jax_paged_attention", "xla")
-    """Implementations to time. jax_paged_attention runs for bf16 decode only."""
+    impls: tuple[Impl, ...] = ("pallas", "pallas_decode", "jax_paged_attention", "xla")
+    """Implementations to time (pallas_decode: decode only; jax_paged_attention: bf16 decode)."""
     prefill_chunk: int = 512
     """Tokens of the prefill chunk added to each decode batch in the mixed case; 0 skips it."""
     page_size: int = 16
@@ -190,6 +191,11 @@ def _run_impl(impl: Impl, case: _Case, inputs: dict[str, Any], sm_scale: float):
         return f"{impl} needs a GPU (backend is {jax.default_backend()})"
     if impl == "pallas":
         return functools.partial(ragged_paged_attention, sm_scale=sm_scale, **scales), args
+    if impl == "pallas_decode":
+        if case.mode != "decode":
+            return "pallas_decode is the all-decode kernel: decode batches only"
+        fn = functools.partial(ragged_paged_attention, sm_scale=sm_scale, decode_only=True)
+        return functools.partial(fn, **scales), args
     # jax's bundled Triton paged attention: decode only, bf16, pages as [K, P, page, H].
     if case.mode != "decode" or case.dtype != "bfloat16":
         return "jax_paged_attention is timed for bf16 decode only"
@@ -228,7 +234,7 @@ def run_bench_attention(args: BenchAttentionArgs) -> dict[str, Any]:
     device = jax.devices()[0]
     print(f"bench-attention on {device.device_kind} ({jax.default_backend()})")
     if jax.default_backend() != "gpu":
-        print("  pallas and jax_paged_attention skipped: they need a GPU; timing the XLA path only")
+        print("  the Pallas kernels and jax_paged_attention need a GPU; timing the XLA path only")
     copy_bw = measure_copy_bandwidth(a.copy_bytes)
     print(f"  copy bandwidth: {copy_bw / 1e9:.1f} GB/s")
     sm_scale = 1.0 / math.sqrt(a.head_dim)
@@ -317,7 +323,7 @@ def _plot(result: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
                 [p[0] for p in pts],
                 [p[1] for p in pts],
                 marker="o",
-                linestyle={"pallas": "-", "xla": ":"}.get(impl, "--"),
+                linestyle={"pallas": "-", "pallas_decode": "-.", "xla": ":"}.get(impl, "--"),
                 label=f"{impl} B={batch}",
             )
         ax.axhline(result["copy_bandwidth_GBps"], color="k", linewidth=0.8, label="copy bandwidth")

@@ -1,4 +1,4 @@
-"""Kernels: ragged paged attention (Pallas/Triton, XLA, reference) and the paged KV cache."""
+"""Kernels: ragged and decode paged attention (Pallas/Triton, XLA, reference), paged KV cache."""
 
 from autoglm_jax.kernels.kv_cache import (
     KVCache,
@@ -10,7 +10,9 @@ from autoglm_jax.kernels.kv_cache import (
 )
 from autoglm_jax.kernels.ragged_paged_attention import (
     BlockSizes,
+    DecodeBlockSizes,
     get_block_sizes,
+    get_decode_block_sizes,
     ragged_paged_attention,
     ragged_paged_attention_reference,
     ragged_paged_attention_xla,
@@ -19,9 +21,11 @@ from autoglm_jax.kernels.ragged_paged_attention import (
 
 __all__ = [
     "BlockSizes",
+    "DecodeBlockSizes",
     "KVCache",
     "dequantize_kv",
     "get_block_sizes",
+    "get_decode_block_sizes",
     "quantize_kv",
     "ragged_paged_attention",
     "ragged_paged_attention_reference",

@@ -22,12 +22,17 @@ Loads and stores use array indices (pointer tensors in Triton) with masks for pa
 rows, padded head_dim (80 -> 128) and keys past the sequence; page ids are clamped to the
 pool, so bad metadata never reads out of bounds. int8 pages are dequantized inside the
 kernel: K scales multiply the logits' columns, V scales the probabilities.
+
+A program's work after its rows are known (load q, the online softmax over its tiles, the
+store) is `attend_rows`, which the decode kernel (decode.py) shares; `run_kernel` is the
+shared pallas_call plus split merge.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,15 +106,152 @@ def make_schedule(
     ).astype(jnp.int32)
 
 
+class KVRefs(NamedTuple):
+    """The pool and page table, as a kernel receives them."""
+
+    k_pages: Any  # [P, page, K, H]
+    v_pages: Any  # [P, page, K, H]
+    k_scales: Any  # f32[P, page, K] or None
+    v_scales: Any  # f32[P, page, K] or None
+    block_tables: Any  # i32[S, max_pages]
+
+
+def _attend_tile(j, carry, *, masked, q, q_pos, kv_len, seq, kv_head, kv: KVRefs, block_k, scale):
+    """Folds key tile j of sequence `seq` into the online softmax of q's rows ([R, Hp])."""
+    acc, m_prev, l_prev = carry
+    num_pages, page_size, _, head_dim = kv.k_pages.shape
+    pages_per_seq = kv.block_tables.shape[1]
+    compute_dtype = q.dtype
+    precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
+    d = jnp.arange(q.shape[1], dtype=jnp.int32)
+    d_ok = d < head_dim
+    kpos = j * block_k + jnp.arange(block_k, dtype=jnp.int32)  # [BK]
+    slot = jnp.minimum(lax.div(kpos, page_size), pages_per_seq - 1)
+    # Keys of one page read the same table entry: a cached load, not a gather of K/V.
+    page = jnp.clip(kv.block_tables[seq, slot], 0, num_pages - 1)
+    off = lax.rem(kpos, page_size)
+    k_ok = kpos < kv_len
+    kv_mask = (k_ok[:, None] & d_ok[None, :]) if masked else d_ok[None, :]
+    kv_idx = (page[:, None], off[:, None], kv_head, d[None, :])
+    k = plgpu.load(kv.k_pages.at[kv_idx], mask=kv_mask, other=0)
+    v = plgpu.load(kv.v_pages.at[kv_idx], mask=kv_mask, other=0)
+    # int8 tiles become q's dtype in registers; their scales apply to the logits' columns (K)
+    # and to the probabilities (V).
+    logits = plgpu.dot(q, k.astype(compute_dtype), trans_b=True, precision=precision)
+    if kv.k_scales is not None:
+        k_scale = plgpu.load(kv.k_scales.at[page, off, kv_head], mask=k_ok, other=0.0)
+        logits = logits * k_scale[None, :]
+    logits = logits * scale  # base-2 softmax
+    if masked:
+        visible = kpos[None, :] <= q_pos[:, None]  # [R, BK]; q_pos < kv_len
+        logits = jnp.where(visible, logits, MASK_VALUE)
+    m_next = jnp.maximum(m_prev, logits.max(axis=1))
+    alpha = jnp.exp2(m_prev - m_next)
+    p = jnp.exp2(logits - m_next[:, None])
+    if masked:
+        p = jnp.where(visible, p, 0.0)
+    l_next = alpha * l_prev + p.sum(axis=1)
+    if kv.v_scales is not None:
+        v_scale = plgpu.load(kv.v_scales.at[page, off, kv_head], mask=k_ok, other=0.0)
+        p = p * v_scale[None, :]
+    pv = plgpu.dot(p.astype(compute_dtype), v.astype(compute_dtype), precision=precision)
+    return acc * alpha[:, None] + pv, m_next, l_next
+
+
+def attend_rows(
+    q_ref,  # [T, N, H]
+    out_refs,  # o [T, N, H]; or acc f32[splits, T, N, H], m, l f32[splits, T, N]
+    kv: KVRefs,
+    *,
+    tok,  # i32[R] query token of each tile row
+    head,  # i32[R] query head of each tile row
+    row_ok,  # bool[R] rows to load and store
+    q_pos,  # i32[R] each row's position in the sequence's keys
+    seq,  # the sequence (block-table row) all rows belong to
+    kv_head,
+    kv_len,
+    kv_hi,  # keys [0, kv_hi) are visible to some row...
+    kv_full,  # ...and [0, kv_full) to every row (no mask needed)
+    block_k: int,
+    sm_scale: float,
+    num_splits: int,
+):
+    """One program's work, shared by the ragged and decode kernels: load the [R, Hp] q tile,
+    run an online softmax (f32, base 2) over this split's share of the key tiles, and store
+    the normalised output or, with splits, this split's partial (acc, m, l)."""
+    head_dim = q_ref.shape[2]
+    d = jnp.arange(next_pow2(head_dim), dtype=jnp.int32)
+    idx = (tok[:, None], head[:, None], d[None, :])
+    mask = row_ok[:, None] & (d < head_dim)[None, :]
+    q = plgpu.load(q_ref.at[idx], mask=mask, other=0)  # [R, Hp]
+
+    lo, hi = 0, lax.div(kv_hi + block_k - 1, block_k)
+    if num_splits > 1:
+        per_split = lax.div(hi + num_splits - 1, num_splits)
+        lo = jnp.minimum(pl.program_id(2) * per_split, hi)
+        hi = jnp.minimum(lo + per_split, hi)
+    tile = functools.partial(
+        _attend_tile,
+        q=q,
+        q_pos=q_pos,
+        kv_len=kv_len,
+        seq=seq,
+        kv_head=kv_head,
+        kv=kv,
+        block_k=block_k,
+        scale=sm_scale * LOG2E,
+    )
+    carry = (
+        jnp.zeros(q.shape, jnp.float32),
+        jnp.full(q.shape[:1], M_INIT, jnp.float32),
+        jnp.zeros(q.shape[:1], jnp.float32),
+    )
+    mid = jnp.clip(lax.div(kv_full, block_k), lo, hi)
+    carry = lax.fori_loop(lo, mid, functools.partial(tile, masked=False), carry)
+    acc, m, l = lax.fori_loop(mid, hi, functools.partial(tile, masked=True), carry)
+
+    if num_splits == 1:
+        (o_ref,) = out_refs
+        o = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+        plgpu.store(o_ref.at[idx], o.astype(o_ref.dtype), mask=mask)
+        return
+    acc_ref, m_ref, l_ref = out_refs
+    split = pl.program_id(2)
+    plgpu.store(acc_ref.at[(split,) + idx], acc, mask=mask)
+    plgpu.store(m_ref.at[split, tok, head], m, mask=row_ok)
+    plgpu.store(l_ref.at[split, tok, head], l, mask=row_ok)
+
+
+def run_kernel(body, args, *, q, grid, num_splits: int, num_warps, num_stages, interpret, name):
+    """pallas_call of `body` over grid (+ a split axis), then the split merge if any.
+
+    The output is o like q, or with splits the f32 partials acc [splits, T, N, H] and m, l
+    [splits, T, N] that `merge_splits` combines.
+    """
+    if num_splits == 1:
+        out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    else:
+        grid = (*grid, num_splits)
+        out_shape = (
+            jax.ShapeDtypeStruct((num_splits, *q.shape), jnp.float32),
+            jax.ShapeDtypeStruct((num_splits, *q.shape[:2]), jnp.float32),
+            jax.ShapeDtypeStruct((num_splits, *q.shape[:2]), jnp.float32),
+        )
+    out = pl.pallas_call(
+        body,
+        grid=grid,
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name=name,
+    )(*args)
+    return out if num_splits == 1 else merge_splits(*out).astype(q.dtype)
+
+
 def _kernel(
     sched_ref,  # i32[4, NB]
     q_ref,  # [T, N, H]
-    k_pages_ref,  # [P, page, K, H]
-    v_pages_ref,  # [P, page, K, H]
-    k_scales_ref,  # f32[P, page, K] or None
-    v_scales_ref,  # f32[P, page, K] or None
-    block_tables_ref,  # i32[S, max_pages]
-    *out_refs,  # o [T, N, H]; or acc f32[splits, T, N, H], m, l f32[splits, T, N]
+    *refs,  # KVRefs fields, then o [T, N, H]; or acc f32[splits, T, N, H], m, l f32[splits, T, N]
     sm_scale: float,
     block_q: int,
     block_k: int,
@@ -117,15 +259,9 @@ def _kernel(
     num_splits: int,
 ):
     blk, kv_head = pl.program_id(0), pl.program_id(1)
-    head_dim = q_ref.shape[2]
-    num_pages, page_size = k_pages_ref.shape[:2]
-    pages_per_seq = block_tables_ref.shape[1]
+    kv, out_refs = KVRefs(*refs[:5]), refs[5:]
     group_p = next_pow2(group)
     rows = block_q * group_p
-    head_dim_p = next_pow2(head_dim)
-    quantized = k_scales_ref is not None
-    compute_dtype = q_ref.dtype
-    precision = lax.Precision.HIGHEST if compute_dtype == jnp.float32 else None
 
     seq = sched_ref[SCHED_SEQ, blk]
     row0 = sched_ref[SCHED_ROW0, blk]
@@ -135,83 +271,26 @@ def _kernel(
     r = jnp.arange(rows, dtype=jnp.int32)
     tok = row0 + lax.div(r, group_p)  # [R] query token of each row
     g = lax.rem(r, group_p)
-    head = kv_head * group + g  # [R] query head of each row
-    row_ok = (tok < row_end) & (g < group)
-    d = jnp.arange(head_dim_p, dtype=jnp.int32)
-    d_ok = d < head_dim
-    q_pos = kv_len - (row_end - tok)  # [R] position of each row's token in its KV
-
-    q = plgpu.load(
-        q_ref.at[tok[:, None], head[:, None], d[None, :]],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0,
-    )  # [R, Hp]
-
-    # Keys [0, kv_hi) are visible to some row; [0, kv_full) to every row of the block.
     last_tok = jnp.minimum(row0 + block_q, row_end) - 1
+    # Keys [0, kv_hi) are visible to some row; [0, kv_full) to every row of the block.
     kv_hi = jnp.maximum(kv_len - (row_end - 1 - last_tok), 0)
-    kv_full = jnp.clip(kv_len - (row_end - row0) + 1, 0, kv_hi)
-    n_tiles = lax.div(kv_hi + block_k - 1, block_k)
-    n_full = lax.div(kv_full, block_k)
-    if num_splits > 1:
-        per_split = lax.div(n_tiles + num_splits - 1, num_splits)
-        t_lo = jnp.minimum(pl.program_id(2) * per_split, n_tiles)
-        t_hi = jnp.minimum(t_lo + per_split, n_tiles)
-    else:
-        t_lo, t_hi = 0, n_tiles
-
-    def tile(j, carry, *, masked: bool):
-        acc, m_prev, l_prev = carry
-        kpos = j * block_k + jnp.arange(block_k, dtype=jnp.int32)  # [BK]
-        slot = jnp.minimum(lax.div(kpos, page_size), pages_per_seq - 1)
-        page = jnp.clip(block_tables_ref[seq, slot], 0, num_pages - 1)
-        off = lax.rem(kpos, page_size)
-        k_ok = kpos < kv_len
-        kv_mask = (k_ok[:, None] & d_ok[None, :]) if masked else d_ok[None, :]
-        kv_idx = (page[:, None], off[:, None], kv_head, d[None, :])
-        k = plgpu.load(k_pages_ref.at[kv_idx], mask=kv_mask, other=0)
-        v = plgpu.load(v_pages_ref.at[kv_idx], mask=kv_mask, other=0)
-        logits = plgpu.dot(q, k.astype(compute_dtype), trans_b=True, precision=precision)
-        if quantized:
-            k_scale = plgpu.load(k_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
-            logits = logits * k_scale[None, :]
-        logits = logits * (sm_scale * LOG2E)  # base-2 softmax
-        if masked:
-            visible = kpos[None, :] <= q_pos[:, None]  # [R, BK]; q_pos < kv_len
-            logits = jnp.where(visible, logits, MASK_VALUE)
-        m_next = jnp.maximum(m_prev, logits.max(axis=1))
-        alpha = jnp.exp2(m_prev - m_next)
-        p = jnp.exp2(logits - m_next[:, None])
-        if masked:
-            p = jnp.where(visible, p, 0.0)
-        l_next = alpha * l_prev + p.sum(axis=1)
-        if quantized:
-            v_scale = plgpu.load(v_scales_ref.at[page, off, kv_head], mask=k_ok, other=0.0)
-            p = p * v_scale[None, :]
-        pv = plgpu.dot(p.astype(compute_dtype), v.astype(compute_dtype), precision=precision)
-        return acc * alpha[:, None] + pv, m_next, l_next
-
-    carry = (
-        jnp.zeros((rows, head_dim_p), jnp.float32),
-        jnp.full((rows,), M_INIT, jnp.float32),
-        jnp.zeros((rows,), jnp.float32),
+    attend_rows(
+        q_ref,
+        out_refs,
+        kv,
+        tok=tok,
+        head=kv_head * group + g,
+        row_ok=(tok < row_end) & (g < group),
+        q_pos=kv_len - (row_end - tok),
+        seq=seq,
+        kv_head=kv_head,
+        kv_len=kv_len,
+        kv_hi=kv_hi,
+        kv_full=jnp.clip(kv_len - (row_end - row0) + 1, 0, kv_hi),
+        block_k=block_k,
+        sm_scale=sm_scale,
+        num_splits=num_splits,
     )
-    split_full = jnp.minimum(jnp.maximum(n_full, t_lo), t_hi)
-    carry = lax.fori_loop(t_lo, split_full, functools.partial(tile, masked=False), carry)
-    acc, m, l = lax.fori_loop(split_full, t_hi, functools.partial(tile, masked=True), carry)
-
-    out_idx = (tok[:, None], head[:, None], d[None, :])
-    out_mask = row_ok[:, None] & d_ok[None, :]
-    if num_splits == 1:
-        (o_ref,) = out_refs
-        o = acc / jnp.where(l == 0.0, 1.0, l)[:, None]
-        plgpu.store(o_ref.at[out_idx], o.astype(o_ref.dtype), mask=out_mask)
-    else:
-        acc_ref, m_ref, l_ref = out_refs
-        split = pl.program_id(2)
-        plgpu.store(acc_ref.at[(split,) + out_idx], acc, mask=out_mask)
-        plgpu.store(m_ref.at[split, tok, head], m, mask=row_ok)
-        plgpu.store(l_ref.at[split, tok, head], l, mask=row_ok)
 
 
 def merge_splits(
@@ -263,22 +342,12 @@ def ragged_paged_attention_pallas(
             f"block_q * next_pow2(queries_per_kv_head) = {rows} rows per program: Triton needs a "
             f"power of two >= {MIN_ROWS} (interpret mode accepts any)"
         )
-    t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
+    t = dims.num_tokens
     num_blocks = num_query_blocks(t, dims.num_seqs, bs.block_q)
     sched = make_schedule(
         kv_lens, cu_q_lens, num_seqs, num_tokens=t, block_q=bs.block_q, num_blocks=num_blocks
     )
     splits = bs.num_kv_splits
-    if splits == 1:
-        grid = (num_blocks, dims.num_kv_heads)
-        out_shape = jax.ShapeDtypeStruct((t, n, h), q.dtype)
-    else:
-        grid = (num_blocks, dims.num_kv_heads, splits)
-        out_shape = (
-            jax.ShapeDtypeStruct((splits, t, n, h), jnp.float32),
-            jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
-            jax.ShapeDtypeStruct((splits, t, n), jnp.float32),
-        )
     kernel = functools.partial(
         _kernel,
         sm_scale=float(sm_scale),
@@ -287,54 +356,14 @@ def ragged_paged_attention_pallas(
         group=dims.queries_per_kv_head,
         num_splits=splits,
     )
-    out = pl.pallas_call(
+    return run_kernel(
         kernel,
-        grid=grid,
-        out_shape=out_shape,
-        compiler_params=plgpu.CompilerParams(num_warps=bs.num_warps, num_stages=bs.num_stages),
+        (sched, q, k_pages, v_pages, k_scales, v_scales, block_tables),
+        q=q,
+        grid=(num_blocks, dims.num_kv_heads),
+        num_splits=splits,
+        num_warps=bs.num_warps,
+        num_stages=bs.num_stages,
         interpret=interpret,
         name=f"ragged_paged_attention_bq{bs.block_q}_bk{bs.block_k}_s{splits}",
-    )(sched, q, k_pages, v_pages, k_scales, v_scales, block_tables)
-    if splits == 1:
-        return out
-    return merge_splits(*out).astype(q.dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("sm_scale", "interpret", "block_sizes"))
-def ragged_paged_attention(
-    q: jax.Array,  # [T, N, H]
-    k_pages: jax.Array,  # [P, page, K, H] (int8 if quantized)
-    v_pages: jax.Array,  # [P, page, K, H]
-    kv_lens: jax.Array,  # i32[S]
-    block_tables: jax.Array,  # i32[S, max_pages]
-    cu_q_lens: jax.Array,  # i32[S + 1]
-    num_seqs: jax.Array,  # i32[1]
-    *,
-    sm_scale: float,
-    k_scales: jax.Array | None = None,  # f32[P, page, K]
-    v_scales: jax.Array | None = None,  # f32[P, page, K]
-    interpret: bool = False,
-    block_sizes: BlockSizes | None = None,
-) -> jax.Array:  # [T, N, H]
-    """Causal attention of ragged query chunks against a shared pool of KV pages.
-
-    Sequence s owns q rows cu_q_lens[s]:cu_q_lens[s+1], which are the last q_len positions
-    of its kv_lens[s] keys stored in pages block_tables[s]. Sequences >= num_seqs[0] and rows
-    >= cu_q_lens[num_seqs[0]] are padding: their output rows are zeros. Softmax in float32.
-    `block_sizes=None` picks them from the table in block_sizes.py. Nothing is donated: the
-    only same-shaped buffer is q, which callers usually still hold.
-    """
-    return ragged_paged_attention_pallas(
-        q,
-        k_pages,
-        v_pages,
-        kv_lens,
-        block_tables,
-        cu_q_lens,
-        num_seqs,
-        sm_scale=sm_scale,
-        k_scales=k_scales,
-        v_scales=v_scales,
-        interpret=interpret,
-        block_sizes=block_sizes,
     )

@@ -37,7 +37,9 @@ _TILE_KEYS = 128  # keys per loop step (rounded to whole pages)
 _PREFILL_BLOCK_Q = 8
 
 
-@functools.partial(jax.jit, static_argnames=("sm_scale", "interpret", "block_q", "block_k"))
+@functools.partial(
+    jax.jit, static_argnames=("sm_scale", "interpret", "block_q", "block_k", "decode_only")
+)
 def ragged_paged_attention_xla(
     q: jax.Array,  # [T, N, H]
     k_pages: jax.Array,  # [P, page, K, H] (int8 if quantized)
@@ -53,11 +55,15 @@ def ragged_paged_attention_xla(
     interpret: bool = False,
     block_q: int | None = None,
     block_k: int | None = None,
+    decode_only: bool = False,
 ) -> jax.Array:  # [T, N, H], zeros on padding rows
     """Same contract as `ragged_paged_attention`; `interpret` is accepted and ignored.
 
     block_q: query tokens per block (default 1 for decode-like calls, T <= S, else 8).
     block_k: keys per loop step, rounded down to whole pages (default 128).
+    decode_only: the caller's promise that every live sequence has one query token (as for
+        the Pallas dispatcher); here it only forces block_q = 1, so a runner can pass the
+        same flag to either implementation.
     """
     del interpret
     dims = validate_inputs(
@@ -66,7 +72,7 @@ def ragged_paged_attention_xla(
     t, n, h = dims.num_tokens, dims.num_q_heads, dims.head_dim
     kh, g, page = dims.num_kv_heads, dims.queries_per_kv_head, dims.page_size
     if block_q is None:
-        block_q = 1 if t <= dims.num_seqs else min(_PREFILL_BLOCK_Q, t)
+        block_q = 1 if decode_only or t <= dims.num_seqs else min(_PREFILL_BLOCK_Q, t)
     pages_per_tile = max(1, min((block_k or _TILE_KEYS) // page, dims.pages_per_seq))
     tile = pages_per_tile * page
     nb = num_query_blocks(t, dims.num_seqs, block_q)
