@@ -24,12 +24,15 @@ from autoglm_jax.families.autoglm import AUTOGLM, compose_autoglm
 from autoglm_jax.families.family import Family
 from autoglm_jax.families.glm import GLM, GLM4
 from autoglm_jax.families.glm4v import GLM4V
+from autoglm_jax.families.llama import LLAMA
 from autoglm_jax.families.qwen2 import QWEN2
 from autoglm_jax.families.vit import VIT
 from autoglm_jax.families.whisper import WHISPER
 from autoglm_jax.nn.layers import DotGeneral
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (GLM, GLM4, GLM4V, QWEN2, WHISPER, VIT, AUTOGLM)}
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (GLM, GLM4, GLM4V, QWEN2, LLAMA, WHISPER, VIT, AUTOGLM)
+}
 
 
 def abstract_params(module: nn.Module, init_args: tuple[Any, ...]) -> Any:
