@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from autoglm_jax.config import ConfigError, ModelConfig, TextConfig
-from autoglm_jax.families import glm_keys
+from autoglm_jax.families import glm_keys, hf_decoder_config
 from autoglm_jax.families.family import Family, hf_architecture
 from autoglm_jax.nn.glm import GlmDecoder
 
@@ -17,48 +17,18 @@ from autoglm_jax.nn.glm import GlmDecoder
 _SUPPORTED_ROPE_TYPES = ("default", "mrope")
 
 
-def _as_tuple(value: Any) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
-
-
 def _rope_fields(cfg: dict[str, Any], source: str, default_partial: float) -> dict[str, Any]:
     """Read rope settings in both spellings: hub files (top-level rope_theta,
     partial_rotary_factor, rope_scaling) and transformers 5 (`rope_parameters`)."""
-    params = dict(cfg.get("rope_parameters") or {})
-    scaling = cfg.get("rope_scaling") or {}
-    if not isinstance(params, dict) or not isinstance(scaling, dict):
-        raise ConfigError(f"{source}: `rope_parameters`/`rope_scaling` must be objects")
-    merged = {**scaling, **params}
-    rope_type = merged.get("rope_type", merged.get("type", "default"))
-    if rope_type not in _SUPPORTED_ROPE_TYPES:
-        raise ConfigError(
-            f"{source}: field `rope_type`: unsupported rope type {rope_type!r} "
-            f"(supported: {list(_SUPPORTED_ROPE_TYPES)})"
-        )
-    theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    partial = merged.get("partial_rotary_factor", cfg.get("partial_rotary_factor", default_partial))
-    mrope = merged.get("mrope_section")
-    for name, value in (("rope_theta", theta), ("partial_rotary_factor", partial)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{source}: field `{name}`: expected a number, got {value!r}")
+    rope = hf_decoder_config.rope_settings(cfg, source, supported=_SUPPORTED_ROPE_TYPES)
+    mrope = rope.get("mrope_section")
     return dict(
-        rope_theta=float(theta),
-        partial_rotary_factor=float(partial),
+        rope_theta=hf_decoder_config.rope_number(rope, cfg, "rope_theta", 10000.0, source),
+        partial_rotary_factor=hf_decoder_config.rope_number(
+            rope, cfg, "partial_rotary_factor", default_partial, source
+        ),
         mrope_section=tuple(mrope) if mrope is not None else None,
     )
-
-
-_REQUIRED = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-)
 
 
 def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> TextConfig:
@@ -78,13 +48,7 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
             f"{source}: unsupported model_type {model_type!r} for the GLM decoder "
             "(supported: 'glm', 'glm4', 'glm4v')"
         )
-    for key in _REQUIRED:
-        if key not in cfg:
-            raise ConfigError(f"{source}: missing required field `{key}`")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise ConfigError(
-            f"{source}: field `hidden_act`: only 'silu' is supported, got {cfg['hidden_act']!r}"
-        )
+    hf_decoder_config.check_required_and_silu(cfg, source)
     heads = cfg["num_attention_heads"]
     if model_type == "glm4v":
         # Glm4vTextAttention derives its head size itself (hidden_size // heads); a head_dim in
@@ -115,28 +79,20 @@ def text_config_from_hf(cfg: dict[str, Any], *, source: str = "config.json") -> 
     if eos is None and model_type == "glm":
         eos = [151329, 151336, 151338]
     default_eps = 1e-5 if model_type == "glm4v" else 1.5625e-07
-    try:
-        return TextConfig(
-            vocab_size=int(cfg["vocab_size"]),
-            d_model=int(cfg["hidden_size"]),
-            ffw_dim=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=int(heads),
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            variant=variant,
-            rms_norm_eps=float(cfg.get("rms_norm_eps", default_eps)),
-            max_position_embeddings=int(
-                cfg.get("max_position_embeddings", 32768 if model_type == "glm4v" else 131072)
-            ),
-            attention_bias=bias,
-            tie_word_embeddings=tie,
-            eos_token_ids=_as_tuple(eos),
-            pad_token_id=cfg.get("pad_token_id"),
-            **rope,
-        )
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("TextConfig", source, 1)) from None
+    return hf_decoder_config.text_config(
+        cfg,
+        source,
+        head_dim=int(head_dim),
+        variant=variant,
+        rms_norm_eps=float(cfg.get("rms_norm_eps", default_eps)),
+        max_position_embeddings=int(
+            cfg.get("max_position_embeddings", 32768 if model_type == "glm4v" else 131072)
+        ),
+        attention_bias=bias,
+        tie_word_embeddings=tie,
+        eos_token_ids=hf_decoder_config.int_tuple(eos),
+        **rope,
+    )
 
 
 def check_hf_exportable(cfg: TextConfig) -> None:
@@ -158,31 +114,13 @@ def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
     if cfg.mrope_section is not None:
         raise ConfigError("TextConfig with mrope_section exports as part of a glm4v model")
     check_hf_exportable(cfg)
-    rope = {
-        "rope_type": "default",
-        "rope_theta": cfg.rope_theta,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-    }
-    out = {
-        "model_type": cfg.variant,
-        "architectures": ["GlmForCausalLM" if cfg.variant == "glm" else "Glm4ForCausalLM"],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.ffw_dim,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "attention_bias": cfg.attention_bias,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "rope_parameters": rope,
-        "rope_theta": cfg.rope_theta,
-        "partial_rotary_factor": cfg.partial_rotary_factor,
-        "torch_dtype": cfg.param_dtype,
-    }
+    out = hf_decoder_config.config_to_hf(
+        cfg,
+        model_type=cfg.variant,
+        architecture="GlmForCausalLM" if cfg.variant == "glm" else "Glm4ForCausalLM",
+        biases={"attention_bias": cfg.attention_bias},
+        rope={"partial_rotary_factor": cfg.partial_rotary_factor},
+    )
     if cfg.eos_token_ids:
         out["eos_token_id"] = list(cfg.eos_token_ids)
     # Always written: transformers' GlmConfig defaults a missing pad id to 151329, which is out
