@@ -222,9 +222,9 @@ class Engine:
     def warmup(
         self, progress: Callable[[int, int, int, float], None] | None = None, workers: int = 0
     ) -> int:
-        """Compile every program a text request can meet, before the first request: the step
-        of each token bucket (`workers` compiles at a time, 0: one per core), the penalty
-        priming and the CGA memory reset. Image steps compile when first met.
+        """Compile every program a text request can meet, before the first request: the mixed
+        and decode steps (`runner.text_step_shapes`; `workers` compiles at a time, 0: one per
+        core), the penalty priming and the CGA memory reset. Image steps compile when met.
         `progress(k, n, bucket, seconds)` reports each step shape. Returns the compilations
         done; with the persistent compilation cache on, a restart reads them from disk."""
         if self.has_unfinished():

@@ -1,5 +1,9 @@
 """The engine's attention backend: write this step's K/V into the page pool, then run ragged
-paged attention over it (Pallas on GPU, XLA on CPU)."""
+paged attention over it (Pallas on GPU, XLA on CPU).
+
+`decode_only` is static (a pytree meta field), so the runner's decode and mixed step programs
+are distinct compiled executables: an all-decode step runs the decode kernel, any other step
+the ragged kernel, with no data-dependent branch inside either."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ Array = jax.Array
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["slot_mapping", "kv_lens", "block_tables", "cu_q_lens", "num_seqs"],
-    meta_fields=["impl", "interpret"],
+    meta_fields=["impl", "interpret", "decode_only"],
 )
 @dataclasses.dataclass(frozen=True)
 class PagedAttention:
@@ -29,6 +33,9 @@ class PagedAttention:
     num_seqs: Array  # i32[1]
     impl: str = "xla"  # "xla" | "pallas"
     interpret: bool = False
+    # Every sequence has one query token: sequence s owns q row s (cu_q_lens is arange up
+    # to num_seqs). Selects the decode kernel; the XLA path then uses one-token query blocks.
+    decode_only: bool = False
 
     def __call__(
         self, q: Array, k: Array, v: Array, *, layer: int, cache: KVCache, sm_scale: float
@@ -39,7 +46,6 @@ class PagedAttention:
             q = q.astype(cache.k_pages.dtype)  # e.g. a bf16 cache under fp32 compute
         cache = cache.write(k[0], v[0], self.slot_mapping)
         fn = ragged_paged_attention if self.impl == "pallas" else ragged_paged_attention_xla
-        kwargs = {"interpret": self.interpret} if self.impl == "pallas" else {}
         out = fn(
             q[0],
             cache.k_pages,
@@ -51,6 +57,7 @@ class PagedAttention:
             sm_scale=sm_scale,
             k_scales=cache.k_scales,
             v_scales=cache.v_scales,
-            **kwargs,
+            interpret=self.interpret,  # the XLA path accepts and ignores it
+            decode_only=self.decode_only,
         )
         return out[None].astype(out_dtype), cache

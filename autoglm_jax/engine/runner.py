@@ -3,6 +3,13 @@
 Token counts are padded to a few buckets and sequences to a fixed number of slots, so the
 number of XLA compilations is bounded by the buckets whatever the workload. The KV pages and
 the penalty state are donated to every step.
+
+Each step picks its attention kernel: a step in which every sequence has exactly one query
+token (pure decode) runs a program compiled with `decode_only=True` (the decode kernel on
+the Pallas path), any other step the mixed program (the ragged kernel). A pure decode step
+holds at most max_num_seqs tokens, so only the buckets up to the one holding max_num_seqs
+tokens get a decode program: text steps compile to len(buckets) + len(decode_buckets)
+programs at most (`text_step_shapes`, all compiled by `compile_steps`).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import concurrent.futures
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +57,14 @@ class StepInputs:
     mm_embeds: Array | None = None  # [R, D] image embeddings used this step (R bucketed)
     mm_index: Array | None = None  # i32[T] row of mm_embeds for each token, -1: text
     memory_rows: Array | None = None  # i32[T] CGA memory pool row of each token, -1: none
+
+
+class StepShape(NamedTuple):
+    """What selects a step's compiled program."""
+
+    tokens: int  # the token bucket T
+    image_rows: int | None  # the image-row bucket R of a step with image rows, else None
+    decode_only: bool  # every sequence has one query token: the decode attention kernel
 
 
 def token_buckets(max_tokens: int, smallest: int = 16) -> list[int]:
@@ -102,6 +117,9 @@ class ModelRunner:
         self.max_num_seqs = max_num_seqs
         self.max_pages_per_seq = max_pages_per_seq
         self.buckets = token_buckets(max_num_batched_tokens)
+        # A pure decode step has at most max_num_seqs tokens (and at most the token budget).
+        top = _bucket(min(max_num_seqs, max_num_batched_tokens), self.buckets)
+        self.decode_buckets = [t for t in self.buckets if t <= top]
         self.attention_impl = attention_impl
         self.interpret = interpret
         self.max_logprobs = max_logprobs
@@ -136,20 +154,29 @@ class ModelRunner:
         self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
         self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
         self._set_memory = jax.jit(MemoryKV.with_row, donate_argnums=(0,))
-        # One AOT executable per step shape: (tokens bucket, image rows bucket or None).
-        self._executables: dict[tuple[int, int | None], Any] = {}
+        # One AOT executable per step shape.
+        self._executables: dict[StepShape, Any] = {}
         self.shapes_compiled: set[tuple[Any, ...]] = set()
 
     @property
     def num_compilations(self) -> int:
         return len(self.shapes_compiled)
 
+    @property
+    def text_step_shapes(self) -> list[StepShape]:
+        """Every step program a text workload can meet: the mixed program of each token
+        bucket and the decode program of each decode bucket."""
+        return [StepShape(t, None, False) for t in self.buckets] + [
+            StepShape(t, None, True) for t in self.decode_buckets
+        ]
+
     # Compilation. Steps run AOT-compiled executables, one per shape, so that `compile_steps`
     # can build them all before serving (in parallel: XLA compiles outside the GIL) and a
     # shape met later is compiled exactly once, visibly.
-    def _dummy_inputs(self, tokens: int) -> StepInputs:
-        """An all-padding step of the given shape (no sequence: nothing is written or read)."""
-        s = self.max_num_seqs
+    def _dummy_inputs(self, shape: StepShape) -> StepInputs:
+        """An all-padding text step of the given shape (no sequence: nothing is written or
+        read)."""
+        s, tokens = self.max_num_seqs, shape.tokens
         sampling = SamplingArrays.build([], [], [], s)
         attention = PagedAttention(
             np.full((tokens,), -1, np.int32),
@@ -159,6 +186,7 @@ class ModelRunner:
             np.zeros((1,), np.int32),
             impl=self.attention_impl,
             interpret=self.interpret,
+            decode_only=shape.decode_only,
         )
         mm_index = np.full((tokens,), -1, np.int32) if self.multimodal else None
         return StepInputs(
@@ -183,29 +211,29 @@ class ModelRunner:
         workers: int = 0,
         progress: Callable[[int, int, int, float], None] | None = None,
     ) -> int:
-        """Compile the text step executables of the token `buckets` (default: all) not
-        compiled yet, `workers` at a time (0: one per CPU core). Steps with image rows compile
-        when first met. `progress(k, n, bucket, seconds)` is called as each finishes.
-        Returns how many were compiled."""
+        """Compile the text step programs (`text_step_shapes`: mixed and decode) of the token
+        `buckets` (default: all) not compiled yet, `workers` at a time (0: one per CPU core).
+        Steps with image rows compile when first met. `progress(k, n, bucket, seconds)` is
+        called as each finishes. Returns how many were compiled."""
         todo = [
-            t
-            for t in dict.fromkeys(self.buckets if buckets is None else buckets)
-            if (t, None) not in self._executables
+            shape
+            for shape in self.text_step_shapes
+            if (buckets is None or shape.tokens in buckets) and shape not in self._executables
         ]
         if not todo:
             return 0
         start = time.perf_counter()
         # Tracing holds the GIL, so lower one by one; the XLA compiles then overlap.
-        lowered = [(t, self._lower(self._dummy_inputs(t))) for t in todo]
+        lowered = [(shape, self._lower(self._dummy_inputs(shape))) for shape in todo]
         workers = workers or os.cpu_count() or 1
         with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-            futures = {pool.submit(low.compile): t for t, low in lowered}
+            futures = {pool.submit(low.compile): shape for shape, low in lowered}
             for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-                t = futures[fut]
-                self._executables[(t, None)] = fut.result()
-                self.shapes_compiled.add(("step", t, None))
+                shape = futures[fut]
+                self._executables[shape] = fut.result()
+                self.shapes_compiled.add(("step", *shape))
                 if progress is not None:
-                    progress(k, len(todo), t, time.perf_counter() - start)
+                    progress(k, len(todo), shape.tokens, time.perf_counter() - start)
         return len(todo)
 
     def compile_prime(self) -> None:
@@ -309,9 +337,10 @@ class ModelRunner:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
         for the first len(seqs) sequences."""
         x = self.build_inputs(seqs, sampling)
-        shape = (
+        shape = StepShape(
             int(x.input_ids.shape[0]),
             None if x.mm_embeds is None else int(x.mm_embeds.shape[0]),
+            x.attention.decode_only,
         )
         if shape not in self._executables:  # a shape warm-up did not cover (image rows)
             self._executables[shape] = self._lower(x).compile()
@@ -386,6 +415,8 @@ class ModelRunner:
             np.array([len(seqs)], np.int32),
             impl=self.attention_impl,
             interpret=self.interpret,
+            # All decode: sequence i owns token row i, as the decode kernel's contract asks.
+            decode_only=bool(seqs) and all(q.num_tokens == 1 for q in seqs),
         )
         mm_embeds, mm_index = self._image_rows(seqs, t)
         return StepInputs(
