@@ -12,11 +12,37 @@ from typing import Literal, TextIO
 from autoglm_jax.agent.episodes import PHONE_SIZE, write_episodes
 from autoglm_jax.agent.evaluate import BackendFactory, EvalResult, TaskResult, evaluate, run_task
 from autoglm_jax.agent.local import EngineBackend, weight_bytes
-from autoglm_jax.agent.loop import AgentConfig, AgentError, Step
+from autoglm_jax.agent.loop import (
+    COMPACT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    SYSTEM_PROMPT_FILE,
+    AgentConfig,
+    AgentError,
+    Step,
+)
 from autoglm_jax.agent.tasks import make_task
-from infer.flags import EngineFlags, ModelFlags, build_engine
+from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
 
 RANDOM_NOTE = "RANDOM weights: these actions are noise, not a measurement of the agent"
+NAMED_PROMPTS = {"full": SYSTEM_PROMPT, "compact": COMPACT_SYSTEM_PROMPT}
+
+
+def system_prompt(choice: str, model: str | None = None) -> str:
+    """The system prompt `--system-prompt` names: full, compact, a text file, or auto (the
+    model directory's agent_system_prompt.txt when it has one, else full)."""
+    if choice == "auto":
+        carried = Path(model) / SYSTEM_PROMPT_FILE if model else None
+        if carried is not None and carried.is_file():
+            return carried.read_text(encoding="utf-8").strip()
+        return SYSTEM_PROMPT
+    if choice in NAMED_PROMPTS:
+        return NAMED_PROMPTS[choice]
+    path = Path(choice)
+    if not path.is_file():
+        raise SystemExit(
+            f"--system-prompt: {choice!r} is neither auto, full, compact nor a readable file"
+        )
+    return path.read_text(encoding="utf-8").strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +55,18 @@ class AgentLoopFlags:
     """Simulated screen width in pixels."""
     height: int = PHONE_SIZE[1]
     """Simulated screen height in pixels."""
+    system_prompt: str = "auto"
+    """auto: the model directory's agent_system_prompt.txt if it has one, else full; full: the
+    Open-AutoGLM-style prompt that lists the actions; compact: one line (what the models trained
+    on the simulator use); anything else: a text file holding the prompt."""
 
-    def config(self) -> AgentConfig:
+    def config(self, model: str | None = None) -> AgentConfig:
         try:
-            return AgentConfig(max_steps=self.max_steps, max_tokens=self.max_tokens)
+            return AgentConfig(
+                max_steps=self.max_steps,
+                max_tokens=self.max_tokens,
+                system_prompt=system_prompt(self.system_prompt, model),
+            )
         except ValueError as e:
             raise SystemExit(str(e).replace("AgentConfig.", "--").replace("_", "-")) from None
 
@@ -61,6 +95,8 @@ class AgentEvalArgs:
     """First task; tasks task_seed .. task_seed + num_tasks - 1 run."""
     docs: Path | None = None
     """Also append the row (with the date) to this markdown file."""
+    label: str = ""
+    """The model's name in the row (default: --model)."""
     loop: AgentLoopFlags = AgentLoopFlags()
     model: ModelFlags = ModelFlags(model="tiny-mm")
     engine: EngineFlags = EngineFlags()
@@ -77,12 +113,17 @@ class AgentDataArgs:
     split: Literal["train", "heldout"] = "train"
     width: int = PHONE_SIZE[0]
     height: int = PHONE_SIZE[1]
+    system_prompt: str = "full"
+    """The records' system prompt: full, compact or a text file (see `agent --help`); train
+    with the one the agent will send."""
 
 
 def _engine_backend(
-    model: ModelFlags, engine_flags: EngineFlags, config: AgentConfig
+    model: ModelFlags, engine_flags: EngineFlags, config: AgentConfig, timed: bool
 ) -> tuple[EngineBackend, bool]:
     engine = build_engine(model, engine_flags)
+    if timed:  # compile every step shape first, so no compilation falls inside a timed reply
+        warm_up(engine)
     return EngineBackend(engine, config), bool(engine.model.random_init)
 
 
@@ -126,11 +167,12 @@ def run_agent(
     out: TextIO = sys.stdout,
 ) -> TaskResult:
     """The `agent` command; `backend` replaces the model (tests pass the oracle)."""
-    config = args.loop.config()
+    config = args.loop.config(args.model.model)
     task = make_task(args.task_seed, args.split, args.loop.width, args.loop.height)
     random = False
     if backend is None:
-        local, random = _engine_backend(args.model, args.engine, config)
+        # One episode: only the shapes it meets are compiled (no warmup), to start sooner.
+        local, random = _engine_backend(args.model, args.engine, config, timed=False)
         backend = lambda task, phone: local  # noqa: E731
     print(f"task {args.split}/{args.task_seed}: {task.instruction}", file=out, flush=True)
     try:
@@ -150,7 +192,8 @@ def run_agent(
 
 
 TABLE_HEADER = (
-    "| date | model | split | tasks | task success | step accuracy | weights | output tok/s |\n"
+    "| date | model | split | tasks | task success | step accuracy | weights (bf16) | "
+    "output tok/s |\n"
     "|---|---|---|---|---|---|---|---|"
 )
 
@@ -174,13 +217,13 @@ def run_agent_eval(
     log: TextIO = sys.stderr,
 ) -> EvalResult:
     """The `agent-eval` command; `backend` replaces the model (tests)."""
-    config = args.loop.config()
-    local, random, model = None, False, args.model.model
+    config = args.loop.config(args.model.model)
+    local, random, model = None, False, args.label or args.model.model
     if backend is None:
-        local, random = _engine_backend(args.model, args.engine, config)
+        local, random = _engine_backend(args.model, args.engine, config, timed=True)
         backend = lambda task, phone: local  # noqa: E731
     else:
-        model = getattr(backend, "__name__", "backend")
+        model = args.label or getattr(backend, "__name__", "backend")
 
     def progress(r: TaskResult) -> None:
         mark = "ok" if r.success else "failed"
@@ -220,7 +263,13 @@ def run_agent_eval(
 def run_agent_data(args: AgentDataArgs, out: TextIO = sys.stdout) -> Path:
     try:
         path = write_episodes(
-            args.out_dir, args.num_tasks, args.task_seed, args.split, args.width, args.height
+            args.out_dir,
+            args.num_tasks,
+            args.task_seed,
+            args.split,
+            args.width,
+            args.height,
+            AgentConfig(system_prompt=system_prompt(args.system_prompt)),
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

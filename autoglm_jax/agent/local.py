@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 
 from autoglm_jax.agent.loop import AgentConfig, AgentError
 from autoglm_jax.engine.sampling import SamplingParams
@@ -34,8 +35,13 @@ def sampling_params(config: AgentConfig) -> SamplingParams:
 
 
 def weight_bytes(engine: Engine) -> int:
-    """Bytes of the engine's model parameters (all devices' shards counted once)."""
-    return sum(x.nbytes for x in jax.tree.leaves(engine.model.params))
+    """Bytes of the engine's model parameters as deployed: floating-point leaves at 2 bytes
+    (bf16), integer (quantized) leaves at their own width; all devices' shards counted once.
+    The same count whichever dtype this process computes in, so models compare fairly."""
+    return sum(
+        x.size * (2 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype.itemsize)
+        for x in jax.tree.leaves(engine.model.params)
+    )
 
 
 @dataclasses.dataclass

@@ -41,6 +41,15 @@ do(action="Wait", duration="2 seconds")
 finish(message="...")  (the task is done; the message answers the user)
 x and y are relative: 0 is the left/top edge of the screen, 999 the right/bottom edge."""
 
+# What a model trained from scratch on the simulator is trained with: the same actions and reply
+# format, learnt from examples instead of read from a manual (the full prompt is three quarters
+# of a training record's tokens for the small model, and carries nothing it can use).
+COMPACT_SYSTEM_PROMPT = "Operate the phone. One action a turn: <answer>action</answer>"
+
+# A model directory may carry the system prompt it was trained with under this name; the agent
+# commands use it unless told otherwise (see infer/agent.py).
+SYSTEM_PROMPT_FILE = "agent_system_prompt.txt"
+
 
 class AgentError(RuntimeError):
     """The server could not be reached or refused a request (not the model's fault)."""

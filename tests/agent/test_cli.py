@@ -147,3 +147,33 @@ def test_commands_parse_their_flags(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "--task-seed" in capsys.readouterr().out
+
+
+def test_system_prompt_choices(tmp_path):
+    from autoglm_jax.agent.loop import COMPACT_SYSTEM_PROMPT, SYSTEM_PROMPT, SYSTEM_PROMPT_FILE
+    from infer.agent import system_prompt
+
+    model = tmp_path / "model"
+    model.mkdir()
+    assert system_prompt("auto", str(model)) == SYSTEM_PROMPT  # nothing carried: the full one
+    (model / SYSTEM_PROMPT_FILE).write_text("Carried prompt.\n")
+    assert system_prompt("auto", str(model)) == "Carried prompt."
+    assert system_prompt("auto", "tiny-mm") == SYSTEM_PROMPT  # a preset name carries none
+    assert system_prompt("compact") == COMPACT_SYSTEM_PROMPT
+    assert AgentLoopFlags(system_prompt="full").config(str(model)).system_prompt == SYSTEM_PROMPT
+    own = tmp_path / "mine.txt"
+    own.write_text("Mine.")
+    assert AgentLoopFlags(system_prompt=str(own)).config().system_prompt == "Mine."
+    with pytest.raises(SystemExit, match="--system-prompt: 'nope.txt' is neither"):
+        system_prompt("nope.txt")
+
+
+def test_agent_data_writes_the_chosen_system_prompt(tmp_path):
+    from autoglm_jax.agent.loop import COMPACT_SYSTEM_PROMPT
+
+    args = AgentDataArgs(out_dir=tmp_path, num_tasks=1, system_prompt="compact")
+    path = run_agent_data(args, out=io.StringIO())
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records and all(
+        r["messages"][0] == {"role": "system", "content": COMPACT_SYSTEM_PROMPT} for r in records
+    )
