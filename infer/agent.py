@@ -81,7 +81,7 @@ class AgentArgs:
     out_dir: Path = Path("runs/agent")
     """Screenshots (step-NNN.png) and episode.gif go here."""
     loop: AgentLoopFlags = AgentLoopFlags()
-    model: ModelFlags = ModelFlags(model="tiny-mm")
+    model: ModelFlags = ModelFlags()
     engine: EngineFlags = EngineFlags()
 
 
@@ -98,7 +98,7 @@ class AgentEvalArgs:
     label: str = ""
     """The model's name in the row (default: --model)."""
     loop: AgentLoopFlags = AgentLoopFlags()
-    model: ModelFlags = ModelFlags(model="tiny-mm")
+    model: ModelFlags = ModelFlags()
     engine: EngineFlags = EngineFlags()
 
 

@@ -96,9 +96,10 @@ def default_cache_dir() -> str:
 class ModelFlags:
     """Which weights to run, and how."""
 
-    model: str = "tiny"
-    """A checkpoint directory (Hugging Face or `ag.save`), or a preset name (`tiny`,
-    `tiny-mm`, ...) for a smoke run with RANDOM weights."""
+    model: str = "autoglm-phone-sim"
+    """A checkpoint directory (Hugging Face or `ag.save`), a model shipped in the package
+    (`autoglm-phone-sim`: the phone agent trained on the simulated phone, int8), or a preset
+    name (`tiny`, `tiny-mm`, ...) for a smoke run with RANDOM weights."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weight and compute dtype; auto: bfloat16 on accelerators, float32 on CPU."""
     tensor_parallel_size: int = 1
@@ -132,6 +133,7 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
     import jax
 
     import autoglm_jax as ag
+    from autoglm_jax.checkpoint.shipped import SHIPPED_MODELS, shipped_model_dir
     from autoglm_jax.config import preset_names
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 
@@ -143,13 +145,17 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
     dtype = flags.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    if Path(flags.model).is_dir():
-        print(f"loading {flags.model} ({dtype})", file=log, flush=True)
-        return ag.load(flags.model, dtype=dtype, mesh=mesh)
+    try:
+        shipped = shipped_model_dir(flags.model)
+    except FileNotFoundError as e:
+        raise SystemExit(f"--model: {e}") from None
+    if shipped is not None or Path(flags.model).is_dir():
+        print(f"loading {shipped or flags.model} ({dtype})", file=log, flush=True)
+        return ag.load(shipped or flags.model, dtype=dtype, mesh=mesh)
     if flags.model not in preset_names():
         raise SystemExit(
-            f"--model {flags.model!r}: not a directory and not a preset "
-            f"(presets: {', '.join(preset_names())})"
+            f"--model {flags.model!r}: not a directory, a shipped model "
+            f"({', '.join(SHIPPED_MODELS)}) or a preset (presets: {', '.join(preset_names())})"
         )
     banner = (
         f"SMOKE RUN: preset {flags.model!r} with RANDOM weights; its text is noise. "

@@ -19,6 +19,8 @@ def test_generate_cli_smoke_run_from_jsonl(tmp_path):
             "-m",
             "infer",
             "generate",
+            "--model",
+            "tiny",
             "--prompts-file",
             str(prompts),
             "--output",
@@ -41,7 +43,7 @@ def test_generate_cli_smoke_run_from_jsonl(tmp_path):
 def test_generate_cli_rejects_unknown_model_and_bad_jsonl(tmp_path):
     from infer.__main__ import main
 
-    with pytest.raises(SystemExit, match="not a directory and not a preset"):
+    with pytest.raises(SystemExit, match="not a directory, a shipped model"):
         main(["generate", "--model", "no-such-model"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('"ok"\n{broken\n')

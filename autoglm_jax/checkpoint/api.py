@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 import autoglm_jax.sharding as shd
 from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
+from autoglm_jax.checkpoint.shipped import shipped_model_dir
 from autoglm_jax.config import ModelConfig, read_json
 from autoglm_jax.distributed import barrier, is_primary
 from autoglm_jax.families import (
@@ -96,7 +97,8 @@ def load(
     fusion: Any = None,
     seed: int = 0,
 ) -> Model:
-    """Load a Hugging Face checkpoint directory or one written by `ag.save`.
+    """Load a Hugging Face checkpoint directory, one written by `ag.save`, or a model shipped
+    in the package by name (`ag.load("autoglm-phone-sim")`, see checkpoint/shipped.py).
 
     dtype sets both the parameter and the compute dtype (float32 or bfloat16). With a mesh,
     each tensor is placed straight into its sharding under `rules` ("auto": every mesh axis
@@ -129,7 +131,7 @@ def load(
         )
         module = get_family(cfg.model_type, "model").build(cfg, None)
         return Model(cfg, params, module, tok, mesh, rules, source=str(path))
-    directory = Path(path)
+    directory = shipped_model_dir(path) or Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
     dtype_name = _dtype_name(dtype)
