@@ -3,7 +3,8 @@ paged attention over it (Pallas on GPU, XLA on CPU).
 
 `decode_only` is static (a pytree meta field), so the runner's decode and mixed step programs
 are distinct compiled executables: an all-decode step runs the decode kernel, any other step
-the ragged kernel, with no data-dependent branch inside either."""
+the ragged kernel, with no data-dependent branch inside either. Only a backend with a decode
+kernel of its own gets decode programs (`has_decode_kernel`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ import jax
 from autoglm_jax.kernels import KVCache, ragged_paged_attention, ragged_paged_attention_xla
 
 Array = jax.Array
+
+
+def has_decode_kernel(impl: str) -> bool:
+    """Whether `impl` runs a kernel of its own for all-decode steps (`decode_only`). Pallas
+    does; the XLA path's decode steps already take one-token query blocks, so a decode program
+    there would compile the same computation a second time."""
+    return impl == "pallas"
 
 
 @functools.partial(

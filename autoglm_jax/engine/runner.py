@@ -4,12 +4,13 @@ Token counts are padded to a few buckets and sequences to a fixed number of slot
 number of XLA compilations is bounded by the buckets whatever the workload. The KV pages and
 the penalty state are donated to every step.
 
-Each step picks its attention kernel: a step in which every sequence has exactly one query
-token (pure decode) runs a program compiled with `decode_only=True` (the decode kernel on
-the Pallas path), any other step the mixed program (the ragged kernel). A pure decode step
+Each step picks its attention kernel: on the Pallas path a step in which every sequence has
+exactly one query token (pure decode) runs a program compiled with `decode_only=True` (the
+decode kernel), any other step the mixed program (the ragged kernel). A pure decode step
 holds at most max_num_seqs tokens, so only the buckets up to the one holding max_num_seqs
 tokens get a decode program: text steps compile to len(buckets) + len(decode_buckets)
-programs at most (`text_step_shapes`, all compiled by `compile_steps`).
+programs at most (`text_step_shapes`, all compiled by `compile_steps`). The XLA path has no
+decode kernel of its own (`has_decode_kernel`): no decode buckets, every step the mixed one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from autoglm_jax.engine.paged_attention import PagedAttention
+from autoglm_jax.engine.paged_attention import PagedAttention, has_decode_kernel
 from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
 from autoglm_jax.engine.step_plan import SeqStep
 from autoglm_jax.kernels import KVCache
@@ -119,7 +120,9 @@ class ModelRunner:
         self.buckets = token_buckets(max_num_batched_tokens)
         # A pure decode step has at most max_num_seqs tokens (and at most the token budget).
         top = _bucket(min(max_num_seqs, max_num_batched_tokens), self.buckets)
-        self.decode_buckets = [t for t in self.buckets if t <= top]
+        self.decode_buckets = (
+            [t for t in self.buckets if t <= top] if has_decode_kernel(attention_impl) else []
+        )
         self.attention_impl = attention_impl
         self.interpret = interpret
         self.max_logprobs = max_logprobs
@@ -416,7 +419,7 @@ class ModelRunner:
             impl=self.attention_impl,
             interpret=self.interpret,
             # All decode: sequence i owns token row i, as the decode kernel's contract asks.
-            decode_only=bool(seqs) and all(q.num_tokens == 1 for q in seqs),
+            decode_only=bool(self.decode_buckets and seqs) and all(q.num_tokens == 1 for q in seqs),
         )
         mm_embeds, mm_index = self._image_rows(seqs, t)
         return StepInputs(

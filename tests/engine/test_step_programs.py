@@ -1,5 +1,8 @@
-"""The runner's step programs: a pure decode step runs the decode program, any other step the
-mixed one; `Engine.warmup()` compiles both, so a text workload compiles nothing after it."""
+"""The runner's step programs: on the Pallas path a pure decode step runs the decode program,
+any other step the mixed one; the XLA path has one program per bucket. `Engine.warmup()`
+compiles every one, so a text workload compiles nothing after it."""
+
+import dataclasses
 
 import numpy as np
 
@@ -15,6 +18,7 @@ from autoglm_jax.engine.step_plan import SeqStep
 CONFIG = EngineConfig(
     max_num_seqs=24, max_num_batched_tokens=64, page_size=4, max_model_len=64, num_pages=200
 )
+PALLAS = dataclasses.replace(CONFIG, attention_backend="pallas")
 
 
 def _seq(n: int, kv_len: int, slot: int) -> SeqStep:
@@ -30,7 +34,7 @@ def _seq(n: int, kv_len: int, slot: int) -> SeqStep:
 
 
 def test_runner_picks_the_decode_program_only_when_every_sequence_has_one_token():
-    runner = Engine(ag.init("tiny", seed=0), CONFIG).runner
+    runner = Engine(ag.init("tiny", seed=0), PALLAS).runner
     assert runner.buckets == [16, 32, 64] and runner.decode_buckets == [16, 32]
     assert runner.text_step_shapes == [
         StepShape(16, None, False),
@@ -43,7 +47,8 @@ def test_runner_picks_the_decode_program_only_when_every_sequence_has_one_token(
 
     # 20 one-token rows (a one-token prompt among decodes counts too): the decode program of
     # bucket 32, sequence i owning token row i.
-    x = runner.build_inputs([_seq(1, 5 + i, i) for i in range(20)], sampling)
+    decodes = [_seq(1, 5 + i, i) for i in range(20)]
+    x = runner.build_inputs(decodes, sampling)
     assert x.attention.decode_only and x.input_ids.shape == (32,)
     np.testing.assert_array_equal(x.attention.cu_q_lens[:21], np.arange(21))
     one_token_prompt = runner.build_inputs([_seq(1, 1, 0), _seq(1, 9, 1)], sampling)
@@ -52,6 +57,13 @@ def test_runner_picks_the_decode_program_only_when_every_sequence_has_one_token(
     # One row with two tokens makes the step mixed.
     x = runner.build_inputs([_seq(1, 5, 0), _seq(2, 6, 1)], sampling)
     assert not x.attention.decode_only and x.input_ids.shape == (16,)
+
+    # The XLA path has no decode kernel: one program per bucket, decode steps included.
+    xla = Engine(ag.init("tiny", seed=0), CONFIG).runner
+    assert xla.decode_buckets == [] and xla.text_step_shapes == [
+        StepShape(t, None, False) for t in (16, 32, 64)
+    ]
+    assert not xla.build_inputs(decodes, sampling).attention.decode_only
 
 
 def _run_staggered_against_dense(engine: Engine, arrivals: dict[int, list[tuple[list[int], int]]]):
@@ -100,8 +112,8 @@ def test_warmup_covers_every_step_of_a_mixed_text_workload():
     }
     _run_staggered_against_dense(engine, arrivals)
 
-    assert {StepShape(16, None, True), StepShape(32, None, True)} <= set(met), met
-    assert any(not s.decode_only for s in met) and set(met) <= set(runner.text_step_shapes)
+    assert {StepShape(16, None, False), StepShape(32, None, False)} <= set(met), met
+    assert set(met) <= set(runner.text_step_shapes)
     stats = engine.stats()
     assert stats["compilations_after_warmup"] == 0, met
     assert stats["free_pages"] == stats["num_pages"]
@@ -120,7 +132,9 @@ def test_pallas_decode_program_in_interpret_mode_equals_dense_greedy():
     )
     engine = Engine(ag.init("tiny", seed=0), cfg)
     engine.runner.interpret = True  # no GPU here: run the Pallas kernels in interpret mode
+    assert engine.warmup() == 2 + 1  # the mixed and the decode program of bucket 16; priming
     rng = np.random.RandomState(1)
     arrivals = {0: [(list(rng.randint(0, 490, n)), 5) for n in (3, 9)], 2: [([17], 4)]}
     _run_staggered_against_dense(engine, arrivals)
     assert {("step", 16, None, True), ("step", 16, None, False)} <= engine.runner.shapes_compiled
+    assert engine.stats()["compilations_after_warmup"] == 0
