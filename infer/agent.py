@@ -21,6 +21,7 @@ from autoglm_jax.agent.loop import (
     Step,
 )
 from autoglm_jax.agent.tasks import make_task
+from autoglm_jax.checkpoint.shipped import shipped_model_dir
 from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
 
 RANDOM_NOTE = "RANDOM weights: these actions are noise, not a measurement of the agent"
@@ -31,7 +32,9 @@ def system_prompt(choice: str, model: str | None = None) -> str:
     """The system prompt `--system-prompt` names: full, compact, a text file, or auto (the
     model directory's agent_system_prompt.txt when it has one, else full)."""
     if choice == "auto":
-        carried = Path(model) / SYSTEM_PROMPT_FILE if model else None
+        # A shipped model's name ("autoglm-phone-sim") is not a path: look in its asset folder.
+        directory = (shipped_model_dir(model) or Path(model)) if model else None
+        carried = directory / SYSTEM_PROMPT_FILE if directory else None
         if carried is not None and carried.is_file():
             return carried.read_text(encoding="utf-8").strip()
         return SYSTEM_PROMPT
@@ -210,6 +213,17 @@ def table_row(
     )
 
 
+def goal_table(result: EvalResult) -> str:
+    """Task success and step accuracy per kind of goal, as a markdown table."""
+    lines = ["", "| goal | tasks | task success | step accuracy |", "|---|---:|---:|---:|"]
+    for kind, part in sorted(result.by_goal().items()):
+        lines.append(
+            f"| {kind} | {len(part.results)} | {part.success_rate:.2f} | "
+            f"{part.step_accuracy:.2f} ({part.num_steps} steps) |"
+        )
+    return "\n".join(lines)
+
+
 def run_agent_eval(
     args: AgentEvalArgs,
     backend: BackendFactory | None = None,
@@ -251,6 +265,7 @@ def run_agent_eval(
         local.tokens_per_second if local is not None else None,
     )
     print(TABLE_HEADER, row, sep="\n", file=out)
+    print(goal_table(result), file=out)
     if random:
         print(RANDOM_NOTE, file=out)
     if args.docs is not None:

@@ -89,6 +89,14 @@ class EvalResult:
     def num_steps(self) -> int:
         return sum(len(r.correct) for r in self.results)
 
+    def by_goal(self) -> dict[str, EvalResult]:
+        """The results split by the kind of goal (OpenApp, SetToggle, ...), in first-seen order:
+        where a model fails is rarely spread evenly over the kinds."""
+        groups: dict[str, list[TaskResult]] = {}
+        for r in self.results:
+            groups.setdefault(type(r.task.goal).__name__, []).append(r)
+        return {kind: EvalResult(tuple(rs)) for kind, rs in groups.items()}
+
 
 def evaluate(
     backend: BackendFactory,

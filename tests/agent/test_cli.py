@@ -102,6 +102,26 @@ def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
     assert "| 0.00 | 0.00 (9 steps) |" in out.getvalue()
 
 
+def test_agent_eval_splits_results_by_goal():
+    def open_apps_only(task, phone):  # right on OpenApp goals, garbage elsewhere
+        oracle = oracle_backend(task, phone)
+        is_open = type(task.goal).__name__ == "OpenApp"
+        return oracle if is_open else (lambda messages: "no")
+
+    out = io.StringIO()
+    args = AgentEvalArgs(num_tasks=12, split="heldout", loop=AgentLoopFlags(max_steps=4))
+    result = run_agent_eval(args, backend=open_apps_only, out=out, log=io.StringIO())
+    kinds = [type(make_task(i, "heldout").goal).__name__ for i in range(12)]
+    parts = result.by_goal()
+    assert {k: len(p.results) for k, p in parts.items()} == {k: kinds.count(k) for k in kinds}
+    assert len(parts) >= 3 and sum(len(p.results) for p in parts.values()) == 12
+    for kind, part in parts.items():
+        expected = 1.0 if kind == "OpenApp" else 0.0
+        assert (part.success_rate, part.step_accuracy) == (expected, expected)
+        row = f"| {kind} | {kinds.count(kind)} | {expected:.2f} | {expected:.2f} ("
+        assert row in out.getvalue()
+
+
 @pytest.mark.slow  # ~40 s on a cold compilation cache (2 shared cores), ~10 s warm
 def test_agent_cli_on_random_tiny_mm_fails_and_says_so(tmp_path):
     proc = subprocess.run(

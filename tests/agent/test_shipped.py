@@ -41,6 +41,16 @@ def test_unknown_and_missing_shipped_models(monkeypatch, tmp_path):
         load_model(ModelFlags(model="gone", compilation_cache_dir=""))
 
 
+def test_auto_prompt_of_the_shipped_model_is_the_one_it_was_trained_with():
+    from infer.agent import AgentLoopFlags
+
+    # by name, as every command's default --model gives it, not only by path
+    assert AgentLoopFlags().config(NAME).system_prompt == COMPACT_SYSTEM_PROMPT
+    assert AgentLoopFlags().config(str(shipped.shipped_model_dir(NAME))).system_prompt == (
+        COMPACT_SYSTEM_PROMPT
+    )
+
+
 def test_commands_default_to_the_shipped_model():
     from infer.agent import AgentArgs, AgentEvalArgs
     from infer.generate import ChatArgs, GenerateArgs
