@@ -9,9 +9,9 @@ instruction forbids undoing (the dialog already answered otherwise), where it fi
 Taps aim at the centre of the target element, in relative 0..999 coordinates.
 
 Goals and the oracle's route:
-- OpenApp: tap the icon on the home screen, else Launch.
-- SetToggle: open Settings (as above), swipe until the row shows, tap it.
-- Search: open the app, tap the search box, Type the query, tap Search.
+- OpenApp: Launch (a tap on its home-screen icon is judged correct too).
+- SetToggle: Launch Settings, swipe until the row shows, tap it.
+- Search: Launch the app, tap the search box, Type the query, tap Search.
 - AnswerDialog: tap the button; a closed dialog is opened again (Photos' Delete button, or
   Launch Maps, which asks until answered).
 - GoHome: Home.
@@ -138,10 +138,15 @@ def _tap(phone: SimPhone, element: Element) -> Tap:
     return Tap(to_relative(element.box.center, phone.width, phone.height))
 
 
-def _open(phone: SimPhone, app: str) -> Action:
-    """Open `app`: tap its icon when the home screen shows, else Launch it."""
-    icon = phone.element(app) if phone.current_app == HOME and phone.dialog is None else None
-    return _tap(phone, icon) if icon is not None else Launch(app)
+def _open(phone: SimPhone, app: str) -> Launch:
+    """Open `app` by name, from any screen: the Open-AutoGLM prompt tells the model that Launch
+    beats navigating the home screen, and it takes no pixels to get right."""
+    return Launch(app)
+
+
+def _home_icon(phone: SimPhone, app: str) -> Element | None:
+    """`app`'s icon, where the home screen shows it (a tap on it equals Launch)."""
+    return phone.element(app) if phone.current_app == HOME and phone.dialog is None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -355,15 +360,13 @@ def target_box(task: Task, phone: SimPhone) -> Box | None:
 
 
 def step_is_correct(task: Task, phone: SimPhone, action: Action) -> bool:
-    """Whether `action` is a correct next step: a tap inside the oracle's target element (or
-    Launch of the app whose icon the oracle taps), a swipe the same vertical way, the same app
-    for Launch, the same text for Type (outer spaces aside), any Finish when the oracle
+    """Whether `action` is a correct next step: a tap inside the oracle's target element, a
+    swipe the same vertical way, the same app for Launch (or a tap on its home-screen icon,
+    which opens it as well), the same text for Type (outer spaces aside), any Finish when the oracle
     finishes, and otherwise the same kind of action."""
     expected = task.next_action(phone)
     if isinstance(expected, Tap):
         target = phone.element_at(*to_pixels(expected.element, phone.width, phone.height))
-        if isinstance(action, Launch):
-            return target.kind == "app" and action.app.strip().casefold() == target.label.casefold()
         return isinstance(action, Tap) and target.box.contains(
             *to_pixels(action.element, phone.width, phone.height)
         )
@@ -373,6 +376,11 @@ def step_is_correct(task: Task, phone: SimPhone, action: Action) -> bool:
             and (action.end[1] - action.start[1]) * (expected.end[1] - expected.start[1]) > 0
         )
     if isinstance(expected, Launch):
+        if isinstance(action, Tap):
+            icon = _home_icon(phone, expected.app)
+            return icon is not None and icon.box.contains(
+                *to_pixels(action.element, phone.width, phone.height)
+            )
         return (
             isinstance(action, Launch) and action.app.strip().casefold() == expected.app.casefold()
         )

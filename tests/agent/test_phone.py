@@ -320,15 +320,28 @@ def test_step_judging_accepts_the_target_element_and_rejects_the_rest():
         if isinstance(t.goal, SetToggle) and t.setup.app == "Home"
     )
     phone = task.new_phone()
+    # Opening an app: Launch by name, or a tap anywhere on its home-screen icon.
+    assert task.next_action(phone) == Launch("Settings") and target_box(task, phone) is None
+    icon = phone.element("Settings").box
+    assert step_is_correct(task, phone, Launch(" settings "))
+    assert not step_is_correct(task, phone, Launch("Photos"))
+    corner = to_relative((icon.right - 1, icon.bottom - 1), phone.width, phone.height)
+    assert step_is_correct(task, phone, Tap(corner))
+    outside = to_relative((icon.left - 3, icon.top - 3), phone.width, phone.height)
+    assert not step_is_correct(task, phone, Tap(outside))
+    assert not step_is_correct(task, phone, Back())
+    # A tap target: the toggle's row, once Settings shows it.
+    phone.apply(Launch("Settings"))
+    while isinstance(action := task.next_action(phone), Swipe):
+        assert not step_is_correct(task, phone, Tap(corner))
+        phone.apply(action)
     box = target_box(task, phone)
-    assert phone.element_at(*box.center).label == "Settings"
+    assert phone.element_at(*box.center).label == task.goal.name
     corner = to_relative((box.right - 1, box.bottom - 1), phone.width, phone.height)
     assert step_is_correct(task, phone, Tap(corner))
-    assert step_is_correct(task, phone, Launch("settings"))  # same effect as tapping the icon
-    assert not step_is_correct(
-        task, phone, Tap(to_relative((box.left - 3, box.top - 3), phone.width, phone.height))
-    )
-    assert not step_is_correct(task, phone, Back())
+    assert not step_is_correct(task, phone, Launch("Settings"))
+    above = to_relative((box.center[0], box.top - 3), phone.width, phone.height)
+    assert not step_is_correct(task, phone, Tap(above))
     actions, phone = oracle_episode(task)
     assert target_box(task, phone) is None
     assert step_is_correct(task, phone, Finish("anything"))
