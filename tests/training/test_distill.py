@@ -2,8 +2,9 @@
 
 The regime is data-limited on purpose: the student sees a fixed set of 128 synthetic examples
 for the same number of steps either way. With CE alone it fits those answers; with the
-teacher's distributions over the same inputs it learns more of the teacher's function. (On
-an unlimited stream the gain is small at this scale; docs/training.md has both numbers.)
+teacher's distributions over the same inputs it learns more of the teacher's function: its
+KL to the teacher and its held-out cross-entropy fall well below CE-only's. (On an unlimited
+stream the gain is small at this scale; docs/training.md has both numbers.)
 """
 
 import jax
@@ -67,5 +68,8 @@ def test_distilled_student_beats_ce_only(tmp_path):
     ce_eval, kd_eval = (evaluate(f, m.params, teacher, batches) for m in (ce, kd))
     print(f"\nteacher {t_eval}\nce-only {ce_eval}\ndistilled {kd_eval}")
     assert t_eval["accuracy"] > ce_eval["accuracy"] + 0.1  # the teacher knows more
-    assert kd_eval["kl"] < 0.85 * ce_eval["kl"]
-    assert kd_eval["accuracy"] > ce_eval["accuracy"] + 0.01
+    assert kd_eval["kl"] < 0.85 * ce_eval["kl"]  # closer to the teacher: 0.57 vs 0.82
+    assert kd_eval["ce"] < 0.95 * ce_eval["ce"]  # and better on held-out answers: 1.23 vs 1.43
+    # Token accuracy gains only 0.8 to 1.9 points here, and which depends on float rounding
+    # (XLA's CPU optimisation level moves it; docs/training.md): it must not drop, no more.
+    assert kd_eval["accuracy"] >= ce_eval["accuracy"]
