@@ -104,6 +104,10 @@ class ModelFlags:
     """Weight and compute dtype; auto: bfloat16 on accelerators, float32 on CPU."""
     tensor_parallel_size: int = 1
     """Devices the weights and KV pages are split over (2 on the 2x RTX 4090 rig)."""
+    quantize: Literal["none", "int8", "int4"] = "none"
+    """Quantize the decoder's matmul weights at load, weight-only (int8: one scale per output
+    channel; int4: per group of 128 inputs); lm_head and embeddings stay float. What `train
+    export` writes, minus QAT: decode reads about half (int8) the weight bytes."""
     compilation_cache_dir: str = dataclasses.field(default_factory=default_cache_dir)
     """JAX persistent compilation cache: restarts read compiled programs from here
     instead of compiling again. An empty string turns it off."""
@@ -151,7 +155,7 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
         raise SystemExit(f"--model: {e}") from None
     if shipped is not None or Path(flags.model).is_dir():
         print(f"loading {shipped or flags.model} ({dtype})", file=log, flush=True)
-        return ag.load(shipped or flags.model, dtype=dtype, mesh=mesh)
+        return _quantized(ag.load(shipped or flags.model, dtype=dtype, mesh=mesh), flags, log)
     if flags.model not in preset_names():
         raise SystemExit(
             f"--model {flags.model!r}: not a directory, a shipped model "
@@ -166,6 +170,26 @@ def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> An
     tokenizer = Tokenizer.from_dir(TINY_TOKENIZER_DIR)
     if model.config.text.vocab_size >= tokenizer.vocab_size:
         model = dataclasses.replace(model, tokenizer=tokenizer)
+    return _quantized(model, flags, log)
+
+
+def _quantized(model: Any, flags: ModelFlags, log: TextIO) -> Any:
+    """`model` with its decoder weights quantized as --quantize asks (unchanged for none)."""
+    if flags.quantize == "none":
+        return model
+    from autoglm_jax.quant import QuantConfig, export_quantized, tree_bytes
+
+    before = tree_bytes(model.params)
+    try:
+        model = export_quantized(model, QuantConfig(weights=flags.quantize))
+    except ValueError as e:  # already quantized, or no GLM decoder
+        raise SystemExit(f"--quantize {flags.quantize}: {e}") from None
+    after = tree_bytes(model.params)
+    print(
+        f"quantized the decoder to {flags.quantize}: weights {before:,} -> {after:,} bytes",
+        file=log,
+        flush=True,
+    )
     return model
 
 

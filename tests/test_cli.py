@@ -75,6 +75,33 @@ def test_bench_cli_tiny(tmp_path):
     assert (tmp_path / "bench.json").exists() and (tmp_path / "bench.png").exists()
 
 
+def test_quantize_flag_stores_the_decoder_in_int8_at_load():
+    import io
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from infer.flags import ModelFlags, load_model
+
+    log = io.StringIO()
+    model = load_model(ModelFlags(model="tiny", quantize="int8", compilation_cache_dir=""), log=log)
+    kinds = {
+        jax.tree_util.keystr(path): leaf.dtype
+        for path, leaf in jax.tree_util.tree_leaves_with_path(model.params)
+    }
+    int8 = [k for k, dtype in kinds.items() if dtype == jnp.int8]
+    assert int8 and all("layers_" in k and k.endswith("['kernel']") for k in int8)
+    assert not any("lm_head" in k or "embed" in k for k in int8)  # they stay float
+    assert model.config.text.quant is not None and "quantized the decoder to int8" in log.getvalue()
+    before, after = re.search(r"weights ([\d,]+) -> ([\d,]+) bytes", log.getvalue()).groups()
+    assert int(after.replace(",", "")) < int(before.replace(",", ""))
+    shipped = ModelFlags(quantize="int8", compilation_cache_dir="")  # already int8
+    with pytest.raises(SystemExit, match="--quantize int8: the model is already quantized"):
+        load_model(shipped, log=io.StringIO())
+
+
 def test_chat_streams_two_turns_and_refuses_media_for_text_models(tmp_path):
     import io
     from pathlib import Path
