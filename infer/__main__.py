@@ -1,4 +1,5 @@
-"""python -m infer {generate, chat, serve, bench, bench-attention, agent, agent-eval, agent-data}
+"""python -m infer {generate, chat, serve, bench, bench-attention, check-attention, agent,
+agent-eval, agent-data}
 
 Thin: parses flags with tyro and calls the command bodies in this package. Every command that
 runs the engine takes the same model and engine flags (`infer.flags`), flat, with vLLM's names.
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from infer.bench import BenchArgs, run_bench
     from infer.bench_attention import BenchAttentionArgs, run_bench_attention
+    from infer.check_attention import CheckAttentionArgs, run_check_attention
     from infer.generate import ChatArgs, GenerateArgs, run_chat, run_generate
     from infer.serve import ServeArgs, run_serve
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         "serve": ServeArgs,
         "bench": BenchArgs,
         "bench-attention": BenchAttentionArgs,
+        "check-attention": CheckAttentionArgs,
         "agent": AgentArgs,
         "agent-eval": AgentEvalArgs,
         "agent-data": AgentDataArgs,
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         ServeArgs: run_serve,
         BenchArgs: run_bench,
         BenchAttentionArgs: run_bench_attention,
+        CheckAttentionArgs: run_check_attention,
         AgentArgs: run_agent,
         AgentEvalArgs: run_agent_eval,
         AgentDataArgs: run_agent_data,

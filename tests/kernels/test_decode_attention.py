@@ -23,7 +23,8 @@ from autoglm_jax.kernels import (
     ragged_paged_attention_xla,
 )
 from autoglm_jax.kernels.ragged_paged_attention.decode_block_sizes import device_generation
-from tests.kernels.test_ragged_paged_attention import TOL, Shape, call, check, make_inputs
+from autoglm_jax.kernels.ragged_paged_attention.random_inputs import TOL, Shape, call, make_inputs
+from tests.kernels.test_ragged_paged_attention import check
 
 # Page 8, 6 pages per sequence (48 keys at most). Lengths: a single key, mid-page ends (17, 9,
 # 27), exact multiples of a 16-key block (32, 48: no masked block) and of a page (40).
