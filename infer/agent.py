@@ -119,6 +119,9 @@ class AgentDataArgs:
     system_prompt: str = "full"
     """The records' system prompt: full, compact or a text file (see `agent --help`); train
     with the one the agent will send."""
+    pointing: int = 0
+    """Extra one-turn "Tap <label>" records per task, on screens of its episode (teach the
+    vision tower to find a label)."""
 
 
 def _engine_backend(
@@ -285,6 +288,7 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = sys.stdout) -> Path:
             args.width,
             args.height,
             AgentConfig(system_prompt=system_prompt(args.system_prompt)),
+            args.pointing,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

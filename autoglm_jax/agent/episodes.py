@@ -8,6 +8,11 @@ written `<answer>do(...)</answer>` (what `split_reply` reads). Screenshots are P
 `img/`, referenced by paths relative to the JSONL (an `image_url` part whose url is the path,
 where inference sends a data URI of the same PNG; the chat template renders both alike).
 
+Pointing records (`pointing` per task) teach the vision tower to find a label: on a screen of the
+episode, "Tap <label>" for a random drawn element (an app icon, a Settings row, a button) and
+the answer a tap at its centre, as a one-turn record. The task episodes alone did not teach it:
+a model trained on them tapped where a dialog's button usually is, whatever the button said.
+
 Every assistant turn of a record is trained on (training/tokens.py masks them all), so the
 actions of earlier steps, present as history, are learnt again in later steps' records: the
 early steps of an episode weigh more. They are the oracle's actions either way.
@@ -15,16 +20,20 @@ early steps of an episode weigh more. They are the oracle's actions either way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any
 
-from autoglm_jax.agent.actions import Action, Finish
+from autoglm_jax.agent.actions import Action, Finish, Tap, to_relative
 from autoglm_jax.agent.loop import AgentConfig, Turn, build_messages, turn_text
+from autoglm_jax.agent.screens import Element
 from autoglm_jax.agent.tasks import Task, make_task
 
 PHONE_SIZE = (112, 196)  # width, height: 4 x 7 vision tokens after the 2x2 merge
 JSONL_NAME = "episodes.jsonl"
+POINTING_WORDINGS = ("Tap {label}", "Tap on {label}", "Press {label}", "Select {label}")
 
 
 def answer_text(action: Action) -> str:
@@ -32,16 +41,53 @@ def answer_text(action: Action) -> str:
     return f"<answer>{action}</answer>"
 
 
+@dataclasses.dataclass(frozen=True)
+class Screen:
+    """What a pointing record needs of one screen an episode showed."""
+
+    image: str  # path relative to the JSONL
+    current_app: str
+    elements: tuple[Element, ...]  # boxes in pixels
+    size: tuple[int, int]  # width, height
+
+
+def pointing_record(
+    screen: Screen, rng: random.Random, config: AgentConfig, meta: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One "Tap <label>" record on `screen`, or None when nothing labelled is drawn. The search
+    box's label is a name, not drawn text: never asked for."""
+    elements = [e for e in screen.elements if e.kind != "text_box"]
+    if not elements:
+        return None
+    element = rng.choice(elements)
+    instruction = rng.choice(POINTING_WORDINGS).format(label=element.label)
+    turns = [Turn(0, turn_text(instruction, 0, screen.current_app), screen.image)]
+    answer = answer_text(Tap(to_relative(element.box.center, *screen.size)))
+    return {
+        "messages": [*build_messages(turns, config), {"role": "assistant", "content": answer}],
+        "task": {**meta, "pointing": element.label},
+    }
+
+
 def task_records(
-    task: Task, out_dir: Path, config: AgentConfig = AgentConfig(), max_steps: int = 20
+    task: Task,
+    out_dir: Path,
+    config: AgentConfig = AgentConfig(),
+    max_steps: int = 20,
+    pointing: int = 0,
 ) -> list[dict[str, Any]]:
-    """The oracle's episode of `task` as one record per step; screenshots are written to
-    out_dir/img/. Raises ValueError if the oracle does not reach the goal (a simulator bug)."""
+    """The oracle's episode of `task` as one record per step, plus `pointing` pointing records
+    on screens of the episode; screenshots are written to out_dir/img/. Raises ValueError if
+    the oracle does not reach the goal (a simulator bug)."""
     phone, turns, records = task.new_phone(), [], []
+    rng = random.Random(f"pointing:{task.split}:{task.seed}")
     (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    screens: list[tuple[int, Screen]] = []
     for index in range(max_steps):
         name = f"img/{task.split}-{task.seed}-{index}.png"
         phone.screenshot().save(out_dir / name)
+        size = (phone.width, phone.height)
+        screens.append((index, Screen(name, phone.current_app, phone.elements, size)))
         turns.append(Turn(index, turn_text(task.instruction, index, phone.current_app), name))
         action = task.next_action(phone)
         messages = build_messages(turns, config)
@@ -56,6 +102,12 @@ def task_records(
         if isinstance(action, Finish):
             if not task.done(phone):
                 raise ValueError(f"the oracle finished {task.split} task {task.seed} undone")
+            for _ in range(pointing):
+                index, screen = rng.choice(screens)
+                meta = {"split": task.split, "seed": task.seed, "step": index}
+                record = pointing_record(screen, rng, config, meta)
+                if record is not None:
+                    records.append(record)
             return records
     raise ValueError(f"the oracle did not finish {task.split} task {task.seed} in {max_steps}")
 
@@ -68,17 +120,21 @@ def write_episodes(
     width: int = PHONE_SIZE[0],
     height: int = PHONE_SIZE[1],
     config: AgentConfig = AgentConfig(),
+    pointing: int = 0,
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
-    phone, written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/."""
+    phone (and `pointing` pointing records per task), written to out_dir/episodes.jsonl
+    (returned) with the screenshots in out_dir/img/."""
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+    if pointing < 0:
+        raise ValueError(f"pointing must be >= 0, got {pointing}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / JSONL_NAME
     with open(path, "w", encoding="utf-8") as f:
         for task_seed in range(seed, seed + num_tasks):
             task = make_task(task_seed, split, width, height)
-            for record in task_records(task, out, config):
+            for record in task_records(task, out, config, pointing=pointing):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

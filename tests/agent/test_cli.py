@@ -13,6 +13,7 @@ from PIL import Image
 
 import autoglm_jax as ag
 from autoglm_jax.agent import make_task, oracle_episode, split_reply
+from autoglm_jax.agent.actions import parse_action, to_pixels
 from autoglm_jax.agent.episodes import PHONE_SIZE
 from autoglm_jax.agent.evaluate import oracle_backend
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
@@ -81,6 +82,34 @@ def test_agent_with_the_oracle_succeeds_and_saves_screens(tmp_path):
     assert len(list(tmp_path.glob("step-*.png"))) == n
     assert Image.open(tmp_path / "episode.gif").n_frames == n
     assert "RANDOM" not in out.getvalue()
+
+
+def test_pointing_records_tap_the_named_element_on_a_screen_of_the_episode(tmp_path):
+    args = AgentDataArgs(out_dir=tmp_path, num_tasks=6, task_seed=20, pointing=2)
+    records = [json.loads(x) for x in run_agent_data(args, io.StringIO()).read_text().splitlines()]
+    pointing = [r for r in records if "pointing" in r["task"]]
+    steps = sum(len(oracle_episode(make_task(s, "train", *PHONE_SIZE))[0]) for s in range(20, 26))
+    assert len(pointing) == 12 and len(records) == steps + 12
+    kinds = set()
+    for r in pointing:
+        meta, label = r["task"], r["task"]["pointing"]
+        system, user, answer = r["messages"]  # one turn: no history
+        image = next(p for p in user["content"] if p["type"] == "image_url")["image_url"]["url"]
+        assert image == f"img/train-{meta['seed']}-{meta['step']}.png"
+        instruction = next(p for p in user["content"] if p["type"] == "text")["text"]
+        assert label in instruction.splitlines()[0]
+        # replay the oracle to the screen the record names; the tap must hit that label there
+        task = make_task(meta["seed"], "train", *PHONE_SIZE)
+        phone = task.new_phone()
+        for action in oracle_episode(task)[0][: meta["step"]]:
+            phone.apply(action)
+        tap = parse_action(split_reply(answer["content"])[1])
+        hit = phone.element_at(*to_pixels(tap.element, phone.width, phone.height))
+        assert hit is not None and hit.label == label
+        kinds.add(hit.kind)
+    assert len(kinds) >= 2  # not only one kind of screen
+    with pytest.raises(SystemExit, match="pointing must be >= 0"):
+        run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=1, pointing=-1), io.StringIO())
 
 
 def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
