@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import sys
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -22,7 +21,7 @@ from autoglm_jax.agent.loop import (
 )
 from autoglm_jax.agent.tasks import make_task
 from autoglm_jax.checkpoint.shipped import shipped_model_dir
-from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
+from infer.flags import STDERR, STDOUT, EngineFlags, ModelFlags, build_engine, warm_up
 
 RANDOM_NOTE = "RANDOM weights: these actions are noise, not a measurement of the agent"
 NAMED_PROMPTS = {"full": SYSTEM_PROMPT, "compact": COMPACT_SYSTEM_PROMPT}
@@ -170,7 +169,7 @@ def save_screens(result: TaskResult, out_dir: Path) -> list[Path]:
 def run_agent(
     args: AgentArgs,
     backend: BackendFactory | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO = STDOUT,
 ) -> TaskResult:
     """The `agent` command; `backend` replaces the model (tests pass the oracle)."""
     config = args.loop.config(args.model.model)
@@ -230,8 +229,8 @@ def goal_table(result: EvalResult) -> str:
 def run_agent_eval(
     args: AgentEvalArgs,
     backend: BackendFactory | None = None,
-    out: TextIO = sys.stdout,
-    log: TextIO = sys.stderr,
+    out: TextIO = STDOUT,
+    log: TextIO = STDERR,
 ) -> EvalResult:
     """The `agent-eval` command; `backend` replaces the model (tests)."""
     config = args.loop.config(args.model.model)
@@ -278,7 +277,7 @@ def run_agent_eval(
     return result
 
 
-def run_agent_data(args: AgentDataArgs, out: TextIO = sys.stdout) -> Path:
+def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
     try:
         path = write_episodes(
             args.out_dir,

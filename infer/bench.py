@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from autoglm_jax.engine import Engine, SamplingParams
+from autoglm_jax.nn.quant_formats import tree_bytes
 from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
 
 
@@ -46,7 +48,8 @@ class BenchArgs:
     hf_baseline: bool = True
     """Also time transformers' generate (needs torch and transformers installed)."""
     out_dir: Path = Path("bench_out")
-    seed: int = 0
+    prompt_seed: int = 0
+    """Seed of the random prompts (--seed, the engine's, seeds sampling and random weights)."""
 
 
 def _prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -159,12 +162,14 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
         "backend": engine.attention_impl,
+        "device": jax.devices()[0].device_kind,
+        "weight_bytes": tree_bytes(model.params),
         "args": _jsonable(args),
     }
     print("bench: continuous batching ...", file=sys.stderr)
     results["continuous"] = _run(
         engine,
-        _prompts(args.num_requests, args.prompt_len, vocab, args.seed),
+        _prompts(args.num_requests, args.prompt_len, vocab, args.prompt_seed),
         params,
         args.request_rate,
         1,
@@ -172,14 +177,14 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     print("bench: one request at a time ...", file=sys.stderr)
     single = [
         _run(engine, [p], params, None, 2)
-        for p in _prompts(args.baseline_requests, args.prompt_len, vocab, args.seed + 1)
+        for p in _prompts(args.baseline_requests, args.prompt_len, vocab, args.prompt_seed + 1)
     ]
     results["one_at_a_time"] = _merge(single)
     print("bench: static batches ...", file=sys.stderr)
     static = [
         _run(
             engine,
-            _prompts(args.static_batch_size, args.prompt_len, vocab, args.seed + 10 + b),
+            _prompts(args.static_batch_size, args.prompt_len, vocab, args.prompt_seed + 10 + b),
             params,
             None,
             3,
@@ -191,7 +196,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         print("bench: transformers generate ...", file=sys.stderr)
         results["hf_generate"] = _hf_baseline(
             model,
-            _prompts(args.static_batch_size, args.prompt_len, vocab, args.seed + 20),
+            _prompts(args.static_batch_size, args.prompt_len, vocab, args.prompt_seed + 20),
             args.output_len,
             args.static_batch_size,
         )
@@ -218,6 +223,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_s": wall,
         "requests_per_s": sum(r["requests"] for r in runs) / wall,
         "tokens_per_s": tokens / wall,
+        "compilations_during_run": sum(r["compilations_during_run"] for r in runs),
     }
     for key in ("ttft_p50_s", "tpot_p50_s", "itl_p50_s"):
         out[key] = float(np.median([r[key] for r in runs]))

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO
+from typing import Annotated, Any, Literal, TextIO, cast
 
 import tyro
 
@@ -87,6 +87,23 @@ def flag_message(message: str) -> str:
     return re.sub(r"EngineConfig\.(\w+)", flag, message)
 
 
+class _CurrentStream:
+    """sys.stdout / stderr / stdin as they are when written to, not when a default argument
+    was bound: a module first imported while a test captures output would otherwise keep
+    the capture's stream, closed after that test."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(getattr(sys, self._name), attr)
+
+
+STDOUT = cast(TextIO, _CurrentStream("stdout"))
+STDERR = cast(TextIO, _CurrentStream("stderr"))
+STDIN = cast(TextIO, _CurrentStream("stdin"))
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "autoglm_jax", "jax_compilation_cache")
@@ -132,7 +149,7 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = sys.stderr) -> Any:
+def load_model(flags: ModelFlags, seed: int = 0, log: TextIO = STDERR) -> Any:
     """A checkpoint directory, or a preset with random weights (announced as a smoke run)."""
     import jax
 
@@ -202,7 +219,7 @@ def build_engine(model_flags: ModelFlags, engine_flags: EngineFlags) -> Engine:
         raise SystemExit(flag_message(str(e))) from None
 
 
-def warm_up(engine: Engine, log: TextIO = sys.stderr) -> float:
+def warm_up(engine: Engine, log: TextIO = STDERR) -> float:
     """Compile every step shape, one progress line each; returns the seconds it took."""
     import time
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from autoglm_jax.engine import SamplingParams
-from infer.flags import EngineFlags, ModelFlags, build_engine, warm_up
+from infer.flags import STDERR, STDIN, STDOUT, EngineFlags, ModelFlags, build_engine, warm_up
 from infer.progress import Progress, print_table
 
 
@@ -98,7 +97,7 @@ def _read_prompts(args: GenerateArgs) -> list[Any]:
 
 
 def run_generate(
-    args: GenerateArgs, out: TextIO = sys.stdout, log: TextIO = sys.stderr
+    args: GenerateArgs, out: TextIO = STDOUT, log: TextIO = STDERR
 ) -> list[dict[str, Any]]:
     """Results go to `out` (JSONL) or --output; progress and the final table to `log`."""
     prompts = _read_prompts(args)
@@ -146,7 +145,7 @@ def run_generate(
 
 
 def run_chat(
-    args: ChatArgs, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, log: TextIO = sys.stderr
+    args: ChatArgs, stdin: TextIO = STDIN, out: TextIO = STDOUT, log: TextIO = STDERR
 ) -> None:
     engine = build_engine(args.model, args.engine)
     model = engine.model
