@@ -34,6 +34,7 @@ class TextConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations
     eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None  # kept for export; the tokenizer adds BOS, not the model
     pad_token_id: int | None = None
     # Per-layer widths of a pruned decoder (None: every layer has ffw_dim / num_heads).
     layer_ffw_dims: tuple[int, ...] | None = None

@@ -86,7 +86,7 @@ def rope_number(
 
 
 def text_config(cfg: dict[str, Any], source: str, **fields: Any) -> TextConfig:
-    """A TextConfig of config.json's sizes, kv heads and pad id plus the family's `fields`;
+    """A TextConfig of config.json's sizes, kv heads, pad and bos ids plus the family's `fields`;
     TextConfig's own errors are renamed to name `source`."""
     heads = cfg["num_attention_heads"]
     try:
@@ -98,6 +98,7 @@ def text_config(cfg: dict[str, Any], source: str, **fields: Any) -> TextConfig:
             num_heads=int(heads),
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             pad_token_id=cfg.get("pad_token_id"),
+            bos_token_id=cfg.get("bos_token_id"),
             **fields,
         )
     except ConfigError as e:

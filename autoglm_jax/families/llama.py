@@ -59,7 +59,8 @@ def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
             architecture="LlamaForCausalLM",
             biases={"attention_bias": False, "mlp_bias": False},
         ),
-        # Written even when empty/None: LlamaConfig would otherwise default them to 2 and None.
+        # Written even when empty/None: LlamaConfig would otherwise default them to 1, 2, None.
+        "bos_token_id": cfg.bos_token_id,
         "eos_token_id": list(cfg.eos_token_ids) or None,
         "pad_token_id": cfg.pad_token_id,
     }

@@ -57,6 +57,7 @@ def text_config_to_hf(cfg: TextConfig) -> dict[str, Any]:
         extra={"use_sliding_window": False},
     )
     out["pad_token_id"] = cfg.pad_token_id
+    out["bos_token_id"] = cfg.bos_token_id
     if cfg.eos_token_ids:
         out["eos_token_id"] = list(cfg.eos_token_ids)
     return out

@@ -54,6 +54,7 @@ def make_hf_model(case: LlamaCase, seed: int = 0):
         rms_norm_eps=case.rms_norm_eps,
         tie_word_embeddings=case.tie,
         pad_token_id=0,
+        bos_token_id=5,
         initializer_range=0.2,  # logits of order 1, so a slip is far above the tolerance
         **extra,
     )
@@ -127,6 +128,13 @@ def test_export_hf_round_trip_is_identical(hf_case, tmp_path):
     back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(back).__name__ == "LlamaForCausalLM"
     assert back.config.tie_word_embeddings == case.tie
+
+    def ids(config, field):  # one id or a list of them, as transformers allows
+        value = getattr(config, field)
+        return value if isinstance(value, list) else [value]
+
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert ids(back.config, field) == ids(model.config, field), field
     want, got = model.state_dict(), back.state_dict()
     assert sorted(got) == sorted(want)
     for key in want:
