@@ -138,15 +138,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
             result, err = f"FAILED: {r['error'][:120]}", "-"
         else:
             err = f"{r['max_abs_error']:.2e}"
-            result = (
-                "ok"
-                if r["ok"]
-                else (
-                    "FAILED"
-                    + ("" if r["finite"] else ": non-finite output")
-                    + ("" if r["padding_zero"] or not r["finite"] else ": padding rows not zero")
-                )
-            )
+            why = [] if r["finite"] else ["non-finite output"]
+            why += [] if r["padding_zero"] or not r["finite"] else ["padding rows not zero"]
+            result = "ok" if r["ok"] else ": ".join(["FAILED", *why])
         lines.append(
             f"| {r['kernel']} | {r['heads']} | {r['kind']} | {r['kv_dtype']} | {err} | "
             f"{r['bound']:g} | {result} |"

@@ -86,8 +86,9 @@ def task_records(
     for index in range(max_steps):
         name = f"img/{task.split}-{task.seed}-{index}.png"
         phone.screenshot().save(out_dir / name)
-        size = (phone.width, phone.height)
-        screens.append((index, Screen(name, phone.current_app, phone.elements, size)))
+        if pointing:  # the screen's elements are only needed for pointing records
+            size = (phone.width, phone.height)
+            screens.append((index, Screen(name, phone.current_app, phone.elements, size)))
         turns.append(Turn(index, turn_text(task.instruction, index, phone.current_app), name))
         action = task.next_action(phone)
         messages = build_messages(turns, config)
