@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 import autoglm_jax.sharding as shd
 from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
+from autoglm_jax.checkpoint.random_init import grouped_init
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.checkpoint.shipped import shipped_model_dir
 from autoglm_jax.config import ModelConfig, read_json
@@ -198,9 +199,12 @@ def init(
     cache_key = (cfg, mesh, rules if mesh is not None else None, init)
     init_fn = _INIT_CACHE.get(cache_key)
     if init_fn is None:  # compiled once per config (tests and CLIs init the same presets often)
+        # Repeated layers drawn together: the program does not grow with depth (random_init).
+        draw = grouped_init(initializer, args)
+        if draw is None:  # initializers that close over arrays (compressed configs)
+            draw = lambda key: nn.unbox(initializer.init(key, *args)["params"])  # noqa: E731
         init_fn = jax.jit(
-            lambda key: nn.unbox(initializer.init(key, *args)["params"]),
-            out_shardings=nn.unbox(shardings) if shardings is not None else None,
+            draw, out_shardings=nn.unbox(shardings) if shardings is not None else None
         )
         _INIT_CACHE[cache_key] = init_fn
     params = init_fn(jax.random.key(seed))
