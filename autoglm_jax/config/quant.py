@@ -43,8 +43,10 @@ class QuantConfig:
                  per token, computed on the fly); none: float inputs.
     weight_clip  scale = weight_clip * max|w| / qmax; below 1, the largest weights are clipped
                  (and get no gradient in QAT).
-    rules        first match wins; Einsums no rule matches use `weights`. The embedding table
-                 is not a matmul and always stays float; by default so does `lm_head`.
+    rules        first match wins; Einsums no rule matches use `weights`; by default
+                 `lm_head` stays float. Embedding tables stay float unless a rule names them
+                 ("embed_tokens"): int8 then stores one scale per token row, int4 one per
+                 group of a row, and a lookup dequantizes only the rows it reads.
     scope        decoder: only the GLM decoder's matmuls (rules match paths inside it:
                  "layers_3/mlp/down_proj", "lm_head"); the encoders and CGA fusion of a
                  glm4v / autoglm model stay float. all: their matmuls too, matched by their
@@ -114,6 +116,15 @@ class QuantConfig:
             if re.search(rule.pattern, path):
                 return rule.weights
         return self.weights
+
+    def table_format_for(self, path: str) -> str:
+        """The format of the embedding table at `path`: a matching rule's, else "none" (tables
+        are quantized only by name, so checkpoints written before tables could be keep
+        loading as they were)."""
+        for rule in self.rules:
+            if re.search(rule.pattern, path):
+                return rule.weights
+        return "none"
 
     def replace(self, **changes: Any) -> "QuantConfig":
         return dataclasses.replace(self, **changes)

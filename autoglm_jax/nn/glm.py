@@ -150,7 +150,8 @@ class GlmDecoder(nn.Module):
         dot_general = self.dot_general
         if c.quant is not None:
             dot_general = QuantizedWeights(c.quant, decoder_path=self.path, inner=dot_general)
-        self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype, pdtype)
+        policy = dot_general if isinstance(dot_general, EinsumPolicy) else None
+        self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype, pdtype, policy)
         self.layers = [GlmBlock(c, dot_general) for _ in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, pdtype)
         if not c.tie_word_embeddings:

@@ -92,6 +92,35 @@ class EinsumPolicy:
     def einsum(self, module: "Einsum", x: Array) -> Array:
         raise NotImplementedError
 
+    def table(self, module: "Embed") -> "EmbeddingTable":
+        """The embedding table of `module` (its params created or read on it, in `setup`).
+        Float unless the policy's rules name the table (quantized storage, QAT)."""
+        return float_table(module)
+
+
+class EmbeddingTable:
+    """An embedding table [V, D] as a policy stores it: `rows(ids)` gathers [*ids.shape, D]
+    (a quantized table dequantizes only the rows it gathers), `full()` is the whole f32 or
+    param-dtype table (for the tied output head)."""
+
+    def __init__(self, table: Array):
+        self.table = table
+
+    def rows(self, ids: Array) -> Array:
+        return jnp.take(self.table, ids, axis=0)
+
+    def full(self) -> Array:
+        return self.table
+
+
+def table_init() -> Callable:
+    return _init_with_axes(nn.initializers.normal(0.02), ("vocab", "embed"))
+
+
+def float_table(module: "Embed") -> EmbeddingTable:
+    shape = (module.vocab_size, module.d_model)
+    return EmbeddingTable(module.param("embedding", table_init(), shape, module.param_dtype))
+
 
 def contracting_axes(equation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(input axes, kernel axes) that `equation` ("x,kernel->out") sums over."""
@@ -182,26 +211,25 @@ class Einsum(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding table [V, D]; `attend` gives the tied output head."""
+    """Token embedding table [V, D]; `attend` gives the tied output head. A `policy` (the
+    decoder's, when it has one) decides how the table is stored: float, or quantized where its
+    rules name the table (`EinsumPolicy.table`)."""
 
     vocab_size: int
     d_model: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    policy: EinsumPolicy | None = None
 
     def setup(self) -> None:
-        self.embedding = self.param(
-            "embedding",
-            _init_with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
-            (self.vocab_size, self.d_model),
-            self.param_dtype,
-        )
+        self.weights = float_table(self) if self.policy is None else self.policy.table(self)
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        return self.weights.rows(ids).astype(self.dtype)
 
     def attend(self, x: Array) -> Array:
-        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), self.embedding.astype(self.dtype))
+        table = self.weights.full().astype(self.dtype)
+        return jnp.einsum("BTD,VD->BTV", x.astype(self.dtype), table)
 
 
 # ----------------------------------------------------------------------------------------

@@ -19,7 +19,15 @@ import jax
 import jax.numpy as jnp
 
 from autoglm_jax.config.quant import QuantConfig
-from autoglm_jax.nn.layers import DotGeneral, Einsum, EinsumPolicy
+from autoglm_jax.nn.layers import (
+    DotGeneral,
+    Einsum,
+    EinsumPolicy,
+    Embed,
+    EmbeddingTable,
+    float_table,
+    table_init,
+)
 from autoglm_jax.nn.quant_formats import (
     Layout,
     contracting_axes,
@@ -33,14 +41,46 @@ Array = jax.Array
 
 
 def weight_format(
-    config: QuantConfig, module_path: tuple[str, ...], decoder: tuple[str, ...]
+    config: QuantConfig, module_path: tuple[str, ...], decoder: tuple[str, ...], table: bool = False
 ) -> str:
-    """ "int8", "int4" or "none" for the Einsum at `module_path` (from the root module).
-    Einsums outside the decoder (encoders, fusion) are quantized only with scope "all", their
-    rules matched against the path from the root."""
+    """ "int8", "int4" or "none" for the Einsum (or with `table`, the embedding table) at
+    `module_path` (from the root module). Modules outside the decoder (encoders, fusion) are
+    quantized only with scope "all", their rules matched against the path from the root."""
+    format_for = config.table_format_for if table else config.format_for
     if tuple(module_path[: len(decoder)]) != tuple(decoder):
-        return config.format_for("/".join(module_path)) if config.scope == "all" else "none"
-    return config.format_for("/".join(module_path[len(decoder) :]))
+        return format_for("/".join(module_path)) if config.scope == "all" else "none"
+    return format_for("/".join(module_path[len(decoder) :]))
+
+
+# A table [V, D] is quantized as the tied head's kernel: V output channels, D summed, so int8
+# keeps one scale per token row and int4 groups run along a row.
+TABLE_EQUATION = "BTD,VD->BTV"
+
+
+def table_layout(config: QuantConfig, module: Embed, decoder: tuple[str, ...]) -> Layout | None:
+    """The Layout of `module`'s embedding table under `config`, or None when it stays float."""
+    fmt = weight_format(config, module.path, decoder, table=True)
+    if fmt == "none":
+        return None
+    shape = (module.vocab_size, module.d_model)
+    return layout_for(TABLE_EQUATION, shape, fmt, config.group_size)
+
+
+class QuantizedTable(EmbeddingTable):
+    """A stored integer table: rows are gathered as integers with their scales, then
+    dequantized (a lookup never dequantizes the whole vocabulary)."""
+
+    def __init__(self, q: Array, scale: Array, layout: Layout):
+        self.q, self.scale, self.layout = q, scale, layout
+
+    def rows(self, ids: Array) -> Array:
+        flat = ids.reshape(-1)
+        rows_layout = dataclasses.replace(self.layout, shape=(flat.shape[0], self.layout.shape[1]))
+        q, scale = jnp.take(self.q, flat, axis=0), jnp.take(self.scale, flat, axis=0)
+        return dequantize(q, scale, rows_layout).reshape(*ids.shape, -1)
+
+    def full(self) -> Array:
+        return dequantize(self.q, self.scale, self.layout)
 
 
 def einsum_layout(config: QuantConfig, module: Einsum, decoder: tuple[str, ...]) -> Layout | None:
@@ -89,6 +129,10 @@ class QuantPolicy(EinsumPolicy):
         """The Layout of `module`'s kernel, or None when it stays float."""
         return einsum_layout(self.config, module, self.decoder_path)
 
+    def table_layout(self, module: Embed) -> Layout | None:
+        """The Layout of `module`'s embedding table, or None when it stays float."""
+        return table_layout(self.config, module, self.decoder_path)
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedWeights(QuantPolicy):
@@ -120,12 +164,36 @@ class QuantizedWeights(QuantPolicy):
         w = dequantize(kernel, scale, layout)
         return module.product(quantize_input(self.config, module, x), w, self.inner)
 
+    def table(self, module: Embed) -> EmbeddingTable:
+        layout = self.table_layout(module)
+        if layout is None:
+            return float_table(module)
+        init_q = init_s = nn.initializers.zeros
+        if module.is_initializing():
+            w = table_init()(module.make_rng("params"), layout.shape, jnp.float32)
+            q0, s0 = quantize(nn.unbox(w), layout, self.config.weight_clip, module.param_dtype)
+            init_q, init_s = (lambda *_: q0), (lambda *_: s0)
+        axes = ("vocab", "embed")
+        q = module.param(
+            "embedding", nn.with_logical_partitioning(init_q, axes), layout.stored_shape, jnp.int8
+        )
+        scale = module.param(
+            "scale",
+            nn.with_logical_partitioning(init_s, layout.scale_axes(axes)),
+            layout.scale_shape,
+            module.param_dtype,
+        )
+        _check_stored(module, q, scale, layout, "embedding")
+        return QuantizedTable(q, scale, layout)
 
-def _check_stored(module: Einsum, kernel: Array, scale: Array, layout: Layout) -> None:
+
+def _check_stored(
+    module: nn.Module, kernel: Array, scale: Array, layout: Layout, name: str = "kernel"
+) -> None:
     path = "/".join(module.path)
     if kernel.dtype != jnp.int8 or tuple(kernel.shape) != layout.stored_shape:
         raise ValueError(
-            f"{path}/kernel: expected a quantized {layout.format} kernel "
+            f"{path}/{name}: expected a quantized {layout.format} {name} "
             f"i8{list(layout.stored_shape)}, got {kernel.dtype}{list(kernel.shape)}"
         )
     if tuple(scale.shape) != layout.scale_shape:

@@ -5,7 +5,8 @@
 
 The compressed model's config is the float one with `text.quant` set, which makes the decoder
 build `QuantizedWeights`; its logits equal the QAT forward's (`FakeQuant` with the same
-QuantConfig), because both use `formats.quantize` / `formats.dequantize` on the same kernels.
+QuantConfig), because both use `formats.quantize` / `formats.dequantize` on the same kernels
+(and embedding tables, where a rule names them).
 Export changes storage, not numbers.
 """
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.families import abstract_params, decoder_path, get_family
-from autoglm_jax.nn.layers import Einsum
+from autoglm_jax.nn.layers import Einsum, Embed, EmbeddingTable, float_table
 from autoglm_jax.nn.quant_formats import dequantize, quantize, tree_bytes
 from autoglm_jax.nn.quantized import QuantPolicy
 
@@ -45,6 +46,15 @@ class _Exporter(QuantPolicy):
         module.put_variable(_COLLECTION, "scale", scale)
         return module.product(x, dequantize(q, scale, layout))
 
+    def table(self, module: Embed) -> EmbeddingTable:
+        table, layout = float_table(module), self.table_layout(module)
+        if layout is None:
+            return table
+        q, scale = quantize(table.full(), layout, self.config.weight_clip, module.param_dtype)
+        module.put_variable(_COLLECTION, "embedding", q)
+        module.put_variable(_COLLECTION, "scale", scale)
+        return EmbeddingTable(dequantize(q, scale, layout))
+
 
 def quantized_config(config: ModelConfig, quant: QuantConfig) -> ModelConfig:
     """`config` with its decoder marked as stored quantized by `quant`."""
@@ -56,13 +66,14 @@ def quantized_config(config: ModelConfig, quant: QuantConfig) -> ModelConfig:
 
 
 def _merge(params: Any, quantized: Any) -> Any:
-    """params with each quantized Einsum's {"kernel"} replaced by {"kernel", "scale"}."""
+    """params with each quantized Einsum's {"kernel"} (or table's {"embedding"}) replaced by
+    the integer one and its "scale"."""
     if not isinstance(quantized, dict):
         return quantized
     out = dict(params)
     for key, sub in quantized.items():
-        if key == "kernel" and not isinstance(sub, dict):
-            out["kernel"], out["scale"] = quantized["kernel"], quantized["scale"]
+        if key in ("kernel", "embedding") and not isinstance(sub, dict):
+            out[key], out["scale"] = sub, quantized["scale"]
         elif key != "scale":
             out[key] = _merge(params[key], sub)
     return out
@@ -106,8 +117,8 @@ def weight_bytes(model: Any) -> dict[str, int]:
 
     total            every param as held in memory (integer kernels, f32 scales, the rest)
     bf16             every param of the float architecture at 2 bytes (eval_shape, no memory)
-    quantized        the quantized Einsums' kernels plus scales
-    quantized_bf16   those Einsums' float kernels at 2 bytes
+    quantized        the quantized Einsums' kernels (and tables) plus scales
+    quantized_bf16   those float kernels (and tables) at 2 bytes
     """
     cfg = model.config
     float_cfg = cfg.replace(text=cfg.text.replace(quant=None)) if cfg.text is not None else cfg
@@ -123,10 +134,11 @@ def weight_bytes(model: Any) -> dict[str, int]:
     def walk(tree: Any, ref: Any) -> None:
         if not isinstance(tree, dict):
             return
-        kernel = tree.get("kernel")
+        name = "kernel" if "kernel" in tree else "embedding"
+        kernel = tree.get(name)
         if "scale" in tree and kernel is not None and jnp.issubdtype(kernel.dtype, jnp.integer):
             out["quantized"] += tree_bytes((kernel, tree["scale"]))
-            out["quantized_bf16"] += 2 * _size(ref["kernel"])
+            out["quantized_bf16"] += 2 * _size(ref[name])
             return
         for key, sub in tree.items():
             walk(sub, ref[key])

@@ -6,10 +6,10 @@
 
 The policy rides in the modules' `dot_general` argument (an `EinsumPolicy`): every Einsum of
 the GLM decoder that the config's rules select multiplies by `dequantize(quantize(kernel))`
-instead of the kernel, so model code never changes and float and QAT checkpoints share one
-param tree. It works at the Einsum rather than inside a bare dot_general because a bare
-dot_general knows neither the layer's path (for the rules) nor which operand is the weight
-(`jnp.einsum` may swap them).
+instead of the kernel (and an embedding table a rule names is looked up the same way), so
+model code never changes and float and QAT checkpoints share one param tree. It works at the
+Einsum rather than inside a bare dot_general because a bare dot_general knows neither the
+layer's path (for the rules) nor which operand is the weight (`jnp.einsum` may swap them).
 
 Gradients are straight-through: d(fake_quant(w))/dw is 1 for weights inside the clipping
 range and 0 for clipped ones (none with the default weight_clip = 1). The optional int8
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from autoglm_jax.config import ModelConfig
 from autoglm_jax.config.quant import QuantConfig
 from autoglm_jax.families import decoder_path
-from autoglm_jax.nn.layers import DotGeneral, Einsum
+from autoglm_jax.nn.layers import DotGeneral, Einsum, Embed, EmbeddingTable, float_table
 from autoglm_jax.nn.quant_formats import Layout, clip_mask, dequantize, quantize
 from autoglm_jax.nn.quantized import QuantPolicy, quantize_input
 
@@ -76,6 +76,14 @@ class FakeQuant(QuantPolicy):
             return module.product(x, kernel, self.inner)
         w = fake_quant(kernel, layout, self.config.weight_clip, module.param_dtype)
         return module.product(quantize_input(self.config, module, x), w, self.inner)
+
+    def table(self, module: Embed) -> EmbeddingTable:
+        table, layout = float_table(module), self.table_layout(module)
+        if layout is None:
+            return table
+        return EmbeddingTable(
+            fake_quant(table.full(), layout, self.config.weight_clip, module.param_dtype)
+        )
 
 
 def fake_quant_policy(

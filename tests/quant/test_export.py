@@ -115,3 +115,46 @@ def test_abstract_bytes_equal_the_loaded_params(tmp_path, tiny):
     loaded = ag.load(tmp_path / "q", dtype=jnp.bfloat16)
     assert abstract_bytes(loaded.config) == tree_bytes(loaded.params)
     assert abstract_bytes(ag.load(tmp_path / "q").config) == tree_bytes(small.params)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("tied", [False, True], ids=["head", "tied"])
+def test_an_embedding_table_a_rule_names_is_stored_quantized(fmt, tied, ids, logits, tmp_path):
+    cfg = ag.load_config("tiny")
+    cfg = cfg.replace(text=cfg.text.replace(tie_word_embeddings=tied))
+    model = ag.init(cfg, seed=0)
+    quant = QuantConfig(weights="int8", group_size=32, rules=(QuantRule("embed_tokens", fmt),))
+    compressed = export_quantized(model, quant)
+    table = compressed.params["embed_tokens"]
+    vocab, width = cfg.text.vocab_size, cfg.text.d_model
+    assert table["embedding"].dtype == jnp.int8
+    if fmt == "int8":  # one scale per token row
+        assert table["embedding"].shape == (vocab, width) and table["scale"].shape == (vocab, 1)
+    else:  # two values a byte, a scale per group of at most 32 along a row
+        assert table["embedding"].shape == (vocab, -(-width // 2))
+        assert table["scale"].shape == (vocab, -(-width // 32))
+    # Export changes storage, not numbers: the QAT forward (fake-quantized table) agrees, and
+    # the gathered rows are the dequantized table's rows.
+    want = logits(qat_model(model, quant).module, model.params, ids)
+    got = logits(compressed.module, compressed.params, ids)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+    assert float(jnp.abs(got - logits(model.module, model.params, ids)).max()) > 1e-4
+    ag.save(compressed, tmp_path / "q")
+    loaded = ag.load(tmp_path / "q")
+    assert loaded.params["embed_tokens"]["embedding"].dtype == jnp.int8
+    np.testing.assert_array_equal(
+        np.asarray(logits(loaded.module, loaded.params, ids)), np.asarray(got)
+    )
+    b = weight_bytes(loaded)
+    assert b["quantized_bf16"] >= 2 * vocab * width  # the table counts as quantized
+    stored = vocab * width * (1 if fmt == "int8" else 0.5) + table["scale"].size * 4
+    assert b["quantized"] >= stored
+
+
+def test_tables_stay_float_unless_a_rule_names_them(tiny, exported):
+    # QuantConfig's default weights apply to matmuls only: checkpoints written before tables
+    # could be quantized load unchanged.
+    assert QuantConfig().table_format_for("embed_tokens") == "none"
+    compressed = exported(QuantConfig(weights="int8"))
+    assert compressed.params["embed_tokens"]["embedding"].dtype == jnp.float32
+    assert "scale" not in compressed.params["embed_tokens"]
