@@ -16,10 +16,9 @@ Goals and the oracle's route:
   Launch Maps, which asks until answered).
 - GoHome: Home.
 
-The split (`make_task(seed, split)`): every wording template (train ones composed from core
-phrasings and frames) and every search query belongs to exactly one split, fixed in the tables
-below, and held-out layouts use odd layout seeds while train uses even ones, so no held-out
-wording, query or layout seed is ever produced for train.
+The split (`make_task(seed, split)`): every wording template and search query belongs to
+exactly one split (agent.wordings), and held-out layouts use odd layout seeds while train uses
+even ones, so no held-out wording, query or layout seed is ever produced for train.
 Apps, toggles and dialogs themselves are shared: the held-out split tests new phrasings and
 new looks, not new skills.
 """
@@ -43,163 +42,9 @@ from autoglm_jax.agent.actions import (
 )
 from autoglm_jax.agent.phone import DIALOGS, PhoneSetup, SimPhone
 from autoglm_jax.agent.screens import APPS, HOME, SEARCH_APPS, TOGGLES, Box, Element
+from autoglm_jax.agent.wordings import QUERIES, TEMPLATES, train_query
 
 SPLITS = ("train", "heldout")
-
-# Train wordings are composed: each core phrasing alone and inside each frame, so the model meets
-# the slot ({app}, {name}, {query}) in many sentence shapes and learns to copy it out of any of
-# them. A few wordings per kind were not enough: the first model learnt the sentences, and on
-# held-out phrasings launched a made-up app. Held-out wordings stay fixed and unseen.
-FRAMES = ("{c}", "Please {l}", "{c}, please", "{c} now", "I want to {l}", "Could you {l}?")
-
-
-def _composed(*cores: str) -> tuple[str, ...]:
-    return tuple(
-        frame.format(c=core, l=core[0].lower() + core[1:])
-        for core in cores
-        for frame in FRAMES
-        # "I want to don't ..." is no sentence: a negative core keeps the frames that stay English
-        if not (core.startswith("Don't") and "{l}" in frame and not frame.startswith("Please"))
-    )
-
-
-# kind -> (train wordings, held-out wordings)
-TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "open": (
-        _composed(
-            "Open the {app} app",
-            "Open {app}",
-            "Launch {app}",
-            "Go to {app}",
-            "Start the {app} app",
-            "Show me the {app} app",
-            "Switch to {app}",
-            "Take me to {app}",
-            "Pull up {app}",
-            "Open up {app}",
-        ),
-        ("Bring up {app}", "Can you open {app} for me?"),
-    ),
-    "toggle_on": (
-        _composed(
-            "Turn on {name}",
-            "Open Settings and turn on {name}",
-            "Enable {name}",
-            "Switch {name} on",
-            "Set {name} to on",
-            "Activate {name}",
-            "Turn {name} on",
-            "Use Settings to enable {name}",
-        ),
-        ("Make sure {name} is enabled", "Go into Settings and switch on {name}"),
-    ),
-    "toggle_off": (
-        _composed(
-            "Turn off {name}",
-            "Open Settings and turn off {name}",
-            "Disable {name}",
-            "Switch {name} off",
-            "Set {name} to off",
-            "Deactivate {name}",
-            "Turn {name} off",
-            "Use Settings to disable {name}",
-        ),
-        ("Make sure {name} is disabled", "Go into Settings and switch off {name}"),
-    ),
-    "search": (
-        _composed(
-            "Search for {query} in {app}",
-            "Open {app} and search for {query}",
-            "Look up {query} in {app}",
-            "Use {app} to find {query}",
-            "Search {app} for {query}",
-            "Go to {app} and look up {query}",
-        ),
-        ("In {app}, search {query}", "Find {query} with {app}, please"),
-    ),
-    "delete_photo:Cancel": (
-        _composed("Tap Cancel", "Cancel the deletion", "Don't delete the photo", "Choose Cancel"),
-        ("Keep the photo: press Cancel",),
-    ),
-    "delete_photo:Delete": (
-        _composed("Tap Delete", "Delete the photo", "Confirm deleting this photo", "Choose Delete"),
-        ("Yes, remove this photo",),
-    ),
-    "location:Allow": (
-        _composed("Tap Allow", "Allow location access", "Let Maps use my location", "Choose Allow"),
-        ("Grant Maps the location permission",),
-    ),
-    "location:Deny": (
-        _composed(
-            "Tap Deny", "Deny location access", "Don't let Maps use my location", "Choose Deny"
-        ),
-        ("Refuse the location request",),
-    ),
-    "home": (
-        _composed(
-            "Go to the home screen", "Go home", "Return to the home screen", "Show the home screen"
-        ),
-        ("Exit this app and go back to the home screen",),
-    ),
-}
-
-# app -> (train queries, held-out queries); many train queries for the same reason as the frames
-QUERIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "Browser": (
-        (
-            "weather in Paris",
-            "pizza near me",
-            "train times to Lyon",
-            "how tall is Everest",
-            "news today",
-            "python tutorial",
-            "cheap flights to Rome",
-            "banana bread recipe",
-            "weather in Berlin",
-            "sushi near me",
-            "bus times to Oxford",
-            "how old is the moon",
-            "sports scores",
-            "rust tutorial",
-            "hotels in Madrid",
-            "pancake recipe",
-            "weather tomorrow",
-            "coffee shops open now",
-            "how deep is the ocean",
-            "football results",
-            "learn guitar chords",
-            "cheap flights to Oslo",
-            "tomato soup recipe",
-            "bike repair shop",
-            "movie times tonight",
-            "how far is Mars",
-        ),
-        ("weather in Tokyo", "best hiking boots", "museum opening hours"),
-    ),
-    "Music": (
-        (
-            "jazz",
-            "Beethoven",
-            "rain sounds",
-            "workout mix",
-            "Taylor Swift",
-            "lo-fi beats",
-            "Mozart",
-            "blues guitar",
-            "ocean waves",
-            "running playlist",
-            "Adele",
-            "classical piano",
-            "reggae hits",
-            "Bach cello suites",
-            "summer songs",
-            "Bob Marley",
-            "sleep music",
-            "rock classics",
-        ),
-        ("piano covers", "Miles Davis"),
-    ),
-}
 
 # ---- goals: a checker and an oracle each ----
 
@@ -376,7 +221,7 @@ def make_task(seed: int, split: str = "train", width: int = 252, height: int = 4
         app = rng.choices((HOME, "Settings", other_app), (6, 3, 1))[0]
     elif kind == "search":
         target = rng.choice(sorted(SEARCH_APPS))
-        query = rng.choice(QUERIES[target][heldout])
+        query = rng.choice(QUERIES[target][1]) if heldout else train_query(rng, target)
         goal, fields["app"], fields["query"] = Search(target, query), target, query
         app = rng.choice((HOME, HOME, target, other_app))
     elif kind == "dialog":

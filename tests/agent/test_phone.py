@@ -4,6 +4,7 @@ and the oracle completing every task of both splits, also after detours."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -23,16 +24,16 @@ from autoglm_jax.agent.actions import (
 from autoglm_jax.agent.phone import DIALOGS, PhoneSetup, SimPhone
 from autoglm_jax.agent.screens import APPS, SEARCH_APPS, TOGGLES, photos_elements
 from autoglm_jax.agent.tasks import (
-    QUERIES,
     SPLITS,
-    TEMPLATES,
     AnswerDialog,
+    Search,
     SetToggle,
     make_task,
     oracle_episode,
     step_is_correct,
     target_box,
 )
+from autoglm_jax.agent.wordings import QUERIES, QUERY_WORDS, TEMPLATES
 
 SIZES = [(252, 448), (180, 320), (360, 780)]
 
@@ -306,6 +307,31 @@ def test_held_out_wordings_queries_and_layouts_never_appear_in_train():
     assert make_task(7, "heldout") == make_task(7, "heldout") != make_task(7, "train")
     with pytest.raises(ValueError):
         make_task(0, "test")
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", re.sub(r"\{\w+\}", "", text).casefold()))
+
+
+def test_held_out_wordings_are_new_sentences_of_words_train_uses_for_the_same_goal():
+    # A model trained from scratch cannot guess that "Refuse" means Deny: held-out tests new
+    # phrasings of known words, so every held-out word occurs in that kind's train wordings.
+    for kind, (train, heldout) in TEMPLATES.items():
+        known = set().union(*map(words, train))
+        for wording in heldout:
+            assert words(wording) <= known, (kind, wording, words(wording) - known)
+
+
+def test_generated_train_queries_are_many_and_share_no_word_with_held_out_queries():
+    heldout_words = set().union(*(words(q) for _, heldout in QUERIES.values() for q in heldout))
+    assert not heldout_words & {w.casefold() for w in QUERY_WORDS}
+    queries = [
+        t.goal.query for t in (make_task(s) for s in range(3000)) if isinstance(t.goal, Search)
+    ]
+    listed = {q for train, _ in QUERIES.values() for q in train}
+    generated = [q for q in queries if q not in listed]
+    assert 0.3 < len(generated) / len(queries) < 0.7
+    assert len(set(generated)) > 0.8 * len(generated) > 200  # mostly one-offs: copied, not recalled
 
 
 TEMPLATES_BY_SPLIT = {
