@@ -124,11 +124,16 @@ class AgentDataArgs:
 
 
 def _engine_backend(
-    model: ModelFlags, engine_flags: EngineFlags, config: AgentConfig, timed: bool
+    model: ModelFlags,
+    engine_flags: EngineFlags,
+    config: AgentConfig,
+    timed: bool,
+    screen: tuple[int, int],
 ) -> tuple[EngineBackend, bool]:
+    """screen: (width, height) of the screenshots it will read."""
     engine = build_engine(model, engine_flags)
-    if timed:  # compile every step shape first, so no compilation falls inside a timed reply
-        warm_up(engine)
+    if timed:  # compile every program first (the tower too), so none falls in a timed reply
+        warm_up(engine, image_sizes=[screen[::-1]])
     return EngineBackend(engine, config), bool(engine.model.random_init)
 
 
@@ -177,7 +182,9 @@ def run_agent(
     random = False
     if backend is None:
         # One episode: only the shapes it meets are compiled (no warmup), to start sooner.
-        local, random = _engine_backend(args.model, args.engine, config, timed=False)
+        local, random = _engine_backend(
+            args.model, args.engine, config, timed=False, screen=(args.loop.width, args.loop.height)
+        )
         backend = lambda task, phone: local  # noqa: E731
     print(f"task {args.split}/{args.task_seed}: {task.instruction}", file=out, flush=True)
     try:
@@ -236,7 +243,9 @@ def run_agent_eval(
     config = args.loop.config(args.model.model)
     local, random, model = None, False, args.label or args.model.model
     if backend is None:
-        local, random = _engine_backend(args.model, args.engine, config, timed=True)
+        local, random = _engine_backend(
+            args.model, args.engine, config, timed=True, screen=(args.loop.width, args.loop.height)
+        )
         backend = lambda task, phone: local  # noqa: E731
     else:
         model = args.label or getattr(backend, "__name__", "backend")

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO, cast
+from typing import Annotated, Any, Literal, Sequence, TextIO, cast
 
 import tyro
 
@@ -219,8 +219,11 @@ def build_engine(model_flags: ModelFlags, engine_flags: EngineFlags) -> Engine:
         raise SystemExit(flag_message(str(e))) from None
 
 
-def warm_up(engine: Engine, log: TextIO = STDERR) -> float:
-    """Compile every step shape, one progress line each; returns the seconds it took."""
+def warm_up(
+    engine: Engine, log: TextIO = STDERR, image_sizes: Sequence[tuple[int, int]] = ()
+) -> float:
+    """Compile every step shape (and the vision tower for one image of each (height, width)
+    in image_sizes), one progress line a step shape; returns the seconds it took."""
     import time
 
     start = time.perf_counter()
@@ -232,5 +235,5 @@ def warm_up(engine: Engine, log: TextIO = STDERR) -> float:
             flush=True,
         )
 
-    engine.warmup(progress=progress)
+    engine.warmup(progress=progress, image_sizes=image_sizes)
     return time.perf_counter() - start

@@ -36,6 +36,7 @@ from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
 from autoglm_jax.engine.step_plan import describe
 from autoglm_jax.families import family_of
+from autoglm_jax.nn.layers import dtype_of
 from autoglm_jax.nn.model import memory_pool
 
 Prompt = str | Sequence[int] | dict
@@ -118,6 +119,7 @@ class Engine:
             mesh=self.mesh,
             mrope=text.mrope_section is not None,
             multimodal=family.multimodal,
+            image_rows=(text.d_model, dtype_of(text.dtype)) if family.multimodal else None,
             memory=(
                 memory_pool(model.config, model.params, config.max_num_seqs)
                 if family.multimodal and getattr(model.config, "audio", None) is not None
@@ -138,16 +140,30 @@ class Engine:
         self._compilations_at_warmup = 0
 
     def warmup(
-        self, progress: Callable[[int, int, int, float], None] | None = None, workers: int = 0
+        self,
+        progress: Callable[[int, int, int, float], None] | None = None,
+        workers: int = 0,
+        image_sizes: Sequence[tuple[int, int]] = (),
     ) -> int:
-        """Compile every program a text request can meet, before the first request: the mixed
-        and decode steps (`runner.text_step_shapes`; `workers` compiles at a time, 0: one per
-        core), the penalty priming and the CGA memory reset. Image steps compile when met.
-        `progress(k, n, bucket, seconds)` reports each step shape. Returns the compilations
-        done; with the persistent compilation cache on, a restart reads them from disk."""
+        """Compile every program a request can meet, before the first request: the mixed,
+        decode and (multimodal models) image steps (`runner.step_shapes`; `workers` compiles
+        at a time, 0: one per core), the penalty priming and the CGA memory reset, and the
+        vision tower for a request with one image of each (height, width) in `image_sizes`
+        (other image sizes compile the tower when first met). `progress(k, n, bucket,
+        seconds)` reports each step shape. Returns the compilations done; with the
+        persistent compilation cache on, a restart reads them from disk."""
         if self.has_unfinished():
             raise RuntimeError("warmup() runs before any request is added")
+        if image_sizes and (
+            self.encoders is None or getattr(self.model.config, "vision", None) is None
+        ):
+            raise ValueError(
+                f"warmup(image_sizes=...): this model ({self.model.config.model_type}) has no "
+                "vision tower"
+            )
         before = self._compilations()
+        for height, width in image_sizes:
+            self.encoders.compile_image(height, width)
         self.runner.compile_steps(workers=workers, progress=progress)
         self.runner.compile_prime()
         if self.runner.memory is not None:

@@ -4,7 +4,8 @@ the per-request encoder outputs.
 - Content parts are parsed and decoded by `processing.content` under the engine's policy
   (`ENGINE_RULES`).
 - Images (glm4v and autoglm models): preprocessed on the host; the vision tower runs once per
-  request at its first admission (one compilation per distinct set of image grids); its
+  request at its first admission (one compilation per distinct set of image grids, made
+  ahead by `EncoderCache.compile_image` for a screen size); its
   embeddings are spliced at the `<|image|>` tokens of the prompt as the chunks reach them
   (the runner hands each step's rows and a row index to the model's `embed_step`).
 - M-RoPE: prompt positions come from `get_rope_index`; a generated token at index i has
@@ -225,6 +226,20 @@ class EncoderCache:
 
             self._vision[grid] = fn
         return fn(self.params, jnp.asarray(mm.pixel_values))
+
+    def compile_image(self, height: int, width: int) -> int:
+        """Compile the vision tower for a request holding one image of height x width (a phone
+        agent's screenshot size), so that such a request compiles nothing. Returns the
+        compilations done (0 when that grid was compiled already)."""
+        from autoglm_jax.processing.image import process_images
+
+        processed = process_images([np.zeros((height, width, 3), np.uint8)])
+        before = len(self._vision)
+        mm = MultimodalInputs(
+            pixel_values=processed.pixel_values, image_grid_thw=processed.image_grid_thw
+        )
+        jax.block_until_ready(self.image_embeds(mm))
+        return len(self._vision) - before
 
     def audio_memory_kv(self, mm: MultimodalInputs) -> Any:
         """This request's CGA memory (`nn.model.request_memory`): a MemoryKV with R = 1."""

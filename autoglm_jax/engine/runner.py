@@ -8,9 +8,14 @@ Each step picks its attention kernel: on the Pallas path a step in which every s
 exactly one query token (pure decode) runs a program compiled with `decode_only=True` (the
 decode kernel), any other step the mixed program (the ragged kernel). A pure decode step
 holds at most max_num_seqs tokens, so only the buckets up to the one holding max_num_seqs
-tokens get a decode program: text steps compile to len(buckets) + len(decode_buckets)
-programs at most (`text_step_shapes`, all compiled by `compile_steps`). The XLA path has no
-decode kernel of its own (`has_decode_kernel`): no decode buckets, every step the mixed one.
+tokens get a decode program: steps compile to len(buckets) + len(decode_buckets) programs
+at most (`step_shapes`, all compiled by `compile_steps`). The XLA path has no decode kernel of
+its own (`has_decode_kernel`): no decode buckets, every step the mixed one.
+
+Every step of a multimodal model carries image rows, T of them (a step never holds more image
+tokens than tokens): the rows its prompt chunks need, zero padded, or a kept all-zero block.
+So text and image steps share their bucket's program, and warm-up covers image prompts too,
+instead of a program per (bucket, image-row count) compiled when met.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class StepInputs:
     seq_slots: Array  # i32[S] penalty-state slot of each sequence (0 for padding)
     do_sample: Array  # bool[S] whether the sequence samples a token this step
     sampling: SamplingArrays
-    mm_embeds: Array | None = None  # [R, D] image embeddings used this step (R bucketed)
+    mm_embeds: Array | None = None  # [T, D] image rows of this step (zero padded); multimodal
     mm_index: Array | None = None  # i32[T] row of mm_embeds for each token, -1: text
     memory_rows: Array | None = None  # i32[T] CGA memory pool row of each token, -1: none
 
@@ -64,7 +69,6 @@ class StepShape(NamedTuple):
     """What selects a step's compiled program."""
 
     tokens: int  # the token bucket T
-    image_rows: int | None  # the image-row bucket R of a step with image rows, else None
     decode_only: bool  # every sequence has one query token: the decode attention kernel
 
 
@@ -107,13 +111,21 @@ class ModelRunner:
         interpret: bool = False,
         mrope: bool = False,
         multimodal: bool = False,
+        image_rows: tuple[int, Any] | None = None,
         memory: MemoryKV | None = None,
     ):
-        """`memory`: the per-slot CGA memory pool of a model with audio
-        (`nn.model.memory_pool`), written at admissions by `set_memory`."""
+        """`image_rows`: (width D, dtype) of the image embedding rows a multimodal model
+        splices (the text hidden size and compute dtype). `memory`: the per-slot CGA memory
+        pool of a model with audio (`nn.model.memory_pool`), written at admissions by
+        `set_memory`."""
         self.module, self.params = module, params
         self.mrope = mrope
         self.multimodal = multimodal
+        if multimodal and image_rows is None:
+            raise ValueError("a multimodal runner needs image_rows=(width, dtype)")
+        self.image_rows = image_rows
+        self._no_image_rows: dict[int, Array] = {}  # bucket T -> zeros [T, D], on the device
+        self._replicated = None if mesh is None else NamedSharding(mesh, P())
         self.page_size = page_size
         self.max_num_seqs = max_num_seqs
         self.max_pages_per_seq = max_pages_per_seq
@@ -166,11 +178,11 @@ class ModelRunner:
         return len(self.shapes_compiled)
 
     @property
-    def text_step_shapes(self) -> list[StepShape]:
-        """Every step program a text workload can meet: the mixed program of each token
-        bucket and the decode program of each decode bucket."""
-        return [StepShape(t, None, False) for t in self.buckets] + [
-            StepShape(t, None, True) for t in self.decode_buckets
+    def step_shapes(self) -> list[StepShape]:
+        """Every step program a workload can meet: the mixed program of each token bucket
+        and the decode program of each decode bucket (image prompts included)."""
+        return [StepShape(t, False) for t in self.buckets] + [
+            StepShape(t, True) for t in self.decode_buckets
         ]
 
     # Compilation. Steps run AOT-compiled executables, one per shape, so that `compile_steps`
@@ -192,6 +204,7 @@ class ModelRunner:
             decode_only=shape.decode_only,
         )
         mm_index = np.full((tokens,), -1, np.int32) if self.multimodal else None
+        mm_embeds = self._zero_rows(tokens) if self.multimodal else None
         return StepInputs(
             np.zeros((tokens,), np.int32),
             np.zeros((3, tokens) if self.mrope else (tokens,), np.int32),
@@ -200,7 +213,7 @@ class ModelRunner:
             np.zeros((s,), np.int32),
             np.zeros((s,), bool),
             sampling,
-            None,
+            mm_embeds,
             mm_index,
             np.full((tokens,), -1, np.int32) if self.memory is not None else None,
         )
@@ -214,13 +227,13 @@ class ModelRunner:
         workers: int = 0,
         progress: Callable[[int, int, int, float], None] | None = None,
     ) -> int:
-        """Compile the text step programs (`text_step_shapes`: mixed and decode) of the token
+        """Compile the step programs (`step_shapes`: mixed and decode) of the token
         `buckets` (default: all) not compiled yet, `workers` at a time (0: one per CPU core).
-        Steps with image rows compile when first met. `progress(k, n, bucket, seconds)` is
-        called as each finishes. Returns how many were compiled."""
+        `progress(k, n, bucket, seconds)` is called as each finishes. Returns how many were
+        compiled."""
         todo = [
             shape
-            for shape in self.text_step_shapes
+            for shape in self.step_shapes
             if (buckets is None or shape.tokens in buckets) and shape not in self._executables
         ]
         if not todo:
@@ -340,12 +353,8 @@ class ModelRunner:
         """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
         for the first len(seqs) sequences."""
         x = self.build_inputs(seqs, sampling)
-        shape = StepShape(
-            int(x.input_ids.shape[0]),
-            None if x.mm_embeds is None else int(x.mm_embeds.shape[0]),
-            x.attention.decode_only,
-        )
-        if shape not in self._executables:  # a shape warm-up did not cover (image rows)
+        shape = StepShape(int(x.input_ids.shape[0]), x.attention.decode_only)
+        if shape not in self._executables:  # a shape warm-up did not cover
             self._executables[shape] = self._lower(x).compile()
             self.shapes_compiled.add(("step", *shape))
         out, self.caches, self.penalties = self._executables[shape](
@@ -353,10 +362,21 @@ class ModelRunner:
         )
         return tuple(np.asarray(a)[: len(seqs)] for a in out)
 
+    def _zero_rows(self, t: int) -> Array:
+        """The image rows of a step without image tokens: zeros [t, D], made once a bucket."""
+        if t not in self._no_image_rows:
+            width, dtype = self.image_rows
+            zeros = jnp.zeros((t, width), dtype)
+            if self._replicated is not None:
+                zeros = jax.device_put(zeros, self._replicated)
+            self._no_image_rows[t] = zeros
+        return self._no_image_rows[t]
+
     def _image_rows(
         self, seqs: Sequence[SeqStep], t: int
     ) -> tuple[Array | None, np.ndarray | None]:
-        """The image embedding rows this step's tokens need (bucketed), and each token's row."""
+        """The image embedding rows this step's tokens need, zero padded to the token bucket t
+        (there are at most t), and each token's row (-1: a text token)."""
         if not self.multimodal:
             return None, None
         index = np.full((t,), -1, np.int32)
@@ -370,10 +390,12 @@ class ModelRunner:
                 count += int(q.image_embeds.shape[0])
             row += q.num_tokens
         if not pieces:
-            return None, index
-        size = _bucket(count, token_buckets(1 << 30))
-        embeds = jnp.concatenate(pieces, axis=0)
-        embeds = jnp.pad(embeds, ((0, size - count), (0, 0)))
+            return self._zero_rows(t), index
+        width, dtype = self.image_rows
+        embeds = jnp.concatenate([jnp.asarray(p, dtype) for p in pieces], axis=0)
+        if embeds.shape[1] != width:
+            raise ValueError(f"image rows are {embeds.shape[1]} wide; the model takes {width}")
+        embeds = jnp.pad(embeds, ((0, t - count), (0, 0)))
         return embeds, index
 
     def build_inputs(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> StepInputs:
@@ -410,6 +432,7 @@ class ModelRunner:
             seq_slots[i] = q.slot
             do_sample[i] = q.samples
         cu[len(seqs) + 1 :] = row
+        mm_embeds, mm_index = self._image_rows(seqs, t)
         attention = PagedAttention(
             slots,
             kv_lens,
@@ -421,7 +444,6 @@ class ModelRunner:
             # All decode: sequence i owns token row i, as the decode kernel's contract asks.
             decode_only=bool(self.decode_buckets and seqs) and all(q.num_tokens == 1 for q in seqs),
         )
-        mm_embeds, mm_index = self._image_rows(seqs, t)
         return StepInputs(
             ids,
             pos,

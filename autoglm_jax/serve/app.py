@@ -149,7 +149,13 @@ def create_app(engine_or_thread: Any, config: ServeConfig) -> FastAPI:
             metrics = thread.metrics = ServerMetrics(config.model_name)
     else:
         metrics = ServerMetrics(config.model_name)
-        thread, owned = EngineThread(engine_or_thread, metrics, warmup=config.warmup), True
+        sizes = config.image_sizes()
+        if sizes and getattr(engine_or_thread.model.config, "vision", None) is None:
+            raise ValueError("--warmup-image-sizes: this model has no vision tower")
+        thread = EngineThread(
+            engine_or_thread, metrics, warmup=config.warmup, warmup_image_sizes=sizes
+        )
+        owned = True
     serving = OpenAIServing(thread, config)
     started = int(time.time())
 

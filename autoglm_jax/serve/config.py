@@ -28,6 +28,10 @@ class ServeConfig:
     """Larger request bodies get 413."""
     warmup: bool = True
     """Compile every step shape before listening, so no request waits for a compilation."""
+    warmup_image_sizes: tuple[str, ...] = ()
+    """Image sizes, WIDTHxHEIGHT (e.g. 1080x2400), for which warm-up also compiles the vision
+    tower (a request with one image of that size). A phone's screenshots are all one size, so
+    an agent's first request then waits for no compilation; other sizes compile when met."""
     shutdown_timeout: float = 10.0
     """Seconds SIGINT/SIGTERM waits for running requests before aborting them."""
     uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
@@ -51,3 +55,16 @@ class ServeConfig:
             bad("shutdown_timeout", f"must be >= 0, got {self.shutdown_timeout}")
         if self.api_key is not None and not self.api_key:
             bad("api_key", "must not be empty")
+        self.image_sizes()
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """`warmup_image_sizes` as (height, width) pairs; ValueError naming the flag."""
+        out = []
+        for text in self.warmup_image_sizes:
+            width, x, height = text.lower().partition("x")
+            if not (x and width.isdigit() and height.isdigit() and int(width) and int(height)):
+                raise ValueError(
+                    f"--warmup-image-sizes: {text!r} is not WIDTHxHEIGHT in pixels (e.g. 1080x2400)"
+                )
+            out.append((int(height), int(width)))
+        return out

@@ -80,11 +80,14 @@ class EngineThread:
         *,
         max_pending: int = 4096,
         warmup: bool = True,
+        warmup_image_sizes: Sequence[tuple[int, int]] = (),
     ):
+        """warmup_image_sizes: (height, width) of images whose vision tower warm-up compiles."""
         self.engine = engine
         self.metrics = metrics
         self.max_pending = max_pending
         self.do_warmup = warmup
+        self.warmup_image_sizes = list(warmup_image_sizes)
         self._cv = threading.Condition()
         self._commands: collections.deque[tuple[str, Any]] = collections.deque()
         self._pending_adds = 0
@@ -165,7 +168,7 @@ class EngineThread:
                         "compiling: step shape %d of %d (%d tokens), %.1f s", k, n, bucket, seconds
                     )
 
-                n = self.engine.warmup(progress=progress)
+                n = self.engine.warmup(progress=progress, image_sizes=self.warmup_image_sizes)
                 log.info(
                     "warm-up: %d programs compiled or read from the cache in %.1f s",
                     n,

@@ -148,8 +148,8 @@ def test_compilations_bounded_by_buckets():
     ]
     engine.generate(prompts, params)
     # The mixed program of each bucket, the decode program of each decode bucket.
-    assert engine.stats()["compilations"] <= len(engine.runner.text_step_shapes)
-    assert engine.runner._step._cache_size() <= len(engine.runner.text_step_shapes)
+    assert engine.stats()["compilations"] <= len(engine.runner.step_shapes)
+    assert engine.runner._step._cache_size() <= len(engine.runner.step_shapes)
 
 
 def test_stop_strings_max_tokens_and_abort():

@@ -11,6 +11,9 @@ import pytest
 import autoglm_jax as ag
 from autoglm_jax.engine import Engine, EngineConfig, SamplingParams
 from autoglm_jax.engine.reference import dense_greedy_multimodal
+from autoglm_jax.engine.runner import StepShape
+from autoglm_jax.engine.sampling import SamplingArrays
+from autoglm_jax.engine.step_plan import SeqStep
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 
 
@@ -78,6 +81,65 @@ def test_images_audio_and_text_equal_dense_greedy(model):
     # The media matter: without the audio the same text decodes differently.
     ids, mm = engine.prepare_prompt(prompts[2])
     assert dense_greedy_multimodal(model, ids, 5) != outs[2].token_ids
+
+
+def test_warmup_compiles_image_steps_and_the_tower_for_a_screen_size(model):
+    """A phone agent's requests each hold one screenshot of a fixed size: after
+    warmup(image_sizes=...) they compile nothing. (That image and text steps of the model,
+    which share programs, equal the dense forward is the test above.)"""
+    rng = np.random.RandomState(1)
+    screens = [rng.randint(0, 255, (56, 84, 3)).astype(np.uint8) for _ in range(2)]
+    text = {"type": "text", "text": "tap the icon"}
+    prompts = [_chat({"type": "image", "image": s}, text) for s in screens] + [_chat(text)]
+    cfg = EngineConfig(
+        max_num_seqs=4, max_num_batched_tokens=32, page_size=4, max_model_len=128, num_pages=64
+    )
+    engine = Engine(model, cfg)
+    runner = engine.runner
+    # Buckets 16 and 32 (XLA path: no decode programs), one program each for text and image
+    # steps; + penalty priming, the CGA memory reset (tiny-mm has audio) and the tower.
+    assert runner.step_shapes == [StepShape(16, False), StepShape(32, False)]
+    assert engine.warmup(image_sizes=[(56, 84)]) == 2 + 1 + 1 + 1
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    outs = engine.generate(prompts, params)
+    assert engine.stats()["compilations_after_warmup"] == 0
+    assert all(len(out.token_ids) == 4 for out in outs)
+
+    # Another screen size compiles its tower when met; a text model has no tower to warm.
+    engine.generate([_chat({"type": "image", "image": screens[0][:42]}, text)], params)
+    assert engine.stats()["compilations_after_warmup"] == 1
+    with pytest.raises(ValueError, match="no vision tower"):
+        Engine(ag.init("tiny", seed=0), cfg).warmup(image_sizes=[(56, 84)])
+
+
+def test_every_step_of_a_multimodal_model_carries_t_image_rows(model):
+    runner = Engine(model, EngineConfig(max_num_seqs=4, max_num_batched_tokens=32)).runner
+    width = model.config.text.d_model
+    seq = SeqStep(
+        token_ids=np.array([model.config.image_token_id], np.int32),
+        positions=np.zeros((3, 1), np.int32),
+        slot=0,
+        pages=np.array([1], np.int32),
+        kv_len=1,
+        samples=False,
+        image_embeds=np.ones((1, width), np.float32),
+        image_index=np.array([0], np.int32),
+    )
+    sampling = SamplingArrays.build([], [], [], 4)
+    x = runner.build_inputs([seq], sampling)
+    assert x.mm_embeds.shape == (16, width)
+    np.testing.assert_array_equal(x.mm_embeds[:2, :3], [[1, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(x.mm_index[:2], [0, -1])
+    text = runner.build_inputs(
+        [dataclasses.replace(seq, image_embeds=None, image_index=None)], sampling
+    )
+    assert text.mm_embeds.shape == (16, width) and not np.asarray(text.mm_embeds).any()
+    assert (text.mm_index == -1).all()
+    with pytest.raises(ValueError, match="image rows are 3 wide"):
+        runner.build_inputs(
+            [dataclasses.replace(seq, image_embeds=np.ones((1, 3), np.float32))],
+            sampling,
+        )
 
 
 def test_media_errors_are_clear():

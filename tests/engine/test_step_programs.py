@@ -36,12 +36,12 @@ def _seq(n: int, kv_len: int, slot: int) -> SeqStep:
 def test_runner_picks_the_decode_program_only_when_every_sequence_has_one_token():
     runner = Engine(ag.init("tiny", seed=0), PALLAS).runner
     assert runner.buckets == [16, 32, 64] and runner.decode_buckets == [16, 32]
-    assert runner.text_step_shapes == [
-        StepShape(16, None, False),
-        StepShape(32, None, False),
-        StepShape(64, None, False),
-        StepShape(16, None, True),
-        StepShape(32, None, True),
+    assert runner.step_shapes == [
+        StepShape(16, False),
+        StepShape(32, False),
+        StepShape(64, False),
+        StepShape(16, True),
+        StepShape(32, True),
     ]
     sampling = SamplingArrays.build([], [], [], CONFIG.max_num_seqs)
 
@@ -60,8 +60,8 @@ def test_runner_picks_the_decode_program_only_when_every_sequence_has_one_token(
 
     # The XLA path has no decode kernel: one program per bucket, decode steps included.
     xla = Engine(ag.init("tiny", seed=0), CONFIG).runner
-    assert xla.decode_buckets == [] and xla.text_step_shapes == [
-        StepShape(t, None, False) for t in (16, 32, 64)
+    assert xla.decode_buckets == [] and xla.step_shapes == [
+        StepShape(t, False) for t in (16, 32, 64)
     ]
     assert not xla.build_inputs(decodes, sampling).attention.decode_only
 
@@ -85,7 +85,7 @@ def test_warmup_covers_every_step_of_a_mixed_text_workload():
     engine = Engine(ag.init("tiny", seed=0), CONFIG)
     runner = engine.runner
     compiled = engine.warmup()
-    assert compiled == len(runner.text_step_shapes) + 1  # + the penalty priming program
+    assert compiled == len(runner.step_shapes) + 1  # + the penalty priming program
     assert engine.stats()["compilations_after_warmup"] == 0
 
     met: list[StepShape] = []
@@ -93,7 +93,7 @@ def test_warmup_covers_every_step_of_a_mixed_text_workload():
 
     def recording(seqs, sampling):
         x = build_inputs(seqs, sampling)
-        met.append(StepShape(int(x.input_ids.shape[0]), None, x.attention.decode_only))
+        met.append(StepShape(int(x.input_ids.shape[0]), x.attention.decode_only))
         return x
 
     runner.build_inputs = recording
@@ -112,8 +112,8 @@ def test_warmup_covers_every_step_of_a_mixed_text_workload():
     }
     _run_staggered_against_dense(engine, arrivals)
 
-    assert {StepShape(16, None, False), StepShape(32, None, False)} <= set(met), met
-    assert set(met) <= set(runner.text_step_shapes)
+    assert {StepShape(16, False), StepShape(32, False)} <= set(met), met
+    assert set(met) <= set(runner.step_shapes)
     stats = engine.stats()
     assert stats["compilations_after_warmup"] == 0, met
     assert stats["free_pages"] == stats["num_pages"]
@@ -136,5 +136,5 @@ def test_pallas_decode_program_in_interpret_mode_equals_dense_greedy():
     rng = np.random.RandomState(1)
     arrivals = {0: [(list(rng.randint(0, 490, n)), 5) for n in (3, 9)], 2: [([17], 4)]}
     _run_staggered_against_dense(engine, arrivals)
-    assert {("step", 16, None, True), ("step", 16, None, False)} <= engine.runner.shapes_compiled
+    assert {("step", 16, True), ("step", 16, False)} <= engine.runner.shapes_compiled
     assert engine.stats()["compilations_after_warmup"] == 0

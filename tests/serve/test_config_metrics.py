@@ -52,6 +52,9 @@ def test_vllm_flag_names_parse():
             "k",
             "--allowed-local-media-path",
             "/data",
+            "--warmup-image-sizes",
+            "1080x2400",
+            "720X1600",
             "--scheduling-policy",
             "priority",
             "--block-size",
@@ -70,7 +73,9 @@ def test_vllm_flag_names_parse():
         port=9000,
         api_key="k",
         allowed_local_media_path="/data",
+        warmup_image_sizes=("1080x2400", "720X1600"),
     )
+    assert args.server.image_sizes() == [(2400, 1080), (1600, 720)]  # (height, width)
     assert args.model == ModelFlags(model="/ckpt", tensor_parallel_size=2)
     assert args.engine.engine_config() == EngineConfig(
         max_model_len=4096,
@@ -94,7 +99,14 @@ def test_vllm_flag_names_parse():
 
 @pytest.mark.parametrize(
     "change,flag",
-    [({"port": 0}, "--port"), ({"port": 70000}, "--port"), ({"api_key": ""}, "--api-key")],
+    [
+        ({"port": 0}, "--port"),
+        ({"port": 70000}, "--port"),
+        ({"api_key": ""}, "--api-key"),
+        ({"warmup_image_sizes": ("1080",)}, "--warmup-image-sizes: '1080'"),
+        ({"warmup_image_sizes": ("0x10",)}, "--warmup-image-sizes"),
+        ({"warmup_image_sizes": ("ax10",)}, "--warmup-image-sizes"),
+    ],
 )
 def test_validation_names_the_flag(change, flag):
     with pytest.raises(ValueError, match=flag):

@@ -329,3 +329,17 @@ def test_reasoning_split_whole_and_streamed(tokenizer, extra, reasoning, content
     assert "".join(d.get("content", "") for d in deltas) == content
     assert "".join(d.get("reasoning", "") for d in deltas) == (reasoning or "")
     assert all(d.get("reasoning") == d.get("reasoning_content") for d in deltas)
+
+
+def test_warmup_image_sizes_reach_the_engine_and_need_a_vision_tower(tokenizer):
+    engine = FakeEngine(tokenizer)
+    warmed = []
+    engine.warmup = lambda progress=None, workers=0, image_sizes=(): warmed.append(image_sizes)
+    config = ServeConfig(served_model_name="fake", warmup_image_sizes=("84x56",))
+    with pytest.raises(ValueError, match="--warmup-image-sizes: this model has no vision"):
+        create_app(engine, config)
+
+    thread = EngineThread(engine, warmup=True, warmup_image_sizes=config.image_sizes())
+    thread.start()
+    thread.shutdown(5)
+    assert warmed == [[(56, 84)]]  # (height, width)
