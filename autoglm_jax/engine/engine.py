@@ -29,33 +29,18 @@ from autoglm_jax.engine.multimodal import (
     prepare,
     prompt_media,
 )
-from autoglm_jax.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
+from autoglm_jax.engine.outputs import RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.runner import ModelRunner
 from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
 from autoglm_jax.engine.step_plan import describe
+from autoglm_jax.engine.tracks import Track
 from autoglm_jax.families import family_of
 from autoglm_jax.nn.layers import dtype_of
 from autoglm_jax.nn.model import memory_pool
 
 Prompt = str | Sequence[int] | dict
-
-
-@dataclasses.dataclass(eq=False)
-class _Track:
-    """Host-side output state of one request: text, stop strings, streamed offsets."""
-
-    request: Request
-    detok: Any | None
-    stop_ids: frozenset[int]
-    max_tokens: int
-    text: str = ""
-    emitted_text: int = 0
-    emitted_tokens: int = 0
-    logprobs: list[dict[int, float]] = dataclasses.field(default_factory=list)
-    token_logprobs: list[float] = dataclasses.field(default_factory=list)
-    stop_reason: str | int | None = None
 
 
 class Engine:
@@ -132,7 +117,7 @@ class Engine:
             self.encoders = EncoderCache(model.module, model.params, model.config)
         eos = self.tokenizer.stop_token_ids if self.tokenizer is not None else text.eos_token_ids
         self.eos_token_ids = frozenset(int(i) for i in eos)
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, Track] = {}
         self._rng = np.random.default_rng(config.seed)
         self._counter = itertools.count()
         self.num_generated_tokens = 0
@@ -267,7 +252,7 @@ class Engine:
             from autoglm_jax.processing.detokenizer import IncrementalDetokenizer
 
             detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
-        self._tracks[request_id] = _Track(request, detok, stop_ids, max_tokens)
+        self._tracks[request_id] = Track(request, detok, stop_ids, max_tokens)
         return request_id
 
     def abort(self, request_id: str) -> bool:
@@ -287,7 +272,7 @@ class Engine:
     def step(self) -> list[StreamDelta]:
         """Schedule, run one device step, and return what changed for each request."""
         out = self.scheduler.schedule()
-        deltas = [self._delta(self._tracks[r.request_id]) for r in out.timed_out]
+        deltas = [self._tracks[r.request_id].delta() for r in out.timed_out]
         if not out.chunks:
             return deltas
         for c in out.chunks:
@@ -325,7 +310,7 @@ class Engine:
                     {int(t): float(v) for t, v in zip(top_ids[i][:k], top_vals[i][:k])}
                 )
             self._process_token(track, token)
-            deltas.append(self._delta(track))
+            deltas.append(track.delta())
         return deltas
 
     def _admit_media(self, r: Request) -> None:
@@ -338,7 +323,7 @@ class Engine:
             has_audio = mm is not None and mm.audio_features is not None
             self.runner.set_memory(r.slot, self.encoders.audio_memory_kv(mm) if has_audio else None)
 
-    def _process_token(self, track: _Track, token: int) -> None:
+    def _process_token(self, track: Track, token: int) -> None:
         r = track.request
         params = r.params
         if token in track.stop_ids:
@@ -347,76 +332,24 @@ class Engine:
             return
         if track.detok is not None:
             track.text += track.detok.push(token)
-            if params.stop and self._check_stop_strings(track):
+            if params.stop and track.stop_string_hit():
+                self._finish(track, "stop")
                 return
         if len(r.output_token_ids) >= track.max_tokens:
             if track.detok is not None:
                 track.text += track.detok.finish()
-                if params.stop and self._check_stop_strings(track):
+                if params.stop and track.stop_string_hit():
+                    self._finish(track, "stop")
                     return
             self._finish(track, "length")
 
-    def _check_stop_strings(self, track: _Track) -> bool:
-        params = track.request.params
-        longest = max(len(s) for s in params.stop)
-        window_start = max(0, track.emitted_text - longest)
-        best = None
-        for s in params.stop:
-            idx = track.text.find(s, window_start)
-            if idx >= 0 and (best is None or idx < best[0]):
-                best = (idx, s)
-        if best is None:
-            return False
-        idx, s = best
-        track.text = track.text[: idx + (len(s) if params.include_stop_str_in_output else 0)]
-        track.stop_reason = s
-        self._finish(track, "stop")
-        return True
-
-    def _finish(self, track: _Track, reason: str) -> None:
+    def _finish(self, track: Track, reason: str) -> None:
         self.scheduler.finish(track.request, reason)
         if track.request.mm is not None:
             track.request.mm.release()
 
-    def _delta(self, track: _Track) -> StreamDelta:
-        r = track.request
-        finished = r.is_finished
-        if finished or not r.params.stop:
-            upto = len(track.text)
-        else:  # hold back what could still become a stop string
-            upto = max(track.emitted_text, len(track.text) - (max(map(len, r.params.stop)) - 1))
-        text = track.text[track.emitted_text : upto]
-        track.emitted_text = upto
-        new_ids = r.output_token_ids[track.emitted_tokens :]
-        lp = track.logprobs[track.emitted_tokens :] if r.params.logprobs is not None else None
-        tlp = (
-            track.token_logprobs[track.emitted_tokens :] if r.params.logprobs is not None else None
-        )
-        track.emitted_tokens = len(r.output_token_ids)
-        return StreamDelta(
-            r.request_id, text, list(new_ids), finished, r.finish_reason, lp, tlp, r.error
-        )
-
     def output(self, request_id: str) -> RequestOutput:
-        track = self._tracks[request_id]
-        r = track.request
-        completion = CompletionOutput(
-            0,
-            track.text,
-            list(r.output_token_ids),
-            r.finish_reason,
-            track.stop_reason,
-            list(track.logprobs) if r.params.logprobs is not None else None,
-            list(track.token_logprobs) if r.params.logprobs is not None else None,
-        )
-        return RequestOutput(
-            r.request_id,
-            list(r.prompt_token_ids),
-            [completion],
-            r.is_finished,
-            r.num_cached_tokens,
-            r.error,
-        )
+        return self._tracks[request_id].output()
 
     def release(self, request_id: str) -> None:
         """Forget a finished request's host-side state."""
