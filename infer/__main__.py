@@ -8,11 +8,13 @@ runs the engine takes the same model and engine flags (`infer.flags`), flat, wit
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 import tyro
 
 
-def main(argv: list[str] | None = None) -> None:
+def commands() -> dict[str, tuple[type, Callable[[Any], Any]]]:
+    """Each command's name -> (its flags dataclass, the function that runs it)."""
     from infer.agent import (
         AgentArgs,
         AgentDataArgs,
@@ -27,30 +29,28 @@ def main(argv: list[str] | None = None) -> None:
     from infer.generate import ChatArgs, GenerateArgs, run_chat, run_generate
     from infer.serve import ServeArgs, run_serve
 
-    commands: dict[str, type] = {
-        "generate": GenerateArgs,
-        "chat": ChatArgs,
-        "serve": ServeArgs,
-        "bench": BenchArgs,
-        "bench-attention": BenchAttentionArgs,
-        "check-attention": CheckAttentionArgs,
-        "agent": AgentArgs,
-        "agent-eval": AgentEvalArgs,
-        "agent-data": AgentDataArgs,
+    return {
+        "generate": (GenerateArgs, run_generate),
+        "chat": (ChatArgs, run_chat),
+        "serve": (ServeArgs, run_serve),
+        "bench": (BenchArgs, run_bench),
+        "bench-attention": (BenchAttentionArgs, run_bench_attention),
+        "check-attention": (CheckAttentionArgs, run_check_attention),
+        "agent": (AgentArgs, run_agent),
+        "agent-eval": (AgentEvalArgs, run_agent_eval),
+        "agent-data": (AgentDataArgs, run_agent_data),
     }
-    runners = {
-        GenerateArgs: run_generate,
-        ChatArgs: run_chat,
-        ServeArgs: run_serve,
-        BenchArgs: run_bench,
-        BenchAttentionArgs: run_bench_attention,
-        CheckAttentionArgs: run_check_attention,
-        AgentArgs: run_agent,
-        AgentEvalArgs: run_agent_eval,
-        AgentDataArgs: run_agent_data,
-    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from infer.serve import ServeArgs
+
+    table = commands()
+    runners = dict(table.values())
     args = tyro.extras.subcommand_cli_from_dict(
-        commands, args=argv, config=(tyro.conf.OmitArgPrefixes,)
+        {name: flags for name, (flags, _) in table.items()},
+        args=argv,
+        config=(tyro.conf.OmitArgPrefixes,),
     )
     if isinstance(args, ServeArgs):
         try:
