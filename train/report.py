@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import autoglm_jax.checkpoint as ckpt
-from autoglm_jax.config.quant import PruneConfig, QuantConfig, QuantRule
+from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.training.compress import (
     CompressRecipe,
     calibration_batches,
@@ -35,12 +35,7 @@ from autoglm_jax.training.compress import (
 )
 from autoglm_jax.training.loop import log as _log
 from autoglm_jax.training.loop import run_distill, run_pretrain
-
-# Every decoder matmul int8, lm_head included (the embedding table is a lookup: float);
-# int4 in groups of 32 with an int8 lm_head. "every stack": scope="all".
-INT8 = QuantConfig(weights="int8", rules=())
-INT4 = QuantConfig(weights="int4", group_size=32, rules=(QuantRule("lm_head", "int8"),))
-
+from train.report_sizes import INT4, INT8, projected_bytes, stack_bytes
 
 MEDIA_TASKS = ("image", "audio")
 
@@ -157,56 +152,6 @@ def _decode_speed(model: ckpt.Model, o: ReportOptions) -> tuple[float, int]:
     return sum(len(x.token_ids) for x in outs) / dt, engine.kv_bytes_per_token
 
 
-def _stack_bytes(params: Any) -> dict[str, int]:
-    """Bytes of each top-level stack (the decoder split into its layers and the rest)."""
-    from autoglm_jax.quant import tree_bytes
-
-    out: dict[str, int] = {}
-    for key, sub in params.items():
-        if key == "language_model" and isinstance(sub, dict):
-            out["decoder layers"] = tree_bytes(
-                {k: v for k, v in sub.items() if k.startswith("layers_")}
-            )
-            out["embeddings, lm_head, norm"] = tree_bytes(
-                {k: v for k, v in sub.items() if not k.startswith("layers_")}
-            )
-        else:
-            out[key] = tree_bytes(sub)
-    return out
-
-
-def projected_bytes(preset: str, flops_reduction: float) -> dict[str, Any]:
-    """The report's recipes sized at `preset`'s shapes with `jax.eval_shape` (no memory, no
-    training): bf16 bytes of each compressed variant and its share of the float model's."""
-    from autoglm_jax.compress import uniform_pruned_config
-    from autoglm_jax.config import load_config
-    from autoglm_jax.quant import abstract_bytes
-
-    cfg = load_config(preset).with_dtypes("bfloat16", "bfloat16")
-    pruned = cfg.replace(
-        text=uniform_pruned_config(cfg.text, PruneConfig(flops_reduction=flops_reduction))
-    )
-    int8, int4 = INT8, INT4
-    pct = f"{flops_reduction:.0%}-pruned"
-    variants = [
-        ("float", cfg, None),
-        ("int8, lm_head float (QuantConfig default)", cfg, QuantConfig()),
-        ("int8", cfg, int8),
-        ("int4", cfg, int4),
-        (pct, pruned, None),
-        (f"{pct} + int8", pruned, int8),
-    ]
-    if cfg.vision is not None or getattr(cfg, "audio", None) is not None:
-        variants.insert(3, ("int8, every stack", cfg, int8.replace(scope="all")))
-        variants.append((f"{pct} + int8, every stack", pruned, int8.replace(scope="all")))
-    base = abstract_bytes(cfg)
-    rows = []
-    for name, c, q in variants:
-        b = abstract_bytes(c if q is None else c.replace(text=c.text.replace(quant=q)))
-        rows.append({"model": name, "bytes": b, "share": b / base})
-    return {"preset": preset, "bf16_bytes": base, "rows": rows}
-
-
 def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
     """Teacher (float), int8 QAT, int4 QAT, pruned + distilled, pruned + distilled + int8 QAT,
     on the synthetic tasks `o.tasks`; writes report.{md,json,png} to o.out_dir.
@@ -303,7 +248,7 @@ def run_report(o: ReportOptions = ReportOptions()) -> dict[str, Any]:
             "kv_bytes_per_token": kv,
             "decode_tokens_per_s": tps,
             "decoder_flops": decoder_flops(m32.config.text),
-            "stack_bytes": _stack_bytes(m16.params),
+            "stack_bytes": stack_bytes(m16.params),
         }
         if qat_model_ is not None:  # the export changes storage, not numbers: check it here
             qe = _evaluate(qat_model_, eval_batches)
