@@ -130,18 +130,16 @@ class Engine:
         workers: int = 0,
         image_sizes: Sequence[tuple[int, int]] = (),
     ) -> int:
-        """Compile every program a request can meet, before the first request: the mixed,
-        decode and (multimodal models) image steps (`runner.step_shapes`; `workers` compiles
-        at a time, 0: one per core), the penalty priming and the CGA memory reset, and the
+        """Compile every program a request can meet, before the first request: the mixed and
+        decode steps, which image prompts share (`runner.step_shapes`; `workers` compiles at
+        a time, 0: one per core), the penalty priming and the CGA memory reset, and the
         vision tower for a request with one image of each (height, width) in `image_sizes`
         (other image sizes compile the tower when first met). `progress(k, n, bucket,
         seconds)` reports each step shape. Returns the compilations done; with the
         persistent compilation cache on, a restart reads them from disk."""
         if self.has_unfinished():
             raise RuntimeError("warmup() runs before any request is added")
-        if image_sizes and (
-            self.encoders is None or getattr(self.model.config, "vision", None) is None
-        ):
+        if image_sizes and getattr(self.model.config, "vision", None) is None:
             raise ValueError(
                 f"warmup(image_sizes=...): this model ({self.model.config.model_type}) has no "
                 "vision tower"
