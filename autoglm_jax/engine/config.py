@@ -45,6 +45,10 @@ class EngineConfig:
     """Seconds a request may wait for a slot before it fails (default: forever)."""
     max_logprobs: int = 20
     """Most top logprobs a request may ask for."""
+    async_scheduling: bool = True
+    """Schedule and dispatch step n+1 while step n runs, feeding its sampled tokens back on
+    the device (as vLLM's --async-scheduling); a request that stops at step n has one extra
+    sample, dropped. Off: each step waits for its tokens before the next is scheduled."""
     seed: int = 0
     """Seed of the random seeds given to requests without one."""
 

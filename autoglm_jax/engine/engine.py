@@ -10,6 +10,7 @@ server runs it in its own engine thread).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import time
@@ -33,7 +34,14 @@ from autoglm_jax.engine.outputs import RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
 from autoglm_jax.engine.runner import ModelRunner
 from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
-from autoglm_jax.engine.scheduler import QueueFullError, Request, Scheduler, Status
+from autoglm_jax.engine.scheduler import (
+    PENDING,
+    QueueFullError,
+    Request,
+    ScheduledChunk,
+    Scheduler,
+    Status,
+)
 from autoglm_jax.engine.step_plan import describe
 from autoglm_jax.engine.tracks import Track
 from autoglm_jax.families import family_of
@@ -41,6 +49,15 @@ from autoglm_jax.nn.layers import dtype_of
 from autoglm_jax.nn.model import memory_pool
 
 Prompt = str | Sequence[int] | dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    """A dispatched step whose samples are not back on the host yet."""
+
+    arrays: tuple[jax.Array, ...]  # the runner's outputs: tokens i32[S], logprob arrays
+    rows: dict[Request, tuple[int, int]]  # sampling request -> (row, index of its output)
+    logprobs: bool  # some request asked for logprobs: fetch them too
 
 
 class Engine:
@@ -123,6 +140,7 @@ class Engine:
         self.num_generated_tokens = 0
         self.num_steps = 0
         self._compilations_at_warmup = 0
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
 
     def warmup(
         self,
@@ -230,6 +248,7 @@ class Engine:
         if request_id in self._tracks:
             raise ValueError(f"request id {request_id!r} is already in use")
         seed = params.seed if params.seed is not None else int(self._rng.integers(2**31))
+        max_tokens = min(params.max_tokens or limit, limit - len(ids))
         request = Request(
             request_id,
             ids,
@@ -239,9 +258,9 @@ class Engine:
             priority,
             extra_hash=mm.content_hash if mm is not None else b"",
             mm=mm,
+            max_output_tokens=max_tokens,
         )
         self.scheduler.add(request)
-        max_tokens = min(params.max_tokens or limit, limit - len(ids))
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else self.eos_token_ids
         )
@@ -258,6 +277,7 @@ class Engine:
         track = self._tracks.get(request_id)
         if track is None or track.request.is_finished:
             return False
+        track.request.drop_pending()
         self.scheduler.finish(track.request, "abort")
         if track.request.mm is not None:
             track.request.mm.release()
@@ -268,12 +288,21 @@ class Engine:
 
     # The loop.
     def step(self) -> list[StreamDelta]:
-        """Schedule, run one device step, and return what changed for each request."""
+        """Schedule and dispatch one device step, then take in the sampled tokens of the step
+        before it (async scheduling: the host prepares step n+1 while step n runs) or, with
+        `async_scheduling=False`, of this one. Returns what changed for each request."""
         out = self.scheduler.schedule()
         deltas = [self._tracks[r.request_id].delta() for r in out.timed_out]
-        if not out.chunks:
-            return deltas
-        for c in out.chunks:
+        if out.chunks:
+            self._dispatch(out.chunks)
+        # Nothing scheduled: every running request waits for a token in flight.
+        keep = 1 if self.config.async_scheduling and out.chunks else 0
+        while len(self._in_flight) > keep:
+            deltas += self._take_in(self._in_flight.popleft())
+        return deltas
+
+    def _dispatch(self, chunks: Sequence[ScheduledChunk]) -> None:
+        for c in chunks:
             r = c.request
             if not c.reset_penalties:
                 continue
@@ -281,33 +310,53 @@ class Engine:
                 self.runner.prime_penalties(r.slot, r.prompt_token_ids, r.output_token_ids)
             self._admit_media(r)
         sampling = SamplingArrays.build(
-            [c.request.params for c in out.chunks],
-            [c.request.seed for c in out.chunks],
-            [len(c.request.output_token_ids) for c in out.chunks],
+            [c.request.params for c in chunks],
+            [c.request.seed for c in chunks],
+            # pending tokens count: the key index is the same as if they were back
+            [len(c.request.output_token_ids) for c in chunks],
             self.config.max_num_seqs,
         )
-        seqs = describe(out.chunks, self.runner.mrope)
-        tokens, chosen, top_ids, top_vals = self.runner.execute(seqs, sampling)
+        previous = self._in_flight[-1].rows if self._in_flight else {}
+        seqs = describe(chunks, self.runner.mrope, {id(r): i for r, (i, _) in previous.items()})
+        arrays = self.runner.dispatch(seqs, sampling)
         self.num_steps += 1
-        now = time.monotonic()
-        for i, c in enumerate(out.chunks):
+        rows: dict[Request, tuple[int, int]] = {}
+        for i, c in enumerate(chunks):
             r = c.request
+            samples = c.samples
             r.num_computed_tokens += c.num_tokens
             self.scheduler.register_computed_pages(r)
-            if not c.samples:
+            if samples:
+                rows[r] = (i, len(r.output_token_ids))
+                r.output_token_ids.append(PENDING)
+                r.num_pending += 1
+        logprobs = any(c.request.params.logprobs is not None for c in chunks)
+        self._in_flight.append(_InFlight(arrays, rows, logprobs))
+
+    def _take_in(self, step: _InFlight) -> list[StreamDelta]:
+        """Fetch a dispatched step's sampled tokens (logprobs only when asked for) and apply
+        them; samples of requests that finished meanwhile are dropped."""
+        tokens = np.asarray(step.arrays[0])
+        chosen, top_ids, top_vals = jax.device_get(step.arrays[1:]) if step.logprobs else [None] * 3
+        now = time.monotonic()
+        deltas = []
+        for r, (i, index) in step.rows.items():
+            track = self._tracks.get(r.request_id)
+            if r.is_finished or track is None or track.request is not r:
                 continue
-            track = self._tracks[r.request_id]
             token = int(tokens[i])
-            r.output_token_ids.append(token)
+            r.output_token_ids[index] = token
+            r.num_pending -= 1
             r.first_token_time = r.first_token_time or now
             self.num_generated_tokens += 1
+            self.scheduler.register_computed_pages(r)
             if r.params.logprobs is not None:
                 k = r.params.logprobs
                 track.token_logprobs.append(float(chosen[i]))
                 track.logprobs.append(
                     {int(t): float(v) for t, v in zip(top_ids[i][:k], top_vals[i][:k])}
                 )
-            self._process_token(track, token)
+            self._process_token(track, token, index + 1)
             deltas.append(track.delta())
         return deltas
 
@@ -321,7 +370,8 @@ class Engine:
             has_audio = mm is not None and mm.audio_features is not None
             self.runner.set_memory(r.slot, self.encoders.audio_memory_kv(mm) if has_audio else None)
 
-    def _process_token(self, track: Track, token: int) -> None:
+    def _process_token(self, track: Track, token: int, num_outputs: int) -> None:
+        """Stops and limits after the request's `num_outputs`-th output token."""
         r = track.request
         params = r.params
         if token in track.stop_ids:
@@ -333,7 +383,7 @@ class Engine:
             if params.stop and track.stop_string_hit():
                 self._finish(track, "stop")
                 return
-        if len(r.output_token_ids) >= track.max_tokens:
+        if num_outputs >= track.max_tokens:
             if track.detok is not None:
                 track.text += track.detok.finish()
                 if params.stop and track.stop_string_hit():
@@ -342,6 +392,7 @@ class Engine:
             self._finish(track, "length")
 
     def _finish(self, track: Track, reason: str) -> None:
+        track.request.drop_pending()
         self.scheduler.finish(track.request, reason)
         if track.request.mm is not None:
             track.request.mm.release()

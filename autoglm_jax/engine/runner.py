@@ -16,6 +16,11 @@ Every step of a multimodal model carries image rows, T of them (a step never hol
 tokens than tokens): the rows its prompt chunks need, zero padded, or a kept all-zero block.
 So text and image steps share their bucket's program, and warm-up covers image prompts too,
 instead of a program per (bucket, image-row count) compiled when met.
+
+A step's input tokens may be samples of the step before, not yet back on the host (async
+scheduling): the runner keeps the last step's sampled tokens on the device (`prev_tokens`)
+and a token row with `from_prev >= 0` reads its id from there. So the engine can dispatch step
+n+1 before it fetches step n's tokens; `dispatch` returns device arrays and never waits.
 """
 
 from __future__ import annotations
@@ -32,22 +37,20 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from autoglm_jax.engine.packing import Layout, pack, unpack
 from autoglm_jax.engine.paged_attention import PagedAttention, has_decode_kernel
-from autoglm_jax.engine.sampling import SamplingArrays, sample, top_logprobs
+from autoglm_jax.engine.sampling import (
+    PenaltyState,
+    SamplingArrays,
+    prime_penalty_slot,
+    sample,
+    top_logprobs,
+)
 from autoglm_jax.engine.step_plan import SeqStep
 from autoglm_jax.kernels import KVCache
 from autoglm_jax.nn.fusion import MemoryKV
 
 Array = jax.Array
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class PenaltyState:
-    """Per-slot token statistics for repetition/frequency/presence penalties."""
-
-    output_counts: Array  # i32[slots, V] how often each token was generated
-    prompt_mask: Array  # bool[slots, V] tokens present in the prompt
 
 
 @jax.tree_util.register_dataclass
@@ -63,6 +66,7 @@ class StepInputs:
     mm_embeds: Array | None = None  # [T, D] image rows of this step (zero padded); multimodal
     mm_index: Array | None = None  # i32[T] row of mm_embeds for each token, -1: text
     memory_rows: Array | None = None  # i32[T] CGA memory pool row of each token, -1: none
+    from_prev: Array | None = None  # i32[T] previous step's sample row this token is, -1: own id
 
 
 class StepShape(NamedTuple):
@@ -165,12 +169,16 @@ class ModelRunner:
             jnp.zeros((max_num_seqs, vocab_size), bool),
         )
         self.memory = memory
+        # The last step's sampled tokens, left on the device for the next step's inputs.
+        self.prev_tokens = jnp.zeros((max_num_seqs,), jnp.int32)
+        if self._replicated is not None:
+            self.prev_tokens = jax.device_put(self.prev_tokens, self._replicated)
         self.max_prompt_len = max_pages_per_seq * page_size
-        self._step = jax.jit(self._step_impl, donate_argnums=(1, 2))
-        self._prime = jax.jit(self._prime_impl, donate_argnums=(0,))
+        self._step = jax.jit(self._step_impl, donate_argnums=(1, 2), static_argnames=("layout",))
+        self._prime = jax.jit(prime_penalty_slot, donate_argnums=(0,))
         self._set_memory = jax.jit(MemoryKV.with_row, donate_argnums=(0,))
-        # One AOT executable per step shape.
-        self._executables: dict[StepShape, Any] = {}
+        # One AOT executable per step shape, with the layout of its packed metadata.
+        self._executables: dict[StepShape, tuple[Any, Layout]] = {}
         self.shapes_compiled: set[tuple[Any, ...]] = set()
 
     @property
@@ -216,10 +224,17 @@ class ModelRunner:
             mm_embeds,
             mm_index,
             np.full((tokens,), -1, np.int32) if self.memory is not None else None,
+            np.full((tokens,), -1, np.int32),
         )
 
-    def _lower(self, x: StepInputs) -> Any:
-        return self._step.lower(self.params, self.caches, self.penalties, x, self.memory)
+    def _step_args(self, words: np.ndarray, on_device: tuple[Array, ...]) -> tuple[Any, ...]:
+        """The step program's arguments, but its static layout."""
+        state = (self.params, self.caches, self.penalties)
+        return (*state, words, on_device, self.memory, self.prev_tokens)
+
+    def _lower(self, x: StepInputs) -> tuple[Any, Layout]:
+        words, on_device, layout = pack(x)
+        return self._step.lower(*self._step_args(words, on_device), layout=layout), layout
 
     def compile_steps(
         self,
@@ -240,13 +255,13 @@ class ModelRunner:
             return 0
         start = time.perf_counter()
         # Tracing holds the GIL, so lower one by one; the XLA compiles then overlap.
-        lowered = [(shape, self._lower(self._dummy_inputs(shape))) for shape in todo]
+        lowered = [(shape, *self._lower(self._dummy_inputs(shape))) for shape in todo]
         workers = workers or os.cpu_count() or 1
         with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-            futures = {pool.submit(low.compile): shape for shape, low in lowered}
+            futures = {pool.submit(low.compile): (shape, layout) for shape, low, layout in lowered}
             for k, fut in enumerate(concurrent.futures.as_completed(futures), 1):
-                shape = futures[fut]
-                self._executables[shape] = fut.result()
+                shape, layout = futures[fut]
+                self._executables[shape] = (fut.result(), layout)
                 self.shapes_compiled.add(("step", *shape))
                 if progress is not None:
                     progress(k, len(todo), shape.tokens, time.perf_counter() - start)
@@ -299,9 +314,18 @@ class ModelRunner:
         params: Any,
         caches: list[KVCache],
         pen: PenaltyState,
-        x: StepInputs,
-        memory: MemoryKV | None = None,
+        words: Array,
+        on_device: tuple[Array, ...],
+        memory: MemoryKV | None,
+        prev_tokens: Array,
+        *,
+        layout: Layout,
     ) -> tuple[Any, ...]:
+        x: StepInputs = unpack(words, on_device, layout)
+        if x.from_prev is not None:
+            own = x.from_prev < 0
+            taken = prev_tokens[jnp.where(own, 0, x.from_prev)]
+            x = dataclasses.replace(x, input_ids=jnp.where(own, x.input_ids, taken))
         logits, caches = self._forward(params, caches, x, memory)
         logits = logits[0, :, : self.vocab_size].astype(jnp.float32)  # [S, V]
         tokens = sample(
@@ -319,24 +343,14 @@ class ModelRunner:
                 jnp.zeros((s, k), jnp.float32),
             ),
         )
+        if self._replicated is not None:  # the next step's prev_tokens, placed as compiled
+            tokens = jax.lax.with_sharding_constraint(tokens, self._replicated)
         rows = jnp.where(x.do_sample, x.seq_slots, pen.output_counts.shape[0])
         new_counts = pen.output_counts.at[rows, tokens].add(1, mode="drop")
         return (
             (tokens, chosen, top_ids, top_vals),
             caches,
             PenaltyState(new_counts, pen.prompt_mask),
-        )
-
-    @staticmethod
-    def _prime_impl(pen: PenaltyState, slot: Array, prompt: Array, outputs: Array) -> PenaltyState:
-        """Reset one slot's rows: mark `prompt` tokens, count `outputs` (-1 entries are padding)."""
-        v = pen.output_counts.shape[1]
-        mask = jnp.zeros((v,), bool).at[jnp.where(prompt >= 0, prompt, v)].set(True, mode="drop")
-        counts = (
-            jnp.zeros((v,), jnp.int32).at[jnp.where(outputs >= 0, outputs, v)].add(1, mode="drop")
-        )
-        return PenaltyState(
-            pen.output_counts.at[slot].set(counts), pen.prompt_mask.at[slot].set(mask)
         )
 
     # Host side.
@@ -349,18 +363,28 @@ class ModelRunner:
         self.shapes_compiled.add(("prime",))
         self.penalties = self._prime(self.penalties, jnp.int32(slot), p, o)
 
-    def execute(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
-        """Run one step; returns (tokens i32[S], chosen logprob f32[S], top ids, top values)
-        for the first len(seqs) sequences."""
+    def dispatch(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> tuple[Array, ...]:
+        """Enqueue one step on the device and return at once: (tokens i32[S], chosen logprob
+        f32[S], top ids i32[S, k], top values f32[S, k]) as device arrays, row i for seqs[i].
+        The tokens also become the next step's `prev_tokens`."""
         x = self.build_inputs(seqs, sampling)
         shape = StepShape(int(x.input_ids.shape[0]), x.attention.decode_only)
         if shape not in self._executables:  # a shape warm-up did not cover
-            self._executables[shape] = self._lower(x).compile()
+            lowered, layout = self._lower(x)
+            self._executables[shape] = (lowered.compile(), layout)
             self.shapes_compiled.add(("step", *shape))
-        out, self.caches, self.penalties = self._executables[shape](
-            self.params, self.caches, self.penalties, x, self.memory
-        )
-        return tuple(np.asarray(a)[: len(seqs)] for a in out)
+        executable, compiled_layout = self._executables[shape]
+        words, on_device, layout = pack(x)  # one host-to-device copy of the metadata
+        if layout != compiled_layout:
+            raise RuntimeError(f"the inputs of step shape {shape} differ from its program's")
+        out, self.caches, self.penalties = executable(*self._step_args(words, on_device))
+        self.prev_tokens = out[0]
+        return out
+
+    def execute(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
+        """Run one step and wait for it: `dispatch`'s outputs on the host, the first
+        len(seqs) rows."""
+        return tuple(np.asarray(a)[: len(seqs)] for a in self.dispatch(seqs, sampling))
 
     def _zero_rows(self, t: int) -> Array:
         """The image rows of a step without image tokens: zeros [t, D], made once a bucket."""
@@ -407,6 +431,7 @@ class ModelRunner:
         ids = np.zeros((t,), np.int32)
         pos = np.zeros((3, t) if self.mrope else (t,), np.int32)
         memory_rows = np.full((t,), -1, np.int32)
+        from_prev = np.full((t,), -1, np.int32)
         slots = np.full((t,), -1, np.int32)
         kv_lens = np.zeros((s,), np.int32)
         tables = np.zeros((s, self.max_pages_per_seq), np.int32)
@@ -421,6 +446,7 @@ class ModelRunner:
             ids[row : row + n] = q.token_ids
             pos[..., row : row + n] = q.positions
             memory_rows[row : row + n] = q.slot
+            from_prev[row + n - 1] = q.prev_index
             slots[row : row + n] = (
                 q.pages[positions // self.page_size] * self.page_size + positions % self.page_size
             )
@@ -455,4 +481,5 @@ class ModelRunner:
             mm_embeds,
             mm_index,
             memory_rows if self.memory is not None else None,
+            from_prev,
         )

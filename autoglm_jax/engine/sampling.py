@@ -127,6 +127,25 @@ class SamplingArrays:
         )
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PenaltyState:
+    """Per-slot token statistics for repetition/frequency/presence penalties."""
+
+    output_counts: Array  # i32[slots, V] how often each token was generated
+    prompt_mask: Array  # bool[slots, V] tokens present in the prompt
+
+
+def prime_penalty_slot(
+    pen: PenaltyState, slot: Array, prompt: Array, outputs: Array
+) -> PenaltyState:
+    """Reset one slot's rows: mark `prompt` tokens, count `outputs` (-1 entries are padding)."""
+    v = pen.output_counts.shape[1]
+    mask = jnp.zeros((v,), bool).at[jnp.where(prompt >= 0, prompt, v)].set(True, mode="drop")
+    counts = jnp.zeros((v,), jnp.int32).at[jnp.where(outputs >= 0, outputs, v)].add(1, mode="drop")
+    return PenaltyState(pen.output_counts.at[slot].set(counts), pen.prompt_mask.at[slot].set(mask))
+
+
 def apply_penalties(
     logits: Array, s: SamplingArrays, output_counts: Array, prompt_mask: Array
 ) -> Array:

@@ -5,6 +5,10 @@ Each step it decides how many tokens of which requests run, vLLM-style: running 
 (decodes before prefill chunks), then new admissions, all under `max_num_batched_tokens` and
 `max_num_seqs`. When pages run out it preempts the lowest-priority, latest request (its pages
 are freed and it is recomputed later, usually largely from the prefix cache).
+
+Under async scheduling a request's last output token may still be on the device: it is
+`PENDING` in `output_token_ids` (`num_pending` of them, at the end) and counts as a token to
+compute, so the next step can feed it back; pages holding it are hashed only once it is back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+PENDING = -1  # an output token sampled on the device and not fetched yet
 
 
 class QueueFullError(RuntimeError):
@@ -51,6 +58,18 @@ class Request:
     first_token_time: float | None = None
     admitted: bool = False
     mm: Any = None  # MultimodalInputs (engine.multimodal) or None
+    max_output_tokens: int | None = None  # never scheduled to sample past this many outputs
+    num_pending: int = 0  # trailing PENDING entries of output_token_ids
+
+    @property
+    def known_output_ids(self) -> list[int]:
+        """The output tokens back on the host (without the pending ones)."""
+        return self.output_token_ids[: len(self.output_token_ids) - self.num_pending]
+
+    def drop_pending(self) -> None:
+        """Forget samples still on the device (the request finished before they came back)."""
+        del self.output_token_ids[len(self.output_token_ids) - self.num_pending :]
+        self.num_pending = 0
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -179,9 +198,10 @@ class Scheduler:
         return True
 
     def _hashes(self, request: Request, upto_tokens: int) -> list[bytes]:
-        """Page hashes of the request's full pages among its first `upto_tokens` tokens."""
+        """Page hashes of the request's full pages among its first `upto_tokens` tokens (a
+        page holding a pending token is not hashed yet)."""
         tokens = request.all_token_ids
-        full = min(upto_tokens, len(tokens)) // self.page_size
+        full = min(upto_tokens, len(tokens) - request.num_pending) // self.page_size
         while len(request.page_hashes) < full:
             i = len(request.page_hashes)
             parent = request.page_hashes[-1] if i else None
@@ -212,8 +232,8 @@ class Scheduler:
             if request.status is not Status.RUNNING:
                 continue  # preempted earlier in this loop
             n = min(request.num_tokens - request.num_computed_tokens, budget)
-            if n <= 0:
-                continue
+            if n <= 0 or _at_output_limit(request):
+                continue  # nothing to compute, or its last sample is still on the device
             while not self._grow(request, request.num_computed_tokens + n):
                 victim = max(
                     (r for r in self.running if id(r) not in scheduled), key=self._key, default=None
@@ -246,6 +266,8 @@ class Scheduler:
         return SchedulerOutput(chunks, preempted, timed_out)
 
     def _admit(self, request: Request, budget: int) -> ScheduledChunk | None:
+        if request.num_pending:  # preempted this step; its sample comes back after it
+            raise RuntimeError(f"{request.request_id} was admitted with a token still pending")
         tokens = request.num_tokens
         # Never take the last token from the cache: its logits are needed.
         hashes = self._hashes(request, tokens - 1)
@@ -291,3 +313,8 @@ class Scheduler:
     @property
     def held_pages(self) -> list[list[int]]:
         return [r.pages for r in self.running if r.pages]
+
+
+def _at_output_limit(request: Request) -> bool:
+    limit = request.max_output_tokens
+    return limit is not None and len(request.output_token_ids) >= limit

@@ -10,7 +10,7 @@ queues, media handles or token lists), as in vLLM's scheduler output.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class SeqStep:
     pages: np.ndarray  # i32[p]: its page table (every page up to kv_len)
     kv_len: int  # KV length after this step (start + n)
     samples: bool  # whether a token is sampled at its last position
+    prev_index: int = -1  # its last token is the previous step's sample of this row; -1: known
     image_embeds: Any = None  # f32/bf16[k, D]: rows for this step's image tokens, in order
     image_index: np.ndarray | None = None  # i32[n]: row into image_embeds per token, -1 none
 
@@ -36,11 +37,20 @@ class SeqStep:
         return int(self.token_ids.shape[0])
 
 
-def describe(chunks: Sequence[ScheduledChunk], mrope: bool) -> list[SeqStep]:
-    """The plain-data step of the scheduler's chunks (positions, pages, image rows)."""
+def describe(
+    chunks: Sequence[ScheduledChunk], mrope: bool, previous: Mapping[int, int] = {}
+) -> list[SeqStep]:
+    """The plain-data step of the scheduler's chunks (positions, pages, image rows).
+    `previous`: id(request) -> its row in the step before, whose sample may be the last token
+    of its chunk (still pending on the device)."""
     out = []
     for c in chunks:
         r = c.request
+        prev_index = -1
+        if r.num_pending and c.start + c.num_tokens > r.num_tokens - r.num_pending:
+            if r.num_pending > 1 or id(r) not in previous:
+                raise RuntimeError(f"{r.request_id}: a pending token is not the last step's")
+            prev_index = previous[id(r)]
         image_embeds = image_index = None
         mm = r.mm
         if mm is not None and mm.image_ordinal is not None:
@@ -60,6 +70,7 @@ def describe(chunks: Sequence[ScheduledChunk], mrope: bool) -> list[SeqStep]:
                 pages=np.asarray(r.pages, np.int32),
                 kv_len=c.start + c.num_tokens,
                 samples=c.samples,
+                prev_index=prev_index,
                 image_embeds=image_embeds,
                 image_index=image_index,
             )

@@ -55,11 +55,12 @@ class Track:
             upto = max(self.emitted_text, len(self.text) - (max(map(len, r.params.stop)) - 1))
         text = self.text[self.emitted_text : upto]
         self.emitted_text = upto
-        new_ids = r.output_token_ids[self.emitted_tokens :]
+        known = r.known_output_ids
+        new_ids = known[self.emitted_tokens :]
         wants = r.params.logprobs is not None
         lp = self.logprobs[self.emitted_tokens :] if wants else None
         tlp = self.token_logprobs[self.emitted_tokens :] if wants else None
-        self.emitted_tokens = len(r.output_token_ids)
+        self.emitted_tokens = len(known)
         return StreamDelta(
             r.request_id, text, list(new_ids), finished, r.finish_reason, lp, tlp, r.error
         )
@@ -71,7 +72,7 @@ class Track:
         completion = CompletionOutput(
             0,
             self.text,
-            list(r.output_token_ids),
+            r.known_output_ids,
             r.finish_reason,
             self.stop_reason,
             list(self.logprobs) if wants else None,
