@@ -49,6 +49,17 @@ def test_block_reports_each_stage_and_projects_the_4090(tmp_path):
             args=args | dict(output_len=256),
         ),
     )
+    sync_args = args | dict(output_len=256, engine=dict(async_scheduling=False))
+    _write(
+        tmp_path / "sync/bench.json",
+        dict(
+            weight_bytes=18.8e9,
+            compile_s=1.0,
+            one_at_a_time=single | dict(itl_p50_s=0.0131),
+            continuous=run | dict(requests=8),
+            args=sync_args,
+        ),
+    )
     (tmp_path / "int8.rc").write_text("124\n")
     (tmp_path / "int8.log").write_text("loading\ncompiling: step shape 3 of 11\n")
     block = gpu_summary.main(tmp_path)
@@ -62,4 +73,5 @@ def test_block_reports_each_stage_and_projects_the_4090(tmp_path):
     # floor 18.8e9 / 3.2e12 = 5.875 ms, 47% of 12.4 ms; a 4090 pair reads 9.4e9 B at 47% of
     # 1008 GB/s: 9.4e9 / (1.008e12 * 0.4738) = 19.7 ms
     assert "floor 5.88 ms" in block and "at 47% of it" in block and "about 19.7 ms/token" in block
+    assert "| glm-4-9b bfloat16 quantize=none, async off | 18.80 GB | 13.10 ms | 8 x" in block
     assert "`int8`: no result (timed out; last log line: `compiling: step shape 3 of 11`)" in block

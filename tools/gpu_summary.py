@@ -102,7 +102,7 @@ def engine_section(out: Path) -> list[str]:
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     notes = []
-    for stage in ("bf16", "int8"):
+    for stage in ("bf16", "int8", "sync"):
         data = _load(out / stage / "bench.json")
         if data is None:
             notes.append(_missing(out, stage))
@@ -110,7 +110,8 @@ def engine_section(out: Path) -> list[str]:
         single, cont, a = data["one_at_a_time"], data["continuous"], data["args"]
         wl = f"{cont['requests']} x ({a['prompt_len']} in, {a['output_len']} out)"
         lines.append(
-            f"| {a['model']['model']} {a['model']['dtype']} quantize={a['model']['quantize']} | "
+            f"| {a['model']['model']} {a['model']['dtype']} quantize={a['model']['quantize']}"
+            f"{'' if a.get('engine', {}).get('async_scheduling', True) else ', async off'} | "
             f"{data['weight_bytes'] / 1e9:.2f} GB | "
             f"{single['itl_p50_s'] * 1e3:.2f} ms | {wl} | {cont['tokens_per_s']:.0f} | "
             f"{cont['itl_p50_s'] * 1e3:.2f} ms | {data['compile_s']:.0f} | "
