@@ -150,9 +150,10 @@ class Engine:
     ) -> int:
         """Compile every program a request can meet, before the first request: the mixed and
         decode steps, which image prompts share (`runner.step_shapes`; `workers` compiles at
-        a time, 0: one per core), the penalty priming and the CGA memory reset, and the
-        vision tower for a request with one image of each (height, width) in `image_sizes`
-        (other image sizes compile the tower when first met). `progress(k, n, bucket,
+        a time, 0: one per core), the penalty priming, the audio memory of every window
+        count and its write and reset in the CGA memory pool, and the vision tower for a
+        request with one image of each (height, width) in `image_sizes` (other image sizes
+        compile the tower when first met). `progress(k, n, bucket,
         seconds)` reports each step shape. Returns the compilations done; with the
         persistent compilation cache on, a restart reads them from disk."""
         if self.has_unfinished():
@@ -167,7 +168,8 @@ class Engine:
             self.encoders.compile_image(height, width)
         self.runner.compile_steps(workers=workers, progress=progress)
         self.runner.compile_prime()
-        if self.runner.memory is not None:
+        if self.runner.memory is not None:  # a request's memory write, then the reset
+            self.runner.set_memory(0, self.encoders.compile_audio())
             self.runner.set_memory(0, None)
         self._compilations_at_warmup = self._compilations()
         return self._compilations_at_warmup - before

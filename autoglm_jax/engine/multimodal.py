@@ -241,6 +241,21 @@ class EncoderCache:
         jax.block_until_ready(self.image_embeds(mm))
         return len(self._vision) - before
 
+    def compile_audio(self) -> Any:
+        """Compile the audio memory for every window count a request may bring (1 to
+        `audio.max_windows`: a voice command is one), so that audio compiles nothing when
+        met. Returns the last memory, for the caller to compile its pool write with."""
+        from autoglm_jax.processing.audio import N_FRAMES
+
+        memory = None
+        for windows in range(1, self.config.audio.max_windows + 1):
+            features = np.zeros((windows, self.config.audio.num_mel_bins, N_FRAMES), np.float32)
+            mm = MultimodalInputs(
+                audio_features=features, audio_frames=np.full((windows,), N_FRAMES, np.int32)
+            )
+            memory = jax.block_until_ready(self.audio_memory_kv(mm))
+        return memory
+
     def audio_memory_kv(self, mm: MultimodalInputs) -> Any:
         """This request's CGA memory (`nn.model.request_memory`): a MemoryKV with R = 1."""
         from autoglm_jax.nn.model import request_memory

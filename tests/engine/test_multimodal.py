@@ -83,27 +83,32 @@ def test_images_audio_and_text_equal_dense_greedy(model):
     assert dense_greedy_multimodal(model, ids, 5) != outs[2].token_ids
 
 
-def test_warmup_compiles_image_steps_and_the_tower_for_a_screen_size(model):
+def test_warmup_compiles_image_steps_the_tower_for_a_screen_size_and_audio(model):
     """A phone agent's requests each hold one screenshot of a fixed size: after
-    warmup(image_sizes=...) they compile nothing. (That image and text steps of the model,
-    which share programs, equal the dense forward is the test above.)"""
+    warmup(image_sizes=...) they compile nothing, nor do voice requests of any length the
+    model takes. (That image and text steps of the model, which share programs, equal the
+    dense forward is the test above.)"""
     rng = np.random.RandomState(1)
     screens = [rng.randint(0, 255, (56, 84, 3)).astype(np.uint8) for _ in range(2)]
     text = {"type": "text", "text": "tap the icon"}
     prompts = [_chat({"type": "image", "image": s}, text) for s in screens] + [_chat(text)]
+    # tiny-mm takes up to 60 s of audio: one or two 30 s windows
+    assert model.config.audio.max_windows == 2
+    prompts += [_chat({"type": "audio", "audio": _wav(440, seconds)}, text) for seconds in (2, 40)]
     cfg = EngineConfig(
         max_num_seqs=4, max_num_batched_tokens=32, page_size=4, max_model_len=128, num_pages=64
     )
     engine = Engine(model, cfg)
     runner = engine.runner
     # Buckets 16 and 32 (XLA path: no decode programs), one program each for text and image
-    # steps; + penalty priming, the CGA memory reset (tiny-mm has audio) and the tower.
+    # steps; + penalty priming, the audio memory of 1 and 2 windows, its write and reset in
+    # the CGA memory pool, and the tower.
     assert runner.step_shapes == [StepShape(16, False), StepShape(32, False)]
-    assert engine.warmup(image_sizes=[(56, 84)]) == 2 + 1 + 1 + 1
+    assert engine.warmup(image_sizes=[(56, 84)]) == 2 + 1 + 2 + 2 + 1
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     outs = engine.generate(prompts, params)
     assert engine.stats()["compilations_after_warmup"] == 0
-    assert all(len(out.token_ids) == 4 for out in outs)
+    assert all(len(out.token_ids) == 4 for out in outs) and len(outs) == 5
 
     # Another screen size compiles its tower when met; a text model has no tower to warm.
     engine.generate([_chat({"type": "image", "image": screens[0][:42]}, text)], params)
