@@ -1,6 +1,7 @@
 """End-to-end runs of the inference CLI on the tiny preset (random weights)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,26 @@ def test_every_infer_command_parses_its_flags(capsys):
             main([command, "--help"])
         assert e.value.code == 0, command
         assert "usage" in capsys.readouterr().out, command
+
+
+def test_every_serve_flag_is_in_the_readme_and_serving_tables(capsys):
+    """The flag tables of README.md and docs/serving.md are written by hand: a flag added to
+    the server (an EngineConfig field becomes one) must be listed in both."""
+    from pathlib import Path
+
+    from infer.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", capsys.readouterr().out))
+    # a boolean's --no-X is listed as its --X
+    flags = {f.replace("--no-", "--", 1) for f in flags} - {"--help"}
+    assert {"--async-scheduling", "--block-size", "--warmup-image-sizes"} <= flags
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/serving.md"):
+        rows = [line for line in (root / doc).read_text().splitlines() if line.startswith("| `--")]
+        missing = {f for f in flags if not any(f"`{f}`" in r or f"`{f} " in r for r in rows)}
+        assert not missing, f"{doc} lacks {sorted(missing)}"
 
 
 def test_bench_cli_tiny(tmp_path):
