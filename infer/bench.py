@@ -141,7 +141,9 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         flags = dataclasses.replace(
             flags, max_model_len=args.prompt_len + args.output_len + flags.block_size
         )
-    engine = build_engine(args.model, flags)
+    start = time.perf_counter()
+    engine = build_engine(args.model, flags)  # a preset's random init, or reading a checkpoint
+    load_s = time.perf_counter() - start
     model = engine.model
     text = model.config.text
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
@@ -158,6 +160,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     engine.generate(_prompts(flags.max_num_seqs, args.prompt_len, vocab, 999), warm)
     results: dict[str, Any] = {
+        "load_s": load_s,
         "compile_s": compile_s,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",

@@ -43,6 +43,7 @@ def test_block_reports_each_stage_and_projects_the_4090(tmp_path):
         tmp_path / "bf16/bench.json",
         dict(
             weight_bytes=18.8e9,
+            load_s=6.25,
             compile_s=40.0,
             one_at_a_time=single,
             continuous=run,
@@ -68,7 +69,7 @@ def test_block_reports_each_stage_and_projects_the_4090(tmp_path):
     assert "| 1 | 2048 | bfloat16 | 20.0 (50%) | 62.0 (16%) |" in block  # mixed rows left out
     assert (
         "| glm-4-9b bfloat16 quantize=none | 18.80 GB | 12.40 ms | 64 x (384 in, 256 out) |"
-        in block
+        " 3600 | 9.00 ms | 6.2 | 40 | 0 |" in block
     )
     # floor 18.8e9 / 3.2e12 = 5.875 ms, 47% of 12.4 ms; a 4090 pair reads 9.4e9 B at 47% of
     # 1008 GB/s: 9.4e9 / (1.008e12 * 0.4738) = 19.7 ms

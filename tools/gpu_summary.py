@@ -92,14 +92,18 @@ def attention_section(out: Path) -> list[str]:
     return lines
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def engine_section(out: Path) -> list[str]:
     lines = [
         "Engine (`infer bench`, random weights, greedy, no compilation in the timed runs "
         "if the last column is 0):",
         "",
         "| weights | bytes | batch-1 ITL p50 | workload | output tok/s | ITL p50 | "
-        "compile s | compilations in run |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "init/load s | compile s | compilations in run |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for stage in ("bf16", "int8", "sync"):
@@ -114,7 +118,8 @@ def engine_section(out: Path) -> list[str]:
             f"{'' if a.get('engine', {}).get('async_scheduling', True) else ', async off'} | "
             f"{data['weight_bytes'] / 1e9:.2f} GB | "
             f"{single['itl_p50_s'] * 1e3:.2f} ms | {wl} | {cont['tokens_per_s']:.0f} | "
-            f"{cont['itl_p50_s'] * 1e3:.2f} ms | {data['compile_s']:.0f} | "
+            f"{cont['itl_p50_s'] * 1e3:.2f} ms | {_seconds(data.get('load_s'))} | "
+            f"{data['compile_s']:.0f} | "
             f"{cont['compilations_during_run'] + single['compilations_during_run']} |"
         )
         copy = _load(out / STAGES["attention"])
