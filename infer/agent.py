@@ -121,6 +121,9 @@ class AgentDataArgs:
     pointing: int = 0
     """Extra one-turn "Tap <label>" records per task, on screens of its episode (teach the
     vision tower to find a label)."""
+    letter_queries: float = 0.0
+    """Share of train search tasks whose query is made-up letters, which only copying the
+    instruction types right (the rest: listed queries and random words)."""
 
 
 def _engine_backend(
@@ -297,6 +300,7 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
             args.height,
             AgentConfig(system_prompt=system_prompt(args.system_prompt)),
             args.pointing,
+            args.letter_queries,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

@@ -122,20 +122,23 @@ def write_episodes(
     height: int = PHONE_SIZE[1],
     config: AgentConfig = AgentConfig(),
     pointing: int = 0,
+    letter_queries: float = 0.0,
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
-    phone (and `pointing` pointing records per task), written to out_dir/episodes.jsonl
-    (returned) with the screenshots in out_dir/img/."""
+    phone (and `pointing` pointing records per task; `letter_queries`: see `make_task`),
+    written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/."""
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
     if pointing < 0:
         raise ValueError(f"pointing must be >= 0, got {pointing}")
+    if not 0.0 <= letter_queries <= 1.0:
+        raise ValueError(f"letter_queries must be in [0, 1], got {letter_queries}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / JSONL_NAME
     with open(path, "w", encoding="utf-8") as f:
         for task_seed in range(seed, seed + num_tasks):
-            task = make_task(task_seed, split, width, height)
+            task = make_task(task_seed, split, width, height, letter_queries)
             for record in task_records(task, out, config, pointing=pointing):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

@@ -197,9 +197,16 @@ class Task:
 # ---- the generator ----
 
 
-def make_task(seed: int, split: str = "train", width: int = 252, height: int = 448) -> Task:
+def make_task(
+    seed: int,
+    split: str = "train",
+    width: int = 252,
+    height: int = 448,
+    letter_queries: float = 0.0,
+) -> Task:
     """The task numbered `seed` of `split` ("train" or "heldout") on a width x height pixel
-    screen. The same arguments always give the same task."""
+    screen; a train search task's query is made-up letters with probability `letter_queries`
+    (`wordings.train_query`). The same arguments always give the same task."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     heldout = split == "heldout"
@@ -221,7 +228,9 @@ def make_task(seed: int, split: str = "train", width: int = 252, height: int = 4
         app = rng.choices((HOME, "Settings", other_app), (6, 3, 1))[0]
     elif kind == "search":
         target = rng.choice(sorted(SEARCH_APPS))
-        query = rng.choice(QUERIES[target][1]) if heldout else train_query(rng, target)
+        query = (
+            rng.choice(QUERIES[target][1]) if heldout else train_query(rng, target, letter_queries)
+        )
         goal, fields["app"], fields["query"] = Search(target, query), target, query
         app = rng.choice((HOME, HOME, target, other_app))
     elif kind == "dialog":

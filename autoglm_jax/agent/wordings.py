@@ -10,6 +10,7 @@ train sentence says so, and the split is meant to test new phrasings, not new vo
 from __future__ import annotations
 
 import random
+import string
 
 # Train wordings are composed: each core phrasing alone and inside each frame, so the model meets
 # the slot ({app}, {name}, {query}) in many sentence shapes and learns to copy it out of any of
@@ -232,8 +233,31 @@ QUERY_WORDS = tuple(
 )
 
 
-def train_query(rng: random.Random, app: str) -> str:
-    """A train search query: one of the app's listed ones or, as often, 1-3 random words."""
+_HELDOUT_QUERY_WORDS = frozenset(
+    w.casefold() for _, heldout in QUERIES.values() for q in heldout for w in q.split()
+)
+
+
+def letter_query(rng: random.Random) -> str:
+    """1-2 made-up words of 3-8 random letters (the first capitalised a third of the time):
+    a query no wording or list holds, which only copying the instruction types right. Never a
+    word of a held-out query."""
+    words = []
+    for _ in range(rng.randint(1, 2)):
+        while True:
+            word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8)))
+            if word not in _HELDOUT_QUERY_WORDS:
+                break
+        words.append(word.capitalize() if rng.random() < 1 / 3 else word)
+    return " ".join(words)
+
+
+def train_query(rng: random.Random, app: str, letters: float = 0.0) -> str:
+    """A train search query: with probability `letters` made-up letters (`letter_query`),
+    else one of the app's listed ones or, as often, 1-3 random words. `letters` = 0 draws
+    exactly what it drew before the option existed (the fourth build's data)."""
+    if letters and rng.random() < letters:
+        return letter_query(rng)
     if rng.random() < 0.5:
         return rng.choice(QUERIES[app][0])
     return " ".join(rng.sample(QUERY_WORDS, rng.randint(1, 3)))

@@ -21,6 +21,7 @@ from autoglm_jax.agent.actions import (
     to_pixels,
     to_relative,
 )
+from autoglm_jax.agent.episodes import write_episodes
 from autoglm_jax.agent.phone import DIALOGS, PhoneSetup, SimPhone
 from autoglm_jax.agent.screens import APPS, SEARCH_APPS, TOGGLES, photos_elements
 from autoglm_jax.agent.tasks import (
@@ -394,3 +395,21 @@ def test_the_oracle_scrolls_back_up_to_a_row_above_the_list():
     assert phone.element(top_name) is not None
     phone.apply(goal.next_action(phone))
     assert goal.done(phone) and isinstance(goal.next_action(phone), Finish)
+
+
+def test_letter_queries_are_made_up_words_none_held_out():
+    heldout_words = set().union(*(words(q) for _, heldout in QUERIES.values() for q in heldout))
+    tasks = [make_task(s, letter_queries=0.5) for s in range(3000)]
+    queries = [t.goal.query for t in tasks if isinstance(t.goal, Search)]
+    listed = {q for train, _ in QUERIES.values() for q in train}
+    made_up = [q for q in queries if q not in listed and not set(q.split()) & set(QUERY_WORDS)]
+    assert 0.35 < len(made_up) / len(queries) < 0.65
+    assert all(q.replace(" ", "").isalpha() and 1 <= len(q.split()) <= 2 for q in made_up)
+    assert not heldout_words & set().union(*(words(q) for q in made_up))
+    # held-out tasks and the default draw are untouched by the option
+    assert make_task(7, "heldout", letter_queries=1.0) == make_task(7, "heldout")
+    assert [make_task(s, letter_queries=0.0) for s in range(50)] == [
+        make_task(s) for s in range(50)
+    ]
+    with pytest.raises(ValueError, match="letter_queries"):
+        write_episodes("unused", 1, letter_queries=1.5)
