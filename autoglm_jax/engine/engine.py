@@ -22,16 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from autoglm_jax.engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
-from autoglm_jax.engine.multimodal import (
-    EncoderCache,
-    MultimodalInputs,
-    check_media,
-    load_prompt_media,
-    prepare,
-    prompt_media,
-)
+from autoglm_jax.engine.multimodal import EncoderCache, MultimodalInputs
 from autoglm_jax.engine.outputs import RequestOutput, StreamDelta
 from autoglm_jax.engine.pages import PageAllocator
+from autoglm_jax.engine.prompts import Prompt, prepare_prompt
 from autoglm_jax.engine.runner import ModelRunner
 from autoglm_jax.engine.sampling import SamplingArrays, SamplingParams
 from autoglm_jax.engine.scheduler import (
@@ -47,8 +41,6 @@ from autoglm_jax.engine.tracks import Track
 from autoglm_jax.families import family_of
 from autoglm_jax.nn.layers import dtype_of
 from autoglm_jax.nn.model import memory_pool
-
-Prompt = str | Sequence[int] | dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,45 +177,8 @@ class Engine:
         return self.prepare_prompt(prompt)[0]
 
     def prepare_prompt(self, prompt: Prompt) -> tuple[list[int], MultimodalInputs | None]:
-        """Token ids of a prompt and its multimodal inputs: ids as given, a string tokenized,
-        or a chat request ({"messages": [...], "enable_thinking": ..., "images": [...],
-        "audios": [...]}) rendered with the chat template; image and audio content parts
-        (`processing.content`: "image" | "image_url" | "audio" | "input_audio" | "audio_url")
-        are decoded and preprocessed."""
-        items = prompt_media(prompt) if isinstance(prompt, dict) else []
-        # the modality check first: a text-only model refuses media without reading them
-        check_media(
-            self.model.config,
-            [m for m in items if m.kind == "image"],
-            [m for m in items if m.kind == "audio"],
-        )
-        ids = self._encode_text(prompt)
-        return prepare(self.model.config, ids, *load_prompt_media(items))
-
-    def _encode_text(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, dict):
-            if self.tokenizer is None:
-                raise ValueError("chat prompts need a model with a tokenizer")
-            messages = prompt.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ValueError("chat prompt: `messages` must be a non-empty list")
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                add_generation_prompt=True,
-                enable_thinking=prompt.get("enable_thinking"),
-                **prompt.get("chat_template_kwargs", {}),
-            )
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("string prompts need a model with a tokenizer; pass token ids")
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        ids = [int(i) for i in prompt]
-        vocab = self.model.config.text.vocab_size
-        bad = [i for i in ids if not 0 <= i < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-        return ids
+        """Token ids of a prompt and its multimodal inputs (`prompts.prepare_prompt`)."""
+        return prepare_prompt(self.model.config, self.tokenizer, prompt)
 
     def add_request(
         self,
