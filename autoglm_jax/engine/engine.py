@@ -274,19 +274,17 @@ class Engine:
             self.config.max_num_seqs,
         )
         previous = self._in_flight[-1].rows if self._in_flight else {}
-        seqs = describe(chunks, self.runner.mrope, {id(r): i for r, (i, _) in previous.items()})
+        seqs = describe(chunks, self.runner.mrope, {r: i for r, (i, _) in previous.items()})
         arrays = self.runner.dispatch(seqs, sampling)
         self.num_steps += 1
         rows: dict[Request, tuple[int, int]] = {}
         for i, c in enumerate(chunks):
             r = c.request
-            samples = c.samples
-            r.num_computed_tokens += c.num_tokens
-            self.scheduler.register_computed_pages(r)
-            if samples:
+            if c.samples:  # before the PENDING token makes the request one token longer
                 rows[r] = (i, len(r.output_token_ids))
                 r.output_token_ids.append(PENDING)
-                r.num_pending += 1
+            r.num_computed_tokens += c.num_tokens
+            self.scheduler.register_computed_pages(r)
         logprobs = any(c.request.params.logprobs is not None for c in chunks)
         self._in_flight.append(_InFlight(arrays, rows, logprobs))
 
@@ -303,7 +301,6 @@ class Engine:
                 continue
             token = int(tokens[i])
             r.output_token_ids[index] = token
-            r.num_pending -= 1
             r.first_token_time = r.first_token_time or now
             self.num_generated_tokens += 1
             self.scheduler.register_computed_pages(r)

@@ -381,11 +381,6 @@ class ModelRunner:
         self.prev_tokens = out[0]
         return out
 
-    def execute(self, seqs: Sequence[SeqStep], sampling: SamplingArrays) -> tuple[np.ndarray, ...]:
-        """Run one step and wait for it: `dispatch`'s outputs on the host, the first
-        len(seqs) rows."""
-        return tuple(np.asarray(a)[: len(seqs)] for a in self.dispatch(seqs, sampling))
-
     def _zero_rows(self, t: int) -> Array:
         """The image rows of a step without image tokens: zeros [t, D], made once a bucket."""
         if t not in self._no_image_rows:

@@ -59,7 +59,14 @@ class Request:
     admitted: bool = False
     mm: Any = None  # MultimodalInputs (engine.multimodal) or None
     max_output_tokens: int | None = None  # never scheduled to sample past this many outputs
-    num_pending: int = 0  # trailing PENDING entries of output_token_ids
+
+    @property
+    def num_pending(self) -> int:
+        """Output tokens still on the device: the trailing PENDING entries."""
+        n, out = 0, self.output_token_ids
+        while n < len(out) and out[-1 - n] == PENDING:
+            n += 1
+        return n
 
     @property
     def known_output_ids(self) -> list[int]:
@@ -69,7 +76,6 @@ class Request:
     def drop_pending(self) -> None:
         """Forget samples still on the device (the request finished before they came back)."""
         del self.output_token_ids[len(self.output_token_ids) - self.num_pending :]
-        self.num_pending = 0
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -4,7 +4,7 @@ The runner builds its padded device arrays from these alone; it never sees a `Re
 queues, media handles or token lists), as in vLLM's scheduler output.
 
     seqs = describe(scheduler_output.chunks, mrope=True)
-    runner.execute(seqs, sampling)
+    runner.dispatch(seqs, sampling)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autoglm_jax.engine.multimodal import token_positions
-from autoglm_jax.engine.scheduler import ScheduledChunk
+from autoglm_jax.engine.scheduler import Request, ScheduledChunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +38,19 @@ class SeqStep:
 
 
 def describe(
-    chunks: Sequence[ScheduledChunk], mrope: bool, previous: Mapping[int, int] = {}
+    chunks: Sequence[ScheduledChunk], mrope: bool, previous: Mapping[Request, int] = {}
 ) -> list[SeqStep]:
     """The plain-data step of the scheduler's chunks (positions, pages, image rows).
-    `previous`: id(request) -> its row in the step before, whose sample may be the last token
+    `previous`: request -> its row in the step before, whose sample may be the last token
     of its chunk (still pending on the device)."""
     out = []
     for c in chunks:
         r = c.request
         prev_index = -1
         if r.num_pending and c.start + c.num_tokens > r.num_tokens - r.num_pending:
-            if r.num_pending > 1 or id(r) not in previous:
+            if r.num_pending > 1 or r not in previous:
                 raise RuntimeError(f"{r.request_id}: a pending token is not the last step's")
-            prev_index = previous[id(r)]
+            prev_index = previous[r]
         image_embeds = image_index = None
         mm = r.mm
         if mm is not None and mm.image_ordinal is not None:
