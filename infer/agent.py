@@ -124,6 +124,10 @@ class AgentDataArgs:
     letter_queries: float = 0.0
     """Share of train search tasks whose query is made-up letters, which only copying the
     instruction types right (the rest: listed queries and random words)."""
+    goals: tuple[str, ...] = ()
+    """Only tasks with these goals (OpenApp SetToggle Search AnswerDialog GoHome): the first
+    num_tasks of them from task_seed on. Default: every goal. For a focused training stage,
+    e.g. `--goals Search SetToggle`."""
 
 
 def _engine_backend(
@@ -301,6 +305,7 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
             AgentConfig(system_prompt=system_prompt(args.system_prompt)),
             args.pointing,
             args.letter_queries,
+            args.goals,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

@@ -29,7 +29,7 @@ from typing import Any
 from autoglm_jax.agent.actions import Action, Finish, Tap, to_relative
 from autoglm_jax.agent.loop import AgentConfig, Turn, build_messages, turn_text
 from autoglm_jax.agent.screens import Element
-from autoglm_jax.agent.tasks import Task, make_task
+from autoglm_jax.agent.tasks import GOALS, Task, make_task
 
 PHONE_SIZE = (112, 196)  # width, height: 4 x 7 vision tokens after the 2x2 merge
 JSONL_NAME = "episodes.jsonl"
@@ -123,10 +123,16 @@ def write_episodes(
     config: AgentConfig = AgentConfig(),
     pointing: int = 0,
     letter_queries: float = 0.0,
+    goals: tuple[str, ...] = (),
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
     phone (and `pointing` pointing records per task; `letter_queries`: see `make_task`),
-    written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/."""
+    written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/.
+    With `goals` (names from tasks.GOALS), the first num_tasks tasks from `seed` on whose goal
+    is one of them: a focused set for a later training stage."""
+    unknown = sorted(set(goals) - set(GOALS))
+    if unknown:
+        raise ValueError(f"unknown goals {unknown}: the goals are {list(GOALS)}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
     if pointing < 0:
@@ -137,8 +143,13 @@ def write_episodes(
     out.mkdir(parents=True, exist_ok=True)
     path = out / JSONL_NAME
     with open(path, "w", encoding="utf-8") as f:
-        for task_seed in range(seed, seed + num_tasks):
+        written, task_seed = 0, seed
+        while written < num_tasks:
             task = make_task(task_seed, split, width, height, letter_queries)
+            task_seed += 1
+            if goals and type(task.goal).__name__ not in goals:
+                continue
+            written += 1
             for record in task_records(task, out, config, pointing=pointing):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

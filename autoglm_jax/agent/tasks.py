@@ -170,6 +170,7 @@ class GoHome:
 
 
 Goal = OpenApp | SetToggle | Search | AnswerDialog | GoHome
+GOALS = ("OpenApp", "SetToggle", "Search", "AnswerDialog", "GoHome")  # the goal class names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ and the oracle completing every task of both splits, also after detours."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -413,3 +414,14 @@ def test_letter_queries_are_made_up_words_none_held_out():
     ]
     with pytest.raises(ValueError, match="letter_queries"):
         write_episodes("unused", 1, letter_queries=1.5)
+
+
+def test_goals_write_only_those_tasks_in_seed_order(tmp_path):
+    path = write_episodes(tmp_path, 4, seed=10, width=112, height=196, goals=("Search",))
+    seeds = sorted({json.loads(line)["task"]["seed"] for line in open(path, encoding="utf-8")})
+    wanted = [
+        s for s in range(10, 200) if isinstance(make_task(s, width=112, height=196).goal, Search)
+    ]
+    assert seeds == wanted[:4]
+    with pytest.raises(ValueError, match=r"unknown goals \['Serch'\]"):
+        write_episodes(tmp_path, 1, goals=("Serch",))
