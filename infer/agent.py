@@ -128,6 +128,12 @@ class AgentDataArgs:
     """Only tasks with these goals (OpenApp SetToggle Search AnswerDialog GoHome): the first
     num_tasks of them from task_seed on. Default: every goal. For a focused training stage,
     e.g. `--goals Search SetToggle`."""
+    dense_pointing: int = 0
+    """Extra records per task that ask up to 5 labels of one screen of its episode, one a
+    turn (the screenshot only in the first): five pointing answers for the price of one."""
+    copy_drills: int = 0
+    """Extra text-only records per task of 4 turns "Type <query>" answered by that Type
+    (made-up or random-word queries): a drill in copying text out of the prompt."""
 
 
 def _engine_backend(
@@ -306,6 +312,8 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
             args.pointing,
             args.letter_queries,
             args.goals,
+            args.dense_pointing,
+            args.copy_drills,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

@@ -26,10 +26,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from autoglm_jax.agent.actions import Action, Finish, Tap, to_relative
+from autoglm_jax.agent.actions import Action, Finish, Tap, Type, to_relative
 from autoglm_jax.agent.loop import AgentConfig, Turn, build_messages, turn_text
 from autoglm_jax.agent.screens import Element
 from autoglm_jax.agent.tasks import GOALS, Task, make_task
+from autoglm_jax.agent.wordings import QUERY_WORDS, letter_query
 
 PHONE_SIZE = (112, 196)  # width, height: 4 x 7 vision tokens after the 2x2 merge
 JSONL_NAME = "episodes.jsonl"
@@ -69,15 +70,57 @@ def pointing_record(
     }
 
 
+def dense_pointing_record(
+    screen: Screen, rng: random.Random, config: AgentConfig, meta: dict[str, Any], labels: int = 5
+) -> dict[str, Any] | None:
+    """Up to `labels` "Tap <label>" questions on one screen as one record: the screenshot in
+    the first user turn, the later questions text only, each answered. Every answer is
+    trained, so a record teaches `labels` labels for about the price of one pointing record."""
+    elements = [e for e in screen.elements if e.kind != "text_box"]
+    if not elements:
+        return None
+    picked = rng.sample(elements, min(labels, len(elements)))
+    messages: list[dict[str, Any]] = []
+    for index, element in enumerate(picked):
+        instruction = rng.choice(POINTING_WORDINGS).format(label=element.label)
+        if index == 0:
+            turn = Turn(0, turn_text(instruction, 0, screen.current_app), screen.image)
+            messages.extend(build_messages([turn], config))
+        else:
+            messages.append({"role": "user", "content": [{"type": "text", "text": instruction}]})
+        reply = answer_text(Tap(to_relative(element.box.center, *screen.size)))
+        messages.append({"role": "assistant", "content": reply})
+    return {"messages": messages, "task": {**meta, "pointing": [e.label for e in picked]}}
+
+
+def copy_drill_record(
+    rng: random.Random, config: AgentConfig, meta: dict[str, Any], queries: int = 4
+) -> dict[str, Any]:
+    """`queries` text-only turns "Type <query>", each answered by a Type of exactly that text
+    (made-up letters or random query words): nothing but copying the turn answers them."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}]
+    for _ in range(queries):
+        if rng.random() < 0.5:
+            query = letter_query(rng)
+        else:
+            query = " ".join(rng.sample(QUERY_WORDS, rng.randint(1, 3)))
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"Type {query}"}]})
+        messages.append({"role": "assistant", "content": answer_text(Type(query))})
+    return {"messages": messages, "task": {**meta, "copy_drill": True}}
+
+
 def task_records(
     task: Task,
     out_dir: Path,
     config: AgentConfig = AgentConfig(),
     max_steps: int = 20,
     pointing: int = 0,
+    dense_pointing: int = 0,
+    copy_drills: int = 0,
 ) -> list[dict[str, Any]]:
     """The oracle's episode of `task` as one record per step, plus `pointing` pointing records
-    on screens of the episode; screenshots are written to out_dir/img/. Raises ValueError if
+    and `dense_pointing` dense ones (`dense_pointing_record`) on screens of the episode and
+    `copy_drills` copy drills; screenshots are written to out_dir/img/. Raises ValueError if
     the oracle does not reach the goal (a simulator bug)."""
     phone, turns, records = task.new_phone(), [], []
     rng = random.Random(f"pointing:{task.split}:{task.seed}")
@@ -86,7 +129,7 @@ def task_records(
     for index in range(max_steps):
         name = f"img/{task.split}-{task.seed}-{index}.png"
         phone.screenshot().save(out_dir / name)
-        if pointing:  # the screen's elements are only needed for pointing records
+        if pointing or dense_pointing:  # only pointing records need the screen's elements
             size = (phone.width, phone.height)
             screens.append((index, Screen(name, phone.current_app, phone.elements, size)))
         turns.append(Turn(index, turn_text(task.instruction, index, phone.current_app), name))
@@ -103,12 +146,19 @@ def task_records(
         if isinstance(action, Finish):
             if not task.done(phone):
                 raise ValueError(f"the oracle finished {task.split} task {task.seed} undone")
-            for _ in range(pointing):
-                index, screen = rng.choice(screens)
-                meta = {"split": task.split, "seed": task.seed, "step": index}
-                record = pointing_record(screen, rng, config, meta)
-                if record is not None:
-                    records.append(record)
+            # pointing records first: the draws of a data set made without the others stay
+            for make_record, count in (
+                (pointing_record, pointing),
+                (dense_pointing_record, dense_pointing),
+            ):
+                for _ in range(count):
+                    index, screen = rng.choice(screens)
+                    meta = {"split": task.split, "seed": task.seed, "step": index}
+                    record = make_record(screen, rng, config, meta)
+                    if record is not None:
+                        records.append(record)
+            for _ in range(copy_drills):
+                records.append(copy_drill_record(rng, config, {"split": task.split}))
             return records
     raise ValueError(f"the oracle did not finish {task.split} task {task.seed} in {max_steps}")
 
@@ -124,19 +174,27 @@ def write_episodes(
     pointing: int = 0,
     letter_queries: float = 0.0,
     goals: tuple[str, ...] = (),
+    dense_pointing: int = 0,
+    copy_drills: int = 0,
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
     phone (and `pointing` pointing records per task; `letter_queries`: see `make_task`),
     written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/.
     With `goals` (names from tasks.GOALS), the first num_tasks tasks from `seed` on whose goal
-    is one of them: a focused set for a later training stage."""
+    is one of them: a focused set for a later training stage. `dense_pointing`, `copy_drills`:
+    extra records per task (`task_records`)."""
     unknown = sorted(set(goals) - set(GOALS))
     if unknown:
         raise ValueError(f"unknown goals {unknown}: the goals are {list(GOALS)}")
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
-    if pointing < 0:
-        raise ValueError(f"pointing must be >= 0, got {pointing}")
+    for name, count in (
+        ("pointing", pointing),
+        ("dense_pointing", dense_pointing),
+        ("copy_drills", copy_drills),
+    ):
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
     if not 0.0 <= letter_queries <= 1.0:
         raise ValueError(f"letter_queries must be in [0, 1], got {letter_queries}")
     out = Path(out_dir)
@@ -150,6 +208,14 @@ def write_episodes(
             if goals and type(task.goal).__name__ not in goals:
                 continue
             written += 1
-            for record in task_records(task, out, config, pointing=pointing):
+            records = task_records(
+                task,
+                out,
+                config,
+                pointing=pointing,
+                dense_pointing=dense_pointing,
+                copy_drills=copy_drills,
+            )
+            for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

@@ -112,6 +112,52 @@ def test_pointing_records_tap_the_named_element_on_a_screen_of_the_episode(tmp_p
         run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=1, pointing=-1), io.StringIO())
 
 
+def test_dense_pointing_answers_every_label_of_one_screen(tmp_path):
+    args = AgentDataArgs(out_dir=tmp_path, num_tasks=4, task_seed=30, dense_pointing=2)
+    records = [json.loads(x) for x in run_agent_data(args, io.StringIO()).read_text().splitlines()]
+    dense = [r for r in records if isinstance(r["task"].get("pointing"), list)]
+    assert 6 <= len(dense) <= 8  # a screen with nothing labelled (only a search box) gives none
+    for r in dense:
+        meta, labels = r["task"], r["task"]["pointing"]
+        system, *turns = r["messages"]
+        users, answers = turns[0::2], turns[1::2]
+        assert len(labels) == len(users) == len(answers) and 1 <= len(labels) <= 5
+        assert len(set(labels)) == len(labels)
+        images = [p for u in users for p in u["content"] if p["type"] == "image_url"]
+        assert [p["image_url"]["url"] for p in images] == [
+            f"img/train-{meta['seed']}-{meta['step']}.png"
+        ]  # the screenshot once, in the first turn
+        task = make_task(meta["seed"], "train", *PHONE_SIZE)
+        phone = task.new_phone()
+        for action in oracle_episode(task)[0][: meta["step"]]:
+            phone.apply(action)
+        for label, user, answer in zip(labels, users, answers, strict=True):
+            text = next(p for p in user["content"] if p["type"] == "text")["text"]
+            assert label in text.splitlines()[0]
+            tap = parse_action(split_reply(answer["content"])[1])
+            hit = phone.element_at(*to_pixels(tap.element, phone.width, phone.height))
+            assert hit is not None and hit.label == label
+
+
+def test_copy_drills_type_exactly_what_each_turn_says(tmp_path):
+    args = AgentDataArgs(out_dir=tmp_path, num_tasks=3, task_seed=40, copy_drills=2)
+    records = [json.loads(x) for x in run_agent_data(args, io.StringIO()).read_text().splitlines()]
+    drills = [r for r in records if r["task"].get("copy_drill")]
+    assert len(drills) == 6
+    queries = []
+    for r in drills:
+        system, *turns = r["messages"]
+        assert len(turns) == 8
+        for user, answer in zip(turns[0::2], turns[1::2], strict=True):
+            (part,) = user["content"]  # text only
+            query = part["text"].removeprefix("Type ")
+            assert parse_action(split_reply(answer["content"])[1]).text == query
+            queries.append(query)
+    assert len(set(queries)) > 20  # drawn, not a fixed list
+    with pytest.raises(SystemExit, match="copy_drills must be >= 0"):
+        run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=1, copy_drills=-1), io.StringIO())
+
+
 def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
     out = io.StringIO()
     docs = tmp_path / "agent.md"
