@@ -30,7 +30,7 @@ from autoglm_jax.agent.actions import Action, Finish, Tap, Type, to_relative
 from autoglm_jax.agent.loop import AgentConfig, Turn, build_messages, turn_text
 from autoglm_jax.agent.screens import Element
 from autoglm_jax.agent.tasks import GOALS, Task, make_task
-from autoglm_jax.agent.wordings import QUERY_WORDS, letter_query
+from autoglm_jax.agent.wordings import letter_query, random_words_query
 
 PHONE_SIZE = (112, 196)  # width, height: 4 x 7 vision tokens after the 2x2 merge
 JSONL_NAME = "episodes.jsonl"
@@ -100,10 +100,7 @@ def copy_drill_record(
     (made-up letters or random query words): nothing but copying the turn answers them."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}]
     for _ in range(queries):
-        if rng.random() < 0.5:
-            query = letter_query(rng)
-        else:
-            query = " ".join(rng.sample(QUERY_WORDS, rng.randint(1, 3)))
+        query = letter_query(rng) if rng.random() < 0.5 else random_words_query(rng)
         messages.append({"role": "user", "content": [{"type": "text", "text": f"Type {query}"}]})
         messages.append({"role": "assistant", "content": answer_text(Type(query))})
     return {"messages": messages, "task": {**meta, "copy_drill": True}}

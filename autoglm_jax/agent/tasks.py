@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 
 from autoglm_jax.agent.actions import (
     Action,
@@ -170,7 +171,7 @@ class GoHome:
 
 
 Goal = OpenApp | SetToggle | Search | AnswerDialog | GoHome
-GOALS = ("OpenApp", "SetToggle", "Search", "AnswerDialog", "GoHome")  # the goal class names
+GOALS = tuple(goal.__name__ for goal in typing.get_args(Goal))  # the goal class names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -260,4 +260,9 @@ def train_query(rng: random.Random, app: str, letters: float = 0.0) -> str:
         return letter_query(rng)
     if rng.random() < 0.5:
         return rng.choice(QUERIES[app][0])
+    return random_words_query(rng)
+
+
+def random_words_query(rng: random.Random) -> str:
+    """1-3 distinct random words of QUERY_WORDS (none of them in a held-out query)."""
     return " ".join(rng.sample(QUERY_WORDS, rng.randint(1, 3)))
