@@ -104,6 +104,27 @@ def test_save_and_load_take_relative_paths(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_saved_models_keep_their_tokenizer_after_its_folder_is_gone(tmp_path):
+    # A training run whose init checkpoint was moved mid-run once saved a model without a
+    # tokenizer: saving must write the files read at load time, from memory.
+    import dataclasses
+    import shutil
+
+    from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
+
+    src = tmp_path / "tok"
+    shutil.copytree(TINY_TOKENIZER_DIR, src)
+    original = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    m = dataclasses.replace(ag.init("tiny", seed=0), tokenizer=Tokenizer.from_dir(src))
+    shutil.rmtree(src)
+    ag.save(m, tmp_path / "native")
+    ag.export_hf(m, tmp_path / "hf")
+    for out in (tmp_path / "native", tmp_path / "hf"):
+        assert (out / "tokenizer.json").read_bytes() == original["tokenizer.json"]
+        back = Tokenizer.from_dir(out)
+        assert back.encode("Tap Wi-Fi") == m.tokenizer.encode("Tap Wi-Fi")
+
+
 def test_causality():
     m = ag.init("tiny", seed=1)
     ids = np.random.RandomState(3).randint(0, 500, (1, 17))

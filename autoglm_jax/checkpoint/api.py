@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 import autoglm_jax.sharding as shd
-from autoglm_jax.checkpoint.hf import TOKENIZER_FILES, read_hf_tensors, write_hf
+from autoglm_jax.checkpoint.hf import read_hf_tensors, write_hf
 from autoglm_jax.checkpoint.random_init import grouped_init
 from autoglm_jax.checkpoint.safetensors_io import CheckpointError
 from autoglm_jax.checkpoint.shipped import shipped_model_dir
@@ -215,8 +215,7 @@ def export_hf(model: Model, out_dir: str | os.PathLike, max_shard_bytes: int = 5
     """Write `model` as a Hugging Face directory that transformers loads."""
     out = Path(out_dir)
     family = get_family(model.config.model_type, "model")
-    tok_dir = getattr(model.tokenizer, "source_dir", None)
-    write_hf(out, family, model.config, model.params, tok_dir, max_shard_bytes)
+    write_hf(out, family, model.config, model.params, model.tokenizer, max_shard_bytes)
     return out
 
 
@@ -265,12 +264,8 @@ def save(model: Model, out_dir: str | os.PathLike) -> Path:
 
 def _write_host_files(model: Model, directory: Path) -> None:
     (directory / NATIVE_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
-    tok_dir = getattr(model.tokenizer, "source_dir", None)
-    if tok_dir is not None:
-        for name in TOKENIZER_FILES:
-            src = Path(tok_dir) / name
-            if src.exists():
-                shutil.copy(src, directory / name)
+    if model.tokenizer is not None:
+        model.tokenizer.write_files(directory)
 
 
 def _restore_native(path: Path, expected: Any, shardings: Any | None, param_dtype: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,6 @@ from autoglm_jax.families.keymap import (
     part_shape,
     set_path,
     state_dict_from_params,
-)
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
 )
 
 _NP_DTYPES = {
@@ -128,7 +119,7 @@ def write_hf(
     family: Family,
     cfg: Any,
     params: Any,
-    tokenizer_dir: Path | None,
+    tokenizer: Any | None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> None:
     """Write an HF directory that transformers' `from_pretrained` loads: config.json,
@@ -158,8 +149,5 @@ def write_hf(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
     (directory / "config.json").write_text(json.dumps(family.config_to_hf(cfg), indent=2))
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            src = Path(tokenizer_dir) / name
-            if src.exists() and src.resolve() != (directory / name).resolve():
-                shutil.copy(src, directory / name)
+    if tokenizer is not None:
+        tokenizer.write_files(directory)

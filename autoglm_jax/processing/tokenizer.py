@@ -32,6 +32,17 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 PROCESSOR_CHAT_TEMPLATE_FILE = "chat_template.json"
 MODEL_CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
+# What a checkpoint folder holds of its tokenizer: `from_dir` keeps their bytes and
+# `write_files` writes them back, so saving a model never depends on that folder still being
+# there (a training run whose init checkpoint was moved saved a model with no tokenizer).
+TOKENIZER_DIR_FILES = (
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    CHAT_TEMPLATE_FILE,
+    PROCESSOR_CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG_FILE,
+)
 
 # transformers' named special-token attributes, passed to chat templates as variables.
 _NAMED_SPECIAL_TOKENS = (
@@ -204,6 +215,8 @@ class Tokenizer:
       special_tokens_map: template variables such as ``eos_token`` (transformers' names).
       special_token_id_set: ids of the added tokens marked special (what decode may skip).
       source_dir: the folder `from_dir` read, else None.
+      files: name -> bytes of the TOKENIZER_DIR_FILES that folder held when it was read
+        (what `write_files` writes); empty for a tokenizer built in memory.
     """
 
     def __init__(
@@ -215,11 +228,13 @@ class Tokenizer:
         stop_token_ids: Iterable[int] = (),
         name_or_path: str = "",
         source_dir: str | Path | None = None,
+        files: Mapping[str, bytes] | None = None,
     ):
         self._tk = backend
         self.name_or_path = name_or_path
         # The folder the files came from (checkpoint saving copies them from here).
         self.source_dir: Path | None = None if source_dir is None else Path(source_dir)
+        self.files: dict[str, bytes] = dict(files or {})
         self.has_own_chat_template = chat_template is not None
         self._chat_templates = chat_template
         self.special_tokens_map: dict[str, str] = dict(special_tokens_map or {})
@@ -281,7 +296,14 @@ class Tokenizer:
             stop_token_ids=stops,
             name_or_path=str(path),
             source_dir=path,
+            files={n: (path / n).read_bytes() for n in TOKENIZER_DIR_FILES if (path / n).is_file()},
         )
+
+    def write_files(self, directory: str | Path) -> None:
+        """Write the tokenizer files `from_dir` read into `directory` (a checkpoint being
+        saved), from memory."""
+        for name, data in self.files.items():
+            (Path(directory) / name).write_bytes(data)
 
     # --- vocabulary ----------------------------------------------------------------------
 
