@@ -134,6 +134,10 @@ class AgentDataArgs:
     copy_drills: int = 0
     """Extra text-only records per task of 4 turns "Type <query>" answered by that Type
     (made-up or random-word queries): a drill in copying text out of the prompt."""
+    reading: int = 0
+    """Extra records per task that ask what up to 5 points of one screen of its episode say
+    ("What does [x, y] say?"), each answered by finish(message=<the label there>): reading
+    labels, the converse of pointing."""
 
 
 def _engine_backend(
@@ -314,6 +318,7 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
             args.goals,
             args.dense_pointing,
             args.copy_drills,
+            args.reading,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autoglm_jax.agent.actions import Action, Finish, Tap, Type, to_relative
 from autoglm_jax.agent.loop import AgentConfig, Turn, build_messages, turn_text
@@ -35,6 +35,7 @@ from autoglm_jax.agent.wordings import letter_query, random_words_query
 PHONE_SIZE = (112, 196)  # width, height: 4 x 7 vision tokens after the 2x2 merge
 JSONL_NAME = "episodes.jsonl"
 POINTING_WORDINGS = ("Tap {label}", "Tap on {label}", "Press {label}", "Select {label}")
+READING_WORDINGS = ("What does {point} say?", "Read {point}", "What is written at {point}?")
 
 
 def answer_text(action: Action) -> str:
@@ -70,27 +71,66 @@ def pointing_record(
     }
 
 
-def dense_pointing_record(
-    screen: Screen, rng: random.Random, config: AgentConfig, meta: dict[str, Any], labels: int = 5
-) -> dict[str, Any] | None:
-    """Up to `labels` "Tap <label>" questions on one screen as one record: the screenshot in
-    the first user turn, the later questions text only, each answered. Every answer is
-    trained, so a record teaches `labels` labels for about the price of one pointing record."""
+def _one_screen_record(
+    screen: Screen,
+    rng: random.Random,
+    config: AgentConfig,
+    labels: int,
+    turn: Callable[[Element], tuple[str, Action]],
+) -> tuple[list[dict[str, Any]], list[Element]] | None:
+    """Up to `labels` distinct labelled elements of `screen`, one (question, answer) turn
+    each (`turn(element)`): the screenshot in the first user turn, the later ones text only."""
     elements = [e for e in screen.elements if e.kind != "text_box"]
     if not elements:
         return None
     picked = rng.sample(elements, min(labels, len(elements)))
     messages: list[dict[str, Any]] = []
     for index, element in enumerate(picked):
-        instruction = rng.choice(POINTING_WORDINGS).format(label=element.label)
+        question, action = turn(element)
         if index == 0:
-            turn = Turn(0, turn_text(instruction, 0, screen.current_app), screen.image)
-            messages.extend(build_messages([turn], config))
+            first = Turn(0, turn_text(question, 0, screen.current_app), screen.image)
+            messages.extend(build_messages([first], config))
         else:
-            messages.append({"role": "user", "content": [{"type": "text", "text": instruction}]})
-        reply = answer_text(Tap(to_relative(element.box.center, *screen.size)))
-        messages.append({"role": "assistant", "content": reply})
+            messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        messages.append({"role": "assistant", "content": answer_text(action)})
+    return messages, picked
+
+
+def dense_pointing_record(
+    screen: Screen, rng: random.Random, config: AgentConfig, meta: dict[str, Any], labels: int = 5
+) -> dict[str, Any] | None:
+    """Up to `labels` "Tap <label>" questions on one screen as one record, each answered by a
+    tap at the element's centre. Every answer is trained, so a record teaches `labels` labels
+    for about the price of one pointing record."""
+
+    def turn(element: Element) -> tuple[str, Action]:
+        question = rng.choice(POINTING_WORDINGS).format(label=element.label)
+        return question, Tap(to_relative(element.box.center, *screen.size))
+
+    made = _one_screen_record(screen, rng, config, labels, turn)
+    if made is None:
+        return None
+    messages, picked = made
     return {"messages": messages, "task": {**meta, "pointing": [e.label for e in picked]}}
+
+
+def reading_record(
+    screen: Screen, rng: random.Random, config: AgentConfig, meta: dict[str, Any], labels: int = 5
+) -> dict[str, Any] | None:
+    """The converse of `dense_pointing_record`: up to `labels` "What does [x, y] say?"
+    questions on one screen (an element's centre, relative 0-999), each answered by
+    `finish(message=<its label>)`. A tap on the right row needs the label read off the
+    screen; this asks for the reading itself, as text the model writes."""
+
+    def turn(element: Element) -> tuple[str, Action]:
+        x, y = to_relative(element.box.center, *screen.size)
+        return rng.choice(READING_WORDINGS).format(point=f"[{x}, {y}]"), Finish(element.label)
+
+    made = _one_screen_record(screen, rng, config, labels, turn)
+    if made is None:
+        return None
+    messages, picked = made
+    return {"messages": messages, "task": {**meta, "reading": [e.label for e in picked]}}
 
 
 def copy_drill_record(
@@ -114,11 +154,13 @@ def task_records(
     pointing: int = 0,
     dense_pointing: int = 0,
     copy_drills: int = 0,
+    reading: int = 0,
 ) -> list[dict[str, Any]]:
-    """The oracle's episode of `task` as one record per step, plus `pointing` pointing records
-    and `dense_pointing` dense ones (`dense_pointing_record`) on screens of the episode and
-    `copy_drills` copy drills; screenshots are written to out_dir/img/. Raises ValueError if
-    the oracle does not reach the goal (a simulator bug)."""
+    """The oracle's episode of `task` as one record per step, plus `pointing` pointing records,
+    `dense_pointing` dense ones (`dense_pointing_record`) and `reading` reading records
+    (`reading_record`) on screens of the episode, and `copy_drills` copy drills; screenshots
+    are written to out_dir/img/. Raises ValueError if the oracle does not reach the goal (a
+    simulator bug)."""
     phone, turns, records = task.new_phone(), [], []
     rng = random.Random(f"pointing:{task.split}:{task.seed}")
     (out_dir / "img").mkdir(parents=True, exist_ok=True)
@@ -126,7 +168,7 @@ def task_records(
     for index in range(max_steps):
         name = f"img/{task.split}-{task.seed}-{index}.png"
         phone.screenshot().save(out_dir / name)
-        if pointing or dense_pointing:  # only pointing records need the screen's elements
+        if pointing or dense_pointing or reading:  # only these records need its elements
             size = (phone.width, phone.height)
             screens.append((index, Screen(name, phone.current_app, phone.elements, size)))
         turns.append(Turn(index, turn_text(task.instruction, index, phone.current_app), name))
@@ -147,6 +189,7 @@ def task_records(
             for make_record, count in (
                 (pointing_record, pointing),
                 (dense_pointing_record, dense_pointing),
+                (reading_record, reading),
             ):
                 for _ in range(count):
                     index, screen = rng.choice(screens)
@@ -173,13 +216,14 @@ def write_episodes(
     goals: tuple[str, ...] = (),
     dense_pointing: int = 0,
     copy_drills: int = 0,
+    reading: int = 0,
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
     phone (and `pointing` pointing records per task; `letter_queries`: see `make_task`),
     written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/.
     With `goals` (names from tasks.GOALS), the first num_tasks tasks from `seed` on whose goal
-    is one of them: a focused set for a later training stage. `dense_pointing`, `copy_drills`:
-    extra records per task (`task_records`)."""
+    is one of them: a focused set for a later training stage. `dense_pointing`, `copy_drills`,
+    `reading`: extra records per task (`task_records`)."""
     unknown = sorted(set(goals) - set(GOALS))
     if unknown:
         raise ValueError(f"unknown goals {unknown}: the goals are {list(GOALS)}")
@@ -189,6 +233,7 @@ def write_episodes(
         ("pointing", pointing),
         ("dense_pointing", dense_pointing),
         ("copy_drills", copy_drills),
+        ("reading", reading),
     ):
         if count < 0:
             raise ValueError(f"{name} must be >= 0, got {count}")
@@ -212,6 +257,7 @@ def write_episodes(
                 pointing=pointing,
                 dense_pointing=dense_pointing,
                 copy_drills=copy_drills,
+                reading=reading,
             )
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -13,7 +13,7 @@ from PIL import Image
 
 import autoglm_jax as ag
 from autoglm_jax.agent import make_task, oracle_episode, split_reply
-from autoglm_jax.agent.actions import parse_action, to_pixels
+from autoglm_jax.agent.actions import Finish, parse_action, to_pixels
 from autoglm_jax.agent.episodes import PHONE_SIZE
 from autoglm_jax.agent.evaluate import oracle_backend
 from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
@@ -84,6 +84,15 @@ def test_agent_with_the_oracle_succeeds_and_saves_screens(tmp_path):
     assert "RANDOM" not in out.getvalue()
 
 
+def _screen_of(meta):
+    """The phone on the screen a pointing/reading record names: the oracle replayed to it."""
+    task = make_task(meta["seed"], "train", *PHONE_SIZE)
+    phone = task.new_phone()
+    for action in oracle_episode(task)[0][: meta["step"]]:
+        phone.apply(action)
+    return phone
+
+
 def test_pointing_records_tap_the_named_element_on_a_screen_of_the_episode(tmp_path):
     args = AgentDataArgs(out_dir=tmp_path, num_tasks=6, task_seed=20, pointing=2)
     records = [json.loads(x) for x in run_agent_data(args, io.StringIO()).read_text().splitlines()]
@@ -99,10 +108,7 @@ def test_pointing_records_tap_the_named_element_on_a_screen_of_the_episode(tmp_p
         instruction = next(p for p in user["content"] if p["type"] == "text")["text"]
         assert label in instruction.splitlines()[0]
         # replay the oracle to the screen the record names; the tap must hit that label there
-        task = make_task(meta["seed"], "train", *PHONE_SIZE)
-        phone = task.new_phone()
-        for action in oracle_episode(task)[0][: meta["step"]]:
-            phone.apply(action)
+        phone = _screen_of(meta)
         tap = parse_action(split_reply(answer["content"])[1])
         hit = phone.element_at(*to_pixels(tap.element, phone.width, phone.height))
         assert hit is not None and hit.label == label
@@ -127,16 +133,39 @@ def test_dense_pointing_answers_every_label_of_one_screen(tmp_path):
         assert [p["image_url"]["url"] for p in images] == [
             f"img/train-{meta['seed']}-{meta['step']}.png"
         ]  # the screenshot once, in the first turn
-        task = make_task(meta["seed"], "train", *PHONE_SIZE)
-        phone = task.new_phone()
-        for action in oracle_episode(task)[0][: meta["step"]]:
-            phone.apply(action)
+        phone = _screen_of(meta)
         for label, user, answer in zip(labels, users, answers, strict=True):
             text = next(p for p in user["content"] if p["type"] == "text")["text"]
             assert label in text.splitlines()[0]
             tap = parse_action(split_reply(answer["content"])[1])
             hit = phone.element_at(*to_pixels(tap.element, phone.width, phone.height))
             assert hit is not None and hit.label == label
+
+
+def test_reading_records_name_the_label_at_each_point(tmp_path):
+    args = AgentDataArgs(out_dir=tmp_path, num_tasks=4, task_seed=30, reading=2)
+    records = [json.loads(x) for x in run_agent_data(args, io.StringIO()).read_text().splitlines()]
+    reading = [r for r in records if "reading" in r["task"]]
+    assert 6 <= len(reading) <= 8  # a screen with nothing labelled (only a search box) gives none
+    kinds = set()
+    for r in reading:
+        meta, labels = r["task"], r["task"]["reading"]
+        system, *turns = r["messages"]
+        users, answers = turns[0::2], turns[1::2]
+        assert len(labels) == len(users) == len(answers) and 1 <= len(labels) <= 5
+        images = [p for u in users for p in u["content"] if p["type"] == "image_url"]
+        assert len(images) == 1 and images[0] is users[0]["content"][0]
+        phone = _screen_of(meta)
+        for label, user, answer in zip(labels, users, answers, strict=True):
+            text = next(p for p in user["content"] if p["type"] == "text")["text"]
+            point = [int(v) for v in text.split("[")[1].split("]")[0].split(",")]
+            hit = phone.element_at(*to_pixels(point, phone.width, phone.height))
+            assert hit is not None and hit.label == label
+            assert parse_action(split_reply(answer["content"])[1]) == Finish(label)
+            kinds.add(hit.kind)
+    assert len(kinds) >= 2
+    with pytest.raises(SystemExit, match="reading must be >= 0"):
+        run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=1, reading=-1), io.StringIO())
 
 
 def test_copy_drills_type_exactly_what_each_turn_says(tmp_path):
