@@ -232,7 +232,7 @@ class Tokenizer:
     ):
         self._tk = backend
         self.name_or_path = name_or_path
-        # The folder the files came from (checkpoint saving copies them from here).
+        # The folder the files came from; saving writes `files`, never reads it again.
         self.source_dir: Path | None = None if source_dir is None else Path(source_dir)
         self.files: dict[str, bytes] = dict(files or {})
         self.has_own_chat_template = chat_template is not None
