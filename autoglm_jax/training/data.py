@@ -43,6 +43,7 @@ import numpy as np
 from autoglm_jax.processing.content import ContentError, parse_messages
 from autoglm_jax.training import media as M
 from autoglm_jax.training import synthetic
+from autoglm_jax.training.grouping import LengthGroupedBatches, batch_length
 from autoglm_jax.training.recipe import DataRecipe
 from autoglm_jax.training.records import (
     FEATURES,
@@ -178,16 +179,41 @@ def make_dataset(
             "image/audio training runs on one host for now (the media arrays of a "
             "batch are not split across processes)"
         )
+    featurize = _featurizer(recipe, tokenizer, media_processor, media)
+    collate = (
+        _media_collate(recipe, media_processor, images, audio, recipe.batch_size // process_count)
+        if media
+        else None
+    )
+    if recipe.length_groups:
+        if recipe.source == "synthetic" or recipe.mode != "pad" or process_count > 1:
+            raise DataError(
+                'data.length_groups: groups the records of a JSONL source in mode = "pad" '
+                "on one host (hosts would cut their batches to different lengths)"
+            )
+        it = _length_grouped(recipe, src, featurize, collate)
+    else:
+        it = _batched(recipe, ds, featurize, collate, process_index, process_count)
+    if recipe.prefetch > 0:
+        it = gex.ThreadPrefetchIterDataset(it, prefetch_buffer_size=recipe.prefetch)
+    return it, info
+
+
+def _batched(
+    recipe: DataRecipe,
+    ds: grain.MapDataset,
+    featurize: Callable[[Any], dict[str, np.ndarray]],
+    collate: Callable[[Sequence[dict[str, np.ndarray]]], dict] | None,
+    process_index: int,
+    process_count: int,
+) -> grain.IterDataset:
+    """Batches in the order of the (shuffled) records: packed, or padded to seq_len."""
     if process_count > 1:
         ds = ds[process_index::process_count]
     if recipe.shuffle:
         ds = ds.shuffle(seed=recipe.seed)
-    ds = ds.repeat(None).map(_featurizer(recipe, tokenizer, media_processor, media))
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(
-            num_threads=recipe.read_threads, prefetch_buffer_size=64 if recipe.read_threads else 0
-        )
-    )
+    ds = ds.repeat(None).map(featurize)
+    it = ds.to_iter_dataset(_read_options(recipe))
     t = recipe.seq_len
     batch_fn = None
     if recipe.mode == "pack":
@@ -201,14 +227,41 @@ def make_dataset(
         it = it.map(_rename_packed)
     else:
         it = it.map(lambda ex: _pad(ex, t))
-        if media:
-            batch_fn = _media_collate(
-                recipe, media_processor, images, audio, recipe.batch_size // process_count
-            )
-    it = it.batch(recipe.batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
-    if recipe.prefetch > 0:
-        it = gex.ThreadPrefetchIterDataset(it, prefetch_buffer_size=recipe.prefetch)
-    return it, info
+        batch_fn = collate
+    return it.batch(recipe.batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
+
+
+def _read_options(recipe: DataRecipe) -> grain.ReadOptions:
+    return grain.ReadOptions(
+        num_threads=recipe.read_threads, prefetch_buffer_size=64 if recipe.read_threads else 0
+    )
+
+
+def _length_grouped(
+    recipe: DataRecipe,
+    source: JsonlSource,
+    featurize: Callable[[Any], dict[str, np.ndarray]],
+    collate: Callable[[Sequence[dict[str, np.ndarray]]], dict] | None,
+) -> grain.IterDataset:
+    """Batches of records of similar size (grouping.py), each padded to its longest example
+    rounded up to data.pad_multiple."""
+
+    def make_batch(indices: np.ndarray) -> dict[str, np.ndarray]:
+        examples = [featurize(source[int(i)]) for i in indices]
+        t = batch_length(
+            [len(e["inputs"]) for e in examples],
+            seq_len=recipe.seq_len,
+            multiple=recipe.pad_multiple,
+        )
+        padded = [_pad(e, t) for e in examples]
+        if collate is not None:
+            return collate(padded)
+        return {k: np.stack([p[k] for p in padded]) for k in padded[0]}
+
+    batches = LengthGroupedBatches(
+        source.sizes, batch_size=recipe.batch_size, window=recipe.length_groups, seed=recipe.seed
+    )
+    return batches.map(make_batch).to_iter_dataset(_read_options(recipe))
 
 
 def _check_synthetic_media(recipe: DataRecipe, processor: MediaProcessor | None) -> None:

@@ -234,10 +234,11 @@ def _flops_line(
     tokens = recipe.data.batch_size * recipe.data.seq_len * recipe.optim.grad_accum
     flops = 6 * n_params * tokens + 2 * teacher_params * tokens
     teacher = f" + teacher forward 2*{teacher_params:,}*tokens" if teacher_params else ""
+    at_most = "at most " if recipe.data.length_groups else ""  # batches cut to their longest
     return (
         f"mesh {dict(mesh.shape)} rules {recipe.mesh.rules} on {mesh.devices.size} "
         f"{jax.devices()[0].platform} device(s) | params {n_params:,} | trainable "
-        f"{n_train:,} | tokens/step {tokens:,} | est. FLOPs/step {flops:.3e} "
+        f"{n_train:,} | tokens/step {at_most}{tokens:,} | est. FLOPs/step {at_most}{flops:.3e} "
         f"(6*params*tokens{teacher})"
     )
 

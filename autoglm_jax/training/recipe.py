@@ -39,7 +39,14 @@ class DataRecipe:
     """Rows per micro-batch (global, over all devices)."""
     mode: Literal["pack", "pad"] = "pack"
     """pack: several examples per row with segment ids, positions restart per segment;
-    pad: one example per row, padded to seq_len."""
+    pad: one example per row, padded to seq_len (or less: `length_groups`)."""
+    length_groups: int = 0
+    """pad mode, JSONL sources: batches are drawn from windows of this many batches' records
+    sorted by size, and each is padded only to its longest example rounded up to
+    `pad_multiple` (0: every row padded to seq_len). Records of similar length then share a
+    batch, so less of each step is padding; the step compiles once per batch length."""
+    pad_multiple: int = 64
+    """With `length_groups`: batch lengths are multiples of this (capped at seq_len)."""
     packing_bins: int = 8
     """How many rows the first-fit packer fills at once (more: less padding)."""
     seed: int = 0
@@ -226,6 +233,18 @@ class TrainRecipe:
             f'the {"/".join(media)} task(s) need mode = "pad" (media examples are not packed)',
         )
         need(d.max_images > 0, "data.max_images", "must be positive")
+        need(d.length_groups >= 0, "data.length_groups", "must be >= 0")
+        need(
+            not d.length_groups or (d.mode == "pad" and d.source != "synthetic"),
+            "data.length_groups",
+            'groups the records of a JSONL source in mode = "pad"; set it to 0 here',
+        )
+        need(
+            not d.length_groups or d.shuffle,
+            "data.shuffle",
+            "length_groups draws its own shuffled order; set shuffle = true or length_groups = 0",
+        )
+        need(d.pad_multiple > 0, "data.pad_multiple", "must be positive")
         need(d.max_audio_windows > 0, "data.max_audio_windows", "must be positive")
         need(self.checkpoint.every > 0, "checkpoint.every", "must be positive")
         need(self.checkpoint.keep > 0, "checkpoint.keep", "must be positive")

@@ -93,6 +93,8 @@ class JsonlSource:
     """Random access over the good lines of JSONL files (a grain data source).
 
     Items are dicts {"record": parsed JSON, "where": "file:line", "base_dir": str}.
+    `sizes` i64[len]: each record's line length in bytes, a cheap stand-in for its token
+    count (what length grouping sorts by).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class JsonlSource:
         self.paths = [Path(p).resolve() for p in paths]
         self.info = SourceInfo()
         self._index: list[tuple[int, int, int]] = []  # (path index, line number, byte offset)
+        self._sizes: list[int] = []
         for pi, path in enumerate(self.paths):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: JSONL file not found")
@@ -151,9 +154,14 @@ class JsonlSource:
                 self.info.image_records += "image" in kinds
                 self.info.audio_records += "audio" in kinds
                 self._index.append((pi, line_no, start))
+                self._sizes.append(len(raw))
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.asarray(self._sizes, np.int64)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         pi, line_no, offset = self._index[i]
