@@ -215,7 +215,6 @@ def _batched(
     ds = ds.repeat(None).map(featurize)
     it = ds.to_iter_dataset(_read_options(recipe))
     t = recipe.seq_len
-    batch_fn = None
     if recipe.mode == "pack":
         it = gex.FirstFitPackIterDataset(
             it,
@@ -227,8 +226,8 @@ def _batched(
         it = it.map(_rename_packed)
     else:
         it = it.map(lambda ex: _pad(ex, t))
-        batch_fn = collate
-    return it.batch(recipe.batch_size // process_count, drop_remainder=True, batch_fn=batch_fn)
+    # collate is None in pack mode: media data is refused there
+    return it.batch(recipe.batch_size // process_count, drop_remainder=True, batch_fn=collate)
 
 
 def _read_options(recipe: DataRecipe) -> grain.ReadOptions:
