@@ -99,6 +99,9 @@ class AgentEvalArgs:
     """Also append the row (with the date) to this markdown file."""
     label: str = ""
     """The model's name in the row (default: --model)."""
+    blank_screens: bool = False
+    """Show the model a blank screen at every step (the phone and the judge still see the
+    real one): a control; a model that scores the same does not read the screen."""
     loop: AgentLoopFlags = AgentLoopFlags()
     model: ModelFlags = ModelFlags()
     engine: EngineFlags = EngineFlags()
@@ -138,6 +141,9 @@ class AgentDataArgs:
     """Extra records per task that ask what up to 5 points of one screen of its episode say
     ("What does [x, y] say?"), each answered by finish(message=<the label there>): reading
     labels, the converse of pointing."""
+    episodes: bool = True
+    """Write the oracle's step records; `--no-episodes` writes only the extra records above
+    (e.g. pointing alone, for a vision experiment)."""
 
 
 def _engine_backend(
@@ -281,12 +287,15 @@ def run_agent_eval(
             args.loop.height,
             config,
             progress,
+            blank_screens=args.blank_screens,
         )
     except AgentError as e:
         raise SystemExit(f"agent-eval: {e}") from None
     weights = weight_bytes(local.engine) if local is not None else None
     row = table_row(
-        model + (" (RANDOM weights)" if random else ""),
+        model
+        + (" (RANDOM weights)" if random else "")
+        + (" (blank screens)" if args.blank_screens else ""),
         args.split,
         result,
         weights,
@@ -319,6 +328,7 @@ def run_agent_data(args: AgentDataArgs, out: TextIO = STDOUT) -> Path:
             args.dense_pointing,
             args.copy_drills,
             args.reading,
+            args.episodes,
         )
     except ValueError as e:
         raise SystemExit(f"agent-data: {e}") from None

@@ -155,11 +155,13 @@ def task_records(
     dense_pointing: int = 0,
     copy_drills: int = 0,
     reading: int = 0,
+    episodes: bool = True,
 ) -> list[dict[str, Any]]:
     """The oracle's episode of `task` as one record per step, plus `pointing` pointing records,
     `dense_pointing` dense ones (`dense_pointing_record`) and `reading` reading records
     (`reading_record`) on screens of the episode, and `copy_drills` copy drills; screenshots
-    are written to out_dir/img/. Raises ValueError if the oracle does not reach the goal (a
+    are written to out_dir/img/. Without `episodes`, only the extra records (the same ones:
+    the step records draw nothing). Raises ValueError if the oracle does not reach the goal (a
     simulator bug)."""
     phone, turns, records = task.new_phone(), [], []
     rng = random.Random(f"pointing:{task.split}:{task.seed}")
@@ -175,12 +177,13 @@ def task_records(
         action = task.next_action(phone)
         messages = build_messages(turns, config)
         turns[-1].reply = answer_text(action)
-        records.append(
-            {
-                "messages": [*messages, {"role": "assistant", "content": turns[-1].reply}],
-                "task": {"split": task.split, "seed": task.seed, "step": index},
-            }
-        )
+        if episodes:
+            records.append(
+                {
+                    "messages": [*messages, {"role": "assistant", "content": turns[-1].reply}],
+                    "task": {"split": task.split, "seed": task.seed, "step": index},
+                }
+            )
         phone.apply(action)
         if isinstance(action, Finish):
             if not task.done(phone):
@@ -217,13 +220,15 @@ def write_episodes(
     dense_pointing: int = 0,
     copy_drills: int = 0,
     reading: int = 0,
+    episodes: bool = True,
 ) -> Path:
     """Oracle records of tasks seed .. seed + num_tasks - 1 of `split` on a width x height
     phone (and `pointing` pointing records per task; `letter_queries`: see `make_task`),
     written to out_dir/episodes.jsonl (returned) with the screenshots in out_dir/img/.
     With `goals` (names from tasks.GOALS), the first num_tasks tasks from `seed` on whose goal
     is one of them: a focused set for a later training stage. `dense_pointing`, `copy_drills`,
-    `reading`: extra records per task (`task_records`)."""
+    `reading`: extra records per task (`task_records`); `episodes` False writes only those.
+    """
     unknown = sorted(set(goals) - set(GOALS))
     if unknown:
         raise ValueError(f"unknown goals {unknown}: the goals are {list(GOALS)}")
@@ -237,6 +242,11 @@ def write_episodes(
     ):
         if count < 0:
             raise ValueError(f"{name} must be >= 0, got {count}")
+    if not episodes and not (pointing or dense_pointing or copy_drills or reading):
+        raise ValueError(
+            "without the episodes (--no-episodes) there is nothing to write: ask for pointing, "
+            "dense_pointing, reading or copy_drills records"
+        )
     if not 0.0 <= letter_queries <= 1.0:
         raise ValueError(f"letter_queries must be in [0, 1], got {letter_queries}")
     out = Path(out_dir)
@@ -258,6 +268,7 @@ def write_episodes(
                 dense_pointing=dense_pointing,
                 copy_drills=copy_drills,
                 reading=reading,
+                episodes=episodes,
             )
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")

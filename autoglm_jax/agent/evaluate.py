@@ -2,7 +2,9 @@
 and per-step action accuracy (`step_is_correct` on the state the model saw when it chose).
 
 A step whose reply does not parse counts as a wrong step. `oracle_backend` answers with the
-oracle's action: a reference that scores 1.0 on both, used by tests.
+oracle's action: a reference that scores 1.0 on both, used by tests. `blank_screens` shows the
+model a blank screen of the same size at every step (the phone and the judge see the real
+state): a control, since a model that scores the same without the screen does not read it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+
+from PIL import Image
 
 from autoglm_jax.agent.actions import Action
 from autoglm_jax.agent.episodes import PHONE_SIZE, answer_text
@@ -22,10 +26,11 @@ BackendFactory = Callable[[Task, SimPhone], Backend]
 
 
 class JudgedPhone:
-    """A SimPhone that judges each action against the oracle before performing it."""
+    """A SimPhone that judges each action against the oracle before performing it; with
+    `blank_screens` its screenshots are blank (white, the phone's size)."""
 
-    def __init__(self, task: Task, phone: SimPhone):
-        self.task, self.phone = task, phone
+    def __init__(self, task: Task, phone: SimPhone, blank_screens: bool = False):
+        self.task, self.phone, self.blank_screens = task, phone, blank_screens
         self.judged: list[bool] = []
 
     @property
@@ -33,6 +38,8 @@ class JudgedPhone:
         return self.phone.current_app
 
     def screenshot(self) -> Any:
+        if self.blank_screens:
+            return Image.new("RGB", (self.phone.width, self.phone.height), (255, 255, 255))
         return self.phone.screenshot()
 
     def apply(self, action: Action) -> str:
@@ -62,10 +69,11 @@ def run_task(
     backend: BackendFactory,
     config: AgentConfig = AgentConfig(),
     on_step: Callable[[Step], None] | None = None,
+    blank_screens: bool = False,
 ) -> TaskResult:
     """One episode of `task` on a fresh phone, judged step by step."""
     phone = task.new_phone()
-    judged = JudgedPhone(task, phone)
+    judged = JudgedPhone(task, phone, blank_screens)
     episode = run_episode(judged, task.instruction, config, on_step, backend(task, phone))
     marks = iter(judged.judged)  # one per step that parsed, in order
     correct = tuple(next(marks) if s.action is not None else False for s in episode.steps)
@@ -107,13 +115,16 @@ def evaluate(
     height: int = PHONE_SIZE[1],
     config: AgentConfig = AgentConfig(),
     on_task: Callable[[TaskResult], None] | None = None,
+    blank_screens: bool = False,
 ) -> EvalResult:
-    """Tasks seed .. seed + num_tasks - 1 of `split`, one episode each."""
+    """Tasks seed .. seed + num_tasks - 1 of `split`, one episode each (`blank_screens`: the
+    model sees a blank screen at every step; the module docstring says why)."""
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be positive, got {num_tasks}")
     results = []
     for task_seed in range(seed, seed + num_tasks):
-        result = run_task(make_task(task_seed, split, width, height), backend, config)
+        task = make_task(task_seed, split, width, height)
+        result = run_task(task, backend, config, blank_screens=blank_screens)
         results.append(result)
         if on_task is not None:
             on_task(result)

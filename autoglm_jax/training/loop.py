@@ -39,6 +39,7 @@ from autoglm_jax.training.data import MediaProcessor, make_dataset
 from autoglm_jax.training.media import processor_for
 from autoglm_jax.training.metrics import MetricsWriter, Progress, plot_losses, read_jsonl
 from autoglm_jax.training.recipe import TrainRecipe, model_config
+from autoglm_jax.training.vision_health import COLLAPSED, image_spread
 
 
 class NonFiniteError(RuntimeError):
@@ -327,7 +328,7 @@ def train(
         )
     it = iter(dataset)
     writer = None
-    start, streak = 0, 0
+    start, streak, warned_blind = 0, 0, False
     history: list[dict[str, Any]] = []
     try:
         if latest is not None:
@@ -381,10 +382,20 @@ def train(
                 finite=finite,
                 step_time=time.perf_counter() - t0,
             )
+            logged = step % recipe.log_every == 0 or step == recipe.steps or not finite
+            if logged and is_primary():
+                spread = image_spread(student.module, state.params, batch)
+                if spread is not None:
+                    record["image_spread"] = spread
+                    if spread < COLLAPSED and not warned_blind:
+                        warned_blind = True
+                        log(
+                            f"step {step}: the vision tower's output hardly depends on the "
+                            f"image (image_spread {spread:.2g}, 0.4-1 at init): the "
+                            "decoder cannot see (docs/training.md, Images and audio)"
+                        )
             history.append({"step": step, **record})
-            if writer is not None and (
-                step % recipe.log_every == 0 or step == recipe.steps or not finite
-            ):
+            if writer is not None and logged:
                 writer.write(step, record)
             progress.update(step, record["loss"], tokens)
             streak = 0 if finite else streak + 1

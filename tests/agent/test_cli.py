@@ -1,6 +1,7 @@
 """The offline phone agent: oracle training data the trainer reads, `python -m infer agent` and
 `agent-eval` with an oracle and a garbage backend, and one real run on tiny-mm random weights."""
 
+import base64
 import io
 import json
 import subprocess
@@ -187,6 +188,24 @@ def test_copy_drills_type_exactly_what_each_turn_says(tmp_path):
         run_agent_data(AgentDataArgs(out_dir=tmp_path, num_tasks=1, copy_drills=-1), io.StringIO())
 
 
+def test_agent_data_without_episodes_writes_the_same_extra_records_alone(tmp_path):
+    def records(out_dir, **kw):
+        args = AgentDataArgs(out_dir=out_dir, num_tasks=3, task_seed=40, dense_pointing=2, **kw)
+        path = run_agent_data(args, out=io.StringIO())
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    every = records(tmp_path / "all")
+    alone = records(tmp_path / "alone", episodes=False)
+    assert alone and all("pointing" in r["task"] for r in alone)
+    assert alone == [r for r in every if "pointing" in r["task"]]  # the same draws
+    assert len(every) > len(alone)
+    for r in alone:  # each record's screenshot is written
+        (part,) = [p for p in r["messages"][1]["content"] if p["type"] == "image_url"]
+        assert (tmp_path / "alone" / part["image_url"]["url"]).is_file()
+    with pytest.raises(SystemExit, match="nothing to write"):
+        run_agent_data(AgentDataArgs(out_dir=tmp_path / "none", episodes=False), io.StringIO())
+
+
 def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
     out = io.StringIO()
     docs = tmp_path / "agent.md"
@@ -204,6 +223,38 @@ def test_agent_eval_oracle_is_perfect_and_garbage_scores_zero(tmp_path):
     assert (result.success_rate, result.step_accuracy) == (0.0, 0.0)
     assert result.num_steps == 9  # three unusable replies end each episode
     assert "| 0.00 | 0.00 (9 steps) |" in out.getvalue()
+
+
+def test_agent_eval_blank_screens_hides_the_screen_from_the_model_only():
+    seen = []
+
+    def looking_oracle(task, phone):  # records the screens it is sent, answers from the state
+        oracle = oracle_backend(task, phone)
+
+        def reply(messages):
+            parts = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+            seen.extend(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+            return oracle(messages)
+
+        return reply
+
+    def pixels(uri):
+        data = base64.b64decode(uri.split(",", 1)[1])
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    out = io.StringIO()
+    args = AgentEvalArgs(num_tasks=3, split="heldout", blank_screens=True)
+    result = run_agent_eval(args, backend=looking_oracle, out=out, log=io.StringIO())
+    assert (result.success_rate, result.step_accuracy) == (1.0, 1.0)  # the phone is real
+    assert "(blank screens)" in out.getvalue() and len(seen) == result.num_steps
+    for image in map(pixels, seen):
+        assert image.shape == (PHONE_SIZE[1], PHONE_SIZE[0], 3) and (image == 255).all()
+
+    seen.clear()
+    run_agent_eval(
+        AgentEvalArgs(num_tasks=1), backend=looking_oracle, out=io.StringIO(), log=io.StringIO()
+    )
+    assert all(pixels(uri).std() > 0 for uri in seen)  # without the flag: the real screens
 
 
 def test_agent_eval_splits_results_by_goal():

@@ -191,6 +191,9 @@ def test_multimodal_cga_recipe_end_to_end(tmp_path, env):
     records = M.read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["finite"] and r["tokens"] > 0 for r in records)
+    # the vision tower's health on batches with images (it is frozen here: as initialised)
+    spreads = [r["image_spread"] for r in records if "image_spread" in r]
+    assert spreads and all(s > 0.1 for s in spreads) and "hardly depends" not in p.stderr
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -435,3 +435,36 @@ def test_cga_only_training_on_the_audio_task(mm, tok, proc):
     silent = {**held, "audio_rows": jnp.full_like(held["audio_rows"], -1)}
     assert float(evaluate(state.params, silent)["ce"]) == float(evaluate(mm.params, silent)["ce"])
     it.close()
+
+
+def test_image_spread_tells_a_seeing_tower_from_a_collapsed_one(mm, tok, proc):
+    from autoglm_jax.training.vision_health import COLLAPSED, image_spread
+
+    recipe = _recipe(synthetic_tasks=("image",), seq_len=40, prefetch=0, seed=1)
+    it = iter(D.make_dataset(recipe, tok, media_processor=proc)[0])
+    batch = next(it)
+    real = int((batch["inputs"] == mm.config.image_token_id).sum())
+    fresh = image_spread(mm.module, mm.params, batch)
+    assert fresh is not None and fresh > 0.1  # different images, different embeddings
+
+    # by hand on the real images' rows only (the batch's padding images are left out)
+    grid = tuple(tuple(int(v) for v in g) for g in batch["image_grid_thw"])
+    out = np.asarray(
+        mm.module.apply(
+            {"params": mm.params},
+            jnp.asarray(batch["pixel_values"]),
+            grid,
+            method=lambda m, pv, g: m.visual(pv, g),
+        )
+    )[:real]
+    assert fresh == pytest.approx(out.std(0).mean() / np.abs(out).mean(), rel=1e-4)
+
+    # a tower whose last kernel is zero answers the same (zeros) for every image, as a
+    # collapsed one does
+    params = jax.tree.map(jnp.copy, mm.params)
+    down = params["visual"]["merger"]["mlp"]["down_proj"]
+    down["kernel"] = jnp.zeros_like(down["kernel"])
+    assert image_spread(mm.module, params, batch) < COLLAPSED
+    text_only = {k: v for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw")}
+    assert image_spread(mm.module, mm.params, text_only) is None
+    it.close()
