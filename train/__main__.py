@@ -1,5 +1,5 @@
-"""Training CLI: `python -m train pretrain|distill|qat|prune|export|report [--recipe FILE.toml]
-[--section.field VALUE ...]`.
+"""Training CLI: `python -m train pretrain|distill|qat|prune|export|vision|report
+[--recipe FILE.toml] [--section.field VALUE ...]`.
 
 The recipe file's values become the defaults of every option; options on the command line
 override them (`--optim.lr 3e-4 --data.batch-size 16`). All logic lives in
@@ -117,6 +117,31 @@ class Export:
 
 
 @dataclasses.dataclass(frozen=True)
+class VisionOptions:
+    screens: int = 4000
+    """Train screens: one per train-split task from task seed 300,000, after 0-3 oracle
+    steps."""
+    heldout_screens: int = 300
+    """Held-out screens (held-out tasks 0..) the accuracy is measured on."""
+    eval_every: int = 100
+    """Steps between held-out evaluations (logged to <run_dir>/metrics.jsonl)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Vision:
+    """Pretrain the vision tower alone on the simulated phone's screens: for each vision token,
+    which element lies under it (a linear head, then thrown away). Writes <run_dir>/model, the
+    trained tower with the rest of the initial model, for a decoder run that keeps the tower
+    frozen (optim.trainable = ["language_model/*"]); see docs/agent.md."""
+
+    cfg: Annotated[TrainRecipe, tyro.conf.arg(name="")]
+    vision: VisionOptions = VisionOptions()
+    recipe: str | None = None
+    """TOML recipe (configs/recipes/phone-agent-vision.toml): steps, run_dir, [optim], [model],
+    data.batch_size and data.seed are used."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """Build the compression table (teacher, float control, int8 QAT, int4 QAT, pruned +
     distilled, pruned + distilled + int8 QAT; int8 of every stack for a composite) on the
@@ -170,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ]
             | Annotated[Prune, tyro.conf.subcommand("prune", default=Prune(base, prune, path))]
             | Annotated[Export, tyro.conf.subcommand("export", default=export_default)]
+            | Annotated[Vision, tyro.conf.subcommand("vision", default=Vision(base, recipe=path))]
             | Annotated[Report, tyro.conf.subcommand("report", default=Report())]
         ],
         args=argv,
@@ -194,7 +220,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             _say_where(out, "the compressed model")
             return
         recipe = cmd.cfg.validate()
-        if isinstance(cmd, Qat):
+        if isinstance(cmd, Vision):
+            from train.vision import run_vision
+
+            out = run_vision(recipe, **dataclasses.asdict(cmd.vision))
+            if is_primary():
+                print(f"the trained tower (and the initial decoder): {out}")
+                print(
+                    f"train a decoder on it:  python -m train pretrain --model.init-from {out} "
+                    "--optim.trainable 'language_model/*' ..."
+                )
+        elif isinstance(cmd, Qat):
             q = quant.replace(**dataclasses.asdict(cmd.quant))
             q.validate("--quant")
             result = tc.run_qat(tc.CompressRecipe.of(recipe, quant=q), resume=cmd.resume)

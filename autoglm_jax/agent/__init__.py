@@ -37,9 +37,11 @@ from autoglm_jax.agent.loop import (
     run_episode,
 )
 from autoglm_jax.agent.phone import PhoneSetup, SimPhone
+from autoglm_jax.agent.screen_labels import SCREEN_CLASSES, labelled_screens, token_labels
 from autoglm_jax.agent.tasks import Task, make_task, oracle_episode, step_is_correct, target_box
 
 __all__ = [
+    "SCREEN_CLASSES",
     "SYSTEM_PROMPT",
     "Action",
     "ActionError",
@@ -65,6 +67,7 @@ __all__ = [
     "Type",
     "Wait",
     "evaluate",
+    "labelled_screens",
     "make_task",
     "oracle_backend",
     "oracle_episode",
@@ -74,5 +77,6 @@ __all__ = [
     "split_reply",
     "step_is_correct",
     "target_box",
+    "token_labels",
     "write_episodes",
 ]

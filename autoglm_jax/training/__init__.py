@@ -1,5 +1,6 @@
 """Training: Grain data pipeline, losses, the sharded train step, the loop with Orbax
-checkpoints, recipes and metrics. Entry points: `run_pretrain(recipe)`, `run_distill(recipe)`.
+checkpoints, recipes and metrics. Entry points: `run_pretrain(recipe)`, `run_distill(recipe)`;
+`pretrain_tower(model, images, ...)` trains a vision tower alone on per-token labels.
 
     from autoglm_jax.training import load_recipe, run_pretrain
     result = run_pretrain(load_recipe("configs/recipes/tiny-pretrain.toml", {"steps": 10}))
@@ -33,6 +34,7 @@ from autoglm_jax.training.step import (
     make_train_step,
     trainable_mask,
 )
+from autoglm_jax.training.tower import LabelledImage, TowerResult, pretrain_tower
 
 __all__ = [
     "CheckpointRecipe",
@@ -40,12 +42,14 @@ __all__ = [
     "DataRecipe",
     "DistillRecipe",
     "JsonlSource",
+    "LabelledImage",
     "MeshRecipe",
     "ModelRecipe",
     "MultimodalProcessor",
     "NonFiniteError",
     "OptimRecipe",
     "RunResult",
+    "TowerResult",
     "TrainRecipe",
     "TrainState",
     "load_recipe",
@@ -54,6 +58,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "model_config",
+    "pretrain_tower",
     "restore_checkpoint",
     "run_distill",
     "run_pretrain",

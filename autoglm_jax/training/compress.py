@@ -101,7 +101,7 @@ def _initial_model(recipe: TrainRecipe) -> ckpt.Model:
     """The model the recipe describes (model.init_from, else the preset), as the loop builds it."""
     from autoglm_jax.training import loop
 
-    return loop._model(recipe, _mesh(recipe))
+    return loop.initial_model(recipe, _mesh(recipe))
 
 
 def _need(value: Any, section: str, recipe: TrainRecipe) -> Any:

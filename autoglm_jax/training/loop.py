@@ -64,7 +64,8 @@ def log(msg: str) -> None:
 # --- setup -----------------------------------------------------------------------------------
 
 
-def _model(recipe: TrainRecipe, mesh: Any) -> ckpt.Model:
+def initial_model(recipe: TrainRecipe, mesh: Any = None) -> ckpt.Model:
+    """The model a run starts from: `model.init_from` loaded, else the preset initialised."""
     r, rules = recipe.model, recipe.mesh.rules
     if r.init_from:
         m = ckpt.load(r.init_from, dtype=r.param_dtype, mesh=mesh, rules=rules)
@@ -266,7 +267,7 @@ def train(
     if model is not None:  # the loop donates its params: leave the caller's arrays alone
         student = dataclasses.replace(model, params=jax.tree.map(jnp.copy, model.params))
     else:
-        student = _model(recipe, mesh)
+        student = initial_model(recipe, mesh)
     if teacher is not None:
         _check_teacher(recipe, student, teacher)
     tokenizer = _tokenizer(recipe, student)
@@ -329,6 +330,7 @@ def train(
     it = iter(dataset)
     writer = None
     start, streak, warned_blind = 0, 0, False
+    spread_at: int | None = None  # the last step whose image_spread was logged
     history: list[dict[str, Any]] = []
     try:
         if latest is not None:
@@ -383,9 +385,12 @@ def train(
                 step_time=time.perf_counter() - t0,
             )
             logged = step % recipe.log_every == 0 or step == recipe.steps or not finite
-            if logged and is_primary():
+            # A second tower pass (and a compile per image grid): every 10th logged step.
+            vision_due = spread_at is None or step - spread_at >= 10 * recipe.log_every
+            if logged and is_primary() and (vision_due or step == recipe.steps):
                 spread = image_spread(student.module, state.params, batch)
                 if spread is not None:
+                    spread_at = step
                     record["image_spread"] = spread
                     if spread < COLLAPSED and not warned_blind:
                         warned_blind = True
