@@ -44,6 +44,23 @@ def _train(args, env, **kw):
     )
 
 
+def test_phone_agent_recipes_parse_and_validate():
+    """tools/build-phone-agent's recipes: no test runs the build, so a broken field would only
+    show an hour into it."""
+    from autoglm_jax.training.compress import load_compress_recipe
+
+    recipes = sorted((ROOT / "configs" / "recipes").glob("phone-agent*.toml"))
+    names = {p.stem for p in recipes}
+    assert {"phone-agent", "phone-agent-vision", "phone-agent-seeing"} <= names
+    for kind in ("prune", "int8"):
+        assert {f"phone-agent-{kind}", f"phone-agent-seeing-{kind}"} <= names
+    for p in recipes:
+        recipe = load_compress_recipe(p).train_recipe().validate()
+        if p.stem.startswith("phone-agent-seeing"):  # the pretrained tower stays frozen
+            assert recipe.optim.trainable == ("language_model/*",), p
+            assert recipe.distill.teacher in ("", "checkpoints/phone-agent-seeing/model"), p
+
+
 SMALL = [
     "--data.seq-len",
     "32",
