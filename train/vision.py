@@ -10,7 +10,7 @@ from pathlib import Path
 from autoglm_jax.agent.screen_labels import SCREEN_CLASSES, labelled_screens
 from autoglm_jax.checkpoint import save
 from autoglm_jax.config import ConfigError
-from autoglm_jax.training.loop import initial_model
+from autoglm_jax.training.loop import initial_model, recipe_tokenizer
 from autoglm_jax.training.metrics import MetricsWriter
 from autoglm_jax.training.recipe import TrainRecipe
 from autoglm_jax.training.tower import pretrain_tower
@@ -22,11 +22,7 @@ def run_vision(recipe: TrainRecipe, *, screens: int, heldout_screens: int, eval_
     """Train, log, and write <run_dir>/model: the trained tower with the rest of the recipe's
     initial model (model.init_from, else the preset freshly initialised)."""
     model = initial_model(recipe)
-    if model.tokenizer is None:
-        from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
-
-        tokenizer_dir = recipe.data.tokenizer or TINY_TOKENIZER_DIR
-        model = dataclasses.replace(model, tokenizer=Tokenizer.from_dir(tokenizer_dir))
+    model = dataclasses.replace(model, tokenizer=recipe_tokenizer(recipe, model))
     if "visual" not in model.params:
         raise ConfigError(f"model_type {model.config.model_type!r} has no vision tower to train")
     merge = model.config.vision.spatial_merge_size

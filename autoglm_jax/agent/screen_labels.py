@@ -13,7 +13,6 @@ from typing import Iterable
 
 import numpy as np
 
-from autoglm_jax.agent.actions import Finish
 from autoglm_jax.agent.episodes import PHONE_SIZE
 from autoglm_jax.agent.phone import DIALOGS, SimPhone
 from autoglm_jax.agent.screens import APPS, TOGGLES
@@ -46,13 +45,7 @@ def labelled_screens(
     `seed`), so home screens, Settings, search pages and dialogs all appear."""
     rng, out = random.Random(seed), []
     for task_seed in task_seeds:
-        task = make_task(task_seed, split, *PHONE_SIZE)
-        phone = task.new_phone()
-        for _ in range(rng.randint(0, max_steps)):
-            action = task.next_action(phone)
-            if isinstance(action, Finish):
-                break
-            phone.apply(action)
+        phone = make_task(task_seed, split, *PHONE_SIZE).phone_after(rng.randint(0, max_steps))
         image = np.asarray(phone.screenshot())
         out.append(LabelledImage(image, token_labels(phone, merge_size)))
     return out

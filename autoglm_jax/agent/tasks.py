@@ -195,6 +195,17 @@ class Task:
     def next_action(self, phone: SimPhone) -> Action:
         return self.goal.next_action(phone)
 
+    def phone_after(self, steps: int) -> SimPhone:
+        """A fresh phone after the oracle's first `steps` actions (fewer where it finishes
+        sooner): screens partway through the task, for probes and vision labels."""
+        phone = self.new_phone()
+        for _ in range(steps):
+            action = self.next_action(phone)
+            if isinstance(action, Finish):
+                break
+            phone.apply(action)
+        return phone
+
 
 # ---- the generator ----
 

@@ -30,6 +30,7 @@ from autoglm_jax.config import ConfigError
 from autoglm_jax.config._common import from_dict, read_toml
 from autoglm_jax.config.quant import PruneConfig, QuantConfig
 from autoglm_jax.sharding import make_mesh
+from autoglm_jax.training.loop import initial_model, recipe_tokenizer
 from autoglm_jax.training.recipe import TrainRecipe, merge, recipe_from_dict
 
 
@@ -99,9 +100,7 @@ def _mesh(recipe: TrainRecipe) -> Any:
 
 def _initial_model(recipe: TrainRecipe) -> ckpt.Model:
     """The model the recipe describes (model.init_from, else the preset), as the loop builds it."""
-    from autoglm_jax.training import loop
-
-    return loop.initial_model(recipe, _mesh(recipe))
+    return initial_model(recipe, _mesh(recipe))
 
 
 def _need(value: Any, section: str, recipe: TrainRecipe) -> Any:
@@ -127,12 +126,6 @@ def calibration_batches(
     finally:
         if hasattr(it, "close"):
             it.close()
-
-
-def _tokenizer(recipe: TrainRecipe, model: ckpt.Model) -> Any:
-    from autoglm_jax.training import loop
-
-    return loop._tokenizer(recipe, model)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -196,7 +189,7 @@ def run_prune(
                 "distill.teacher (or model.init_from) to a checkpoint"
             )
         model = ckpt.load(src, dtype=jnp.dtype(recipe.model.param_dtype))
-    tokenizer = _tokenizer(recipe, model)
+    tokenizer = recipe_tokenizer(recipe, model)
     batches = calibration_batches(recipe, tokenizer, cfg.calibration_batches, model.config)
     pruned, report = prune_model(model, batches, cfg)
     pruned = dataclasses.replace(pruned, tokenizer=tokenizer)

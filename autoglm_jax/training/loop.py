@@ -78,7 +78,8 @@ def initial_model(recipe: TrainRecipe, mesh: Any = None) -> ckpt.Model:
     return ckpt.init(model_config(r), seed=r.seed, mesh=mesh, rules=rules, init=r.init)
 
 
-def _tokenizer(recipe: TrainRecipe, model: ckpt.Model) -> Any:
+def recipe_tokenizer(recipe: TrainRecipe, model: ckpt.Model) -> Any:
+    """data.tokenizer if the recipe names one, else the model's, else the tiny tokenizer."""
     from autoglm_jax.processing.tokenizer import TINY_TOKENIZER_DIR, Tokenizer
 
     if recipe.data.tokenizer:
@@ -270,7 +271,7 @@ def train(
         student = initial_model(recipe, mesh)
     if teacher is not None:
         _check_teacher(recipe, student, teacher)
-    tokenizer = _tokenizer(recipe, student)
+    tokenizer = recipe_tokenizer(recipe, student)
     if tokenizer.vocab_size > student.config.text.vocab_size:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} ids, model vocab_size is "

@@ -33,6 +33,7 @@ from autoglm_jax.config import ConfigError
 from autoglm_jax.processing.image import ImageProcessorConfig, process_images, resized_size
 from autoglm_jax.training.recipe import OptimRecipe
 from autoglm_jax.training.step import make_optimizer
+from autoglm_jax.training.vision_health import tower_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +108,7 @@ def pretrain_tower(
     params = {"visual": model.params["visual"], "head": {"kernel": jnp.zeros((width, num_classes))}}
 
     def loss_and_hits(p: Any, pixel_values: jax.Array, labels: jax.Array, grid: tuple) -> Any:
-        out = module.apply(
-            {"params": {**frozen, "visual": p["visual"]}},
-            pixel_values,
-            grid,
-            method=lambda m, x, g: m.visual(x, g),
-        )  # [T, D] the merged tokens of all images
+        out = tower_output(module, {**frozen, "visual": p["visual"]}, pixel_values, grid)
         out = out / (jnp.sqrt(jnp.mean(out**2, -1, keepdims=True)) + 1e-6)
         logits = jnp.einsum("TD,DV->TV", out, p["head"]["kernel"])  # the classes as vocab
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -135,13 +131,14 @@ def pretrain_tower(
         labels = np.concatenate([item.labels for item in items]).astype(np.int32)
         return jnp.asarray(images.pixel_values), jnp.asarray(labels), grid
 
+    # The held-out batches, preprocessed once for every evaluation.
+    heldout_batches = [
+        batch(heldout[start : start + batch_size]) for start in range(0, len(heldout), batch_size)
+    ]
+    lab = np.concatenate([np.asarray(labels) for _, labels, _ in heldout_batches])
+
     def evaluate(p: Any) -> tuple[float, float]:
-        hits, labels = [], []
-        for start in range(0, len(heldout), batch_size):
-            pixel_values, lab, grid = batch(heldout[start : start + batch_size])
-            hits.append(np.asarray(hits_fn(p, pixel_values, lab, grid)))
-            labels.append(np.asarray(lab))
-        hit, lab = np.concatenate(hits), np.concatenate(labels)
+        hit = np.concatenate([np.asarray(hits_fn(p, *b)) for b in heldout_batches])
         labelled = float(hit[lab > 0].mean()) if (lab > 0).any() else float("nan")
         return labelled, float(hit.mean())
 

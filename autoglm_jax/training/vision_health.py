@@ -31,13 +31,15 @@ COLLAPSED = 1e-2
 collapsed tower we measured was below it, every seeing one above)."""
 
 
-def _tower_output(module: nn.Module, params: Any, pixel_values: Any, grid: Any) -> jax.Array:
+def tower_output(module: nn.Module, params: Any, pixel_values: Any, grid: Any) -> jax.Array:
+    """[T, D]: the vision tower's merged tokens for `pixel_values` (images of `grid`, a tuple
+    of (t, h, w) tuples), all images' tokens in order; `params` is the whole model's."""
     return module.apply(
         {"params": params}, pixel_values, grid, method=lambda m, pv, g: m.visual(pv, g)
     )
 
 
-_tower_jit = jax.jit(_tower_output, static_argnums=(0, 3))
+_tower_jit = jax.jit(tower_output, static_argnums=(0, 3))
 
 
 def tower_spread(module: nn.Module, params: Any, pixel_values: Any, grid: Any, rows: int) -> float:

@@ -250,6 +250,21 @@ def test_the_oracle_completes_every_task_in_a_few_steps(split):
         assert all(not isinstance(a, Finish) for a in actions[:-1])
 
 
+def test_phone_after_k_steps_is_the_oracle_episode_cut_there():
+    task = make_task(7, "train")
+    actions, final = oracle_episode(task)
+    assert len(actions) > 1
+    for k in range(len(actions) + 2):  # past the Finish: the finished phone
+        phone, expected = task.phone_after(k), task.new_phone()
+        for action in actions[:k]:
+            if not isinstance(action, Finish):
+                expected.apply(action)
+        assert phone.screenshot().tobytes() == expected.screenshot().tobytes(), k
+        assert phone.log == expected.log, k
+    finished = task.phone_after(len(actions))
+    assert task.done(finished) and finished.log == final.log[:-1]  # all but the Finish
+
+
 @pytest.mark.parametrize("width,height", SIZES[1:])
 def test_the_oracle_works_on_other_screen_sizes(width, height):
     for seed in range(100):
