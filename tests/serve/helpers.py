@@ -136,7 +136,9 @@ def launch_server(directory: Path, argv: list[str], cache_dir: str) -> LiveServe
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "server.log"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
-    env.pop("XLA_FLAGS", None)  # one CPU device is enough for the server
+    # One CPU device is enough for the server; the suite's optimisation level
+    # (tests/conftest.py), since starting a server is mostly compiling its warm-up steps.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     for _attempt in range(3):
         port = _free_port()
         cmd = [

@@ -28,7 +28,7 @@ from autoglm_jax.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "configs/recipes/tiny-pretrain.toml"
-STEPS, EVERY = 24, 4
+STEPS, EVERY = 12, 4
 OVERRIDES = {
     "steps": STEPS,
     "log_every": 1,
@@ -72,7 +72,8 @@ def _launch(run_dir: Path, *extra: str) -> list[subprocess.Popen]:
     """`python -m train pretrain` as processes 0 and 1 of a 2-process run, 2 CPU devices each."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        # the suite's optimisation level (tests/conftest.py): compiling is most of a launch
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
         "JAX_PLATFORMS": "cpu",
     }
     port = _free_port()
