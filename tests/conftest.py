@@ -5,12 +5,9 @@ import os
 import shutil
 import tempfile
 
-# LLVM's optimisation passes are most of XLA's CPU compile time, and the tests compile far
-# more than they run: level 0 makes the suite faster (the same float semantics; no speed is
-# measured by a test).
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+from tests import FAST_COMPILE_FLAG
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAG}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,9 +42,14 @@ SERVER = "the session-scoped tiny server (tests/serve/conftest.py)"
 ONE_WORKER_GROUPS = {
     **{
         f"tests/serve/{name}.py": SERVER
-        for name in ("test_config_metrics", "test_errors", "test_langchain", "test_load")
+        for name in (
+            "test_config_metrics",
+            "test_errors",
+            "test_langchain",
+            "test_load",
+            "test_openai_client",
+        )
     },
-    "tests/serve/test_openai_client.py": SERVER,
     **{
         module: module
         for module in (
@@ -78,12 +80,17 @@ ONE_WORKER_GROUPS = {
 }
 
 
+def _module(nodeid: str) -> str:
+    """tests/x/test_y.py of the node id tests/x/test_y.py::test_z[param]."""
+    return nodeid.split("::", 1)[0]
+
+
 def _order(item) -> int:
     # Slow tests first, then the grouped modules (the largest units of work), then the rest:
     # xdist starts the long ones at once and the many short tests even out the two workers.
     if "slow" in item.keywords:
         return 0
-    return 1 if item.nodeid.split("::", 1)[0] in ONE_WORKER_GROUPS else 2
+    return 1 if _module(item.nodeid) in ONE_WORKER_GROUPS else 2
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -94,7 +101,7 @@ def pytest_xdist_make_scheduler(config, log):
         ONE_WORKER_GROUPS is one unit of work."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return ONE_WORKER_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+            return ONE_WORKER_GROUPS.get(_module(nodeid), nodeid)
 
     config.option.loadscopereorder = False  # keep the order of pytest_collection_modifyitems
     return Grouped(config, log)

@@ -24,6 +24,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from tests import FAST_COMPILE_FLAG
+
 API_KEY = "sk-test-key"
 MODEL = "tiny"
 MAX_MODEL_LEN = 256
@@ -136,9 +138,9 @@ def launch_server(directory: Path, argv: list[str], cache_dir: str) -> LiveServe
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "server.log"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
-    # One CPU device is enough for the server; the suite's optimisation level
-    # (tests/conftest.py), since starting a server is mostly compiling its warm-up steps.
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    # One CPU device is enough for the server; the suite's optimisation level, since starting
+    # a server is mostly compiling its warm-up steps.
+    env["XLA_FLAGS"] = FAST_COMPILE_FLAG
     for _attempt in range(3):
         port = _free_port()
         cmd = [

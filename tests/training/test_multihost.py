@@ -25,6 +25,7 @@ from autoglm_jax.training import load_recipe
 from autoglm_jax.training.data import make_dataset
 from autoglm_jax.training.loop import train
 from autoglm_jax.training.metrics import read_jsonl
+from tests import FAST_COMPILE_FLAG
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = "configs/recipes/tiny-pretrain.toml"
@@ -72,8 +73,8 @@ def _launch(run_dir: Path, *extra: str) -> list[subprocess.Popen]:
     """`python -m train pretrain` as processes 0 and 1 of a 2-process run, 2 CPU devices each."""
     env = {
         **os.environ,
-        # the suite's optimisation level (tests/conftest.py): compiling is most of a launch
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+        # the suite's optimisation level: compiling is most of a launch
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=2 {FAST_COMPILE_FLAG}",
         "JAX_PLATFORMS": "cpu",
     }
     port = _free_port()
