@@ -125,6 +125,9 @@ class VisionOptions:
     """Held-out screens (held-out tasks 0..) the accuracy is measured on."""
     eval_every: int = 100
     """Steps between held-out evaluations (logged to <run_dir>/metrics.jsonl)."""
+    position_weight: float = 0.0
+    """Also train two heads on each token's row and column, at this weight against the class
+    loss, so that the tower's output says where a token is (0: classes only)."""
 
 
 @dataclasses.dataclass(frozen=True)

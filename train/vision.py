@@ -18,7 +18,14 @@ from autoglm_jax.training.tower import pretrain_tower
 TRAIN_TASK_SEED = 300_000  # train-split tasks from here on; `agent-data` recipes start at 0-80k
 
 
-def run_vision(recipe: TrainRecipe, *, screens: int, heldout_screens: int, eval_every: int) -> Path:
+def run_vision(
+    recipe: TrainRecipe,
+    *,
+    screens: int,
+    heldout_screens: int,
+    eval_every: int,
+    position_weight: float = 0.0,
+) -> Path:
     """Train, log, and write <run_dir>/model: the trained tower with the rest of the recipe's
     initial model (model.init_from, else the preset freshly initialised)."""
     model = initial_model(recipe)
@@ -40,10 +47,12 @@ def run_vision(recipe: TrainRecipe, *, screens: int, heldout_screens: int, eval_
 
     def log(record: dict[str, float]) -> None:
         writer.write(int(record["step"]), {k: v for k, v in record.items() if k != "step"})
+        place = record.get("accuracy_position")
         print(
             f"step {record['step']}: loss {record['loss']:.3f}; held-out token accuracy "
-            f"{record['accuracy_labelled']:.3f} on elements, {record['accuracy']:.3f} all "
-            f"({record['seconds']:.0f} s)",
+            f"{record['accuracy_labelled']:.3f} on elements, {record['accuracy']:.3f} all"
+            + ("" if place is None else f", row and column {place:.3f}")
+            + f" ({record['seconds']:.0f} s)",
             file=sys.stderr,
             flush=True,
         )
@@ -59,6 +68,7 @@ def run_vision(recipe: TrainRecipe, *, screens: int, heldout_screens: int, eval_
             batch_size=recipe.data.batch_size,
             seed=recipe.data.seed,
             eval_every=eval_every,
+            position_weight=position_weight,
             log=log,
         )
     finally:

@@ -10,7 +10,13 @@ import pytest
 
 from autoglm_jax.config import ConfigError
 from autoglm_jax.training.recipe import OptimRecipe
-from autoglm_jax.training.tower import LabelledImage, pretrain_tower, token_centres, token_grid
+from autoglm_jax.training.tower import (
+    LabelledImage,
+    pretrain_tower,
+    token_centres,
+    token_grid,
+    token_places,
+)
 from tests.training import np_init
 
 COLOURS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
@@ -27,6 +33,15 @@ def test_token_grid_and_centres_by_hand():
     # tokens; centres are given in the image's own pixels
     assert token_grid(56, 56, merge_size=2) == (3, 3)
     assert token_centres(56, 56, merge_size=2)[4].tolist() == [28, 28]
+
+
+def test_token_places_by_hand():
+    # a 4 x 6-patch image at merge 2 is 2 x 3 tokens, row-major; a 2-frame one repeats its grid
+    assert token_places(((1, 4, 6),), merge_size=2).tolist() == [
+        [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]
+    ]  # fmt: skip
+    both = token_places(((1, 2, 2), (2, 4, 2)), merge_size=2)
+    assert both.tolist() == [[0, 0], [0, 0], [1, 0], [0, 0], [1, 0]]
 
 
 def _quadrants(rng, n):
@@ -74,6 +89,31 @@ def test_pretrain_tower_learns_what_lies_under_each_token():
     assert any(jax.tree.leaves(moved)) and all(jax.tree.leaves(kept))
 
 
+def test_pretrain_tower_with_position_targets_learns_where_each_token_is():
+    # Every token of an image the same colour: the class says nothing about the place, so the
+    # row and column heads can only be right if the tower's output carries the position.
+    model = np_init("tiny-vl", seed=0)
+    rng = np.random.default_rng(1)
+    plain = [
+        LabelledImage(np.full((112, 112, 3), COLOURS[c], np.uint8), np.full(16, c + 1, np.int32))
+        for c in rng.integers(0, len(COLOURS), size=48)
+    ]
+    records = []
+    optim = OptimRecipe(lr=3e-3, warmup_steps=5, min_lr_ratio=0.1)
+    kw = dict(num_classes=4, optim=optim, steps=300, batch_size=8, eval_every=150)
+    pretrain_tower(model, plain[:32], plain[32:], position_weight=1.0, log=records.append, **kw)
+    # zero heads say row 0, column 0: 1 token in 16; the colour is learnt at once, the place
+    # slowly (0.85 at the end here)
+    assert records[0]["accuracy_position"] < 0.1
+    assert records[-1]["accuracy_position"] > 0.6 and records[-1]["accuracy"] > 0.95
+    without = []
+    pretrain_tower(model, plain[:32], plain[32:], steps=1, batch_size=8, num_classes=4,
+                   optim=optim, log=without.append)  # fmt: skip
+    assert "accuracy_position" not in without[0]
+    with pytest.raises(ConfigError, match="position_weight must be >= 0"):
+        pretrain_tower(model, plain, plain, position_weight=-1.0, **kw)
+
+
 def test_pretrain_tower_refuses_labels_that_do_not_fit():
     model = np_init("tiny-vl", seed=0)
     good = _quadrants(np.random.default_rng(0), 2)
@@ -106,6 +146,8 @@ def test_train_vision_cli_writes_a_model_with_the_trained_tower(tmp_path, capsys
             "3",
             "--vision.eval-every",
             "1",
+            "--vision.position-weight",
+            "1.0",
             "--data.batch-size",
             "3",
             "--run-dir",
@@ -117,7 +159,8 @@ def test_train_vision_cli_writes_a_model_with_the_trained_tower(tmp_path, capsys
     assert f"--model.init-from {run / 'model'}" in out.out
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
-    assert all(0 <= r["accuracy"] <= 1 for r in records)
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_position"] <= 1 for r in records)
+    assert ", row and column " in out.err
     trained = ag.load(run / "model")
     fresh = ag.init(trained.config, seed=0)  # the recipe's preset and seed
     diff = jax.tree.map(
