@@ -100,10 +100,10 @@ def test_pretrain_tower_with_position_targets_learns_where_each_token_is():
     ]
     records = []
     optim = OptimRecipe(lr=3e-3, warmup_steps=5, min_lr_ratio=0.1)
-    kw = dict(num_classes=4, optim=optim, steps=300, batch_size=8, eval_every=150)
+    kw = dict(num_classes=4, optim=optim, steps=300, batch_size=4, eval_every=150)
     pretrain_tower(model, plain[:32], plain[32:], position_weight=1.0, log=records.append, **kw)
     # zero heads say row 0, column 0: 1 token in 16; the colour is learnt at once, the place
-    # slowly (0.85 at the end here)
+    # slowly (0.16 at step 150, 1.0 at the end here)
     assert records[0]["accuracy_position"] < 0.1
     assert records[-1]["accuracy_position"] > 0.6 and records[-1]["accuracy"] > 0.95
     without = []
