@@ -56,9 +56,10 @@ def test_phone_agent_recipes_parse_and_validate():
         assert {f"phone-agent-{kind}", f"phone-agent-seeing-{kind}"} <= names
     for p in recipes:
         recipe = load_compress_recipe(p).train_recipe().validate()
-        if p.stem.startswith("phone-agent-seeing"):  # the pretrained tower stays frozen
-            assert recipe.optim.trainable == ("language_model/*",), p
-            assert recipe.distill.teacher in ("", "checkpoints/phone-agent-seeing/model"), p
+        for family in ("phone-agent-seeing", "phone-agent-placed"):
+            if p.stem.startswith(family):  # the pretrained tower stays frozen
+                assert recipe.optim.trainable == ("language_model/*",), p
+                assert recipe.distill.teacher in ("", f"checkpoints/{family}/model"), p
 
 
 SMALL = [
