@@ -16,7 +16,8 @@ pixels); class 0 is "nothing there", and accuracy is reported over the other tok
 all of them.
 
 With `position_weight` > 0, two more linear heads read each token's own row and column in its
-image's token grid (cross-entropy, that weight against the class loss). Classes alone do not
+image's token grid (the mean of their two cross-entropies, at that weight against the class
+loss). Classes alone do not
 keep where a token is in its output: a linear probe (tools/vision-probe) reads a token's row
 off the shipped phone agent's tower 16% of the time, of 7 rows, and a decoder that cannot
 read where a token is cannot tap it unless the place is always the same (docs/agent.md).
